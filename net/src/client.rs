@@ -1,0 +1,448 @@
+//! Clients: a blocking one on `std::net::TcpStream` and an async one over any
+//! `futures-io` stream (glommio's `TcpStream`, smol's `Async<TcpStream>`, tokio via compat).
+//! Both pipeline: `send*` queues request frames, `flush` writes them, `recv` returns responses
+//! in request order. The framing and buffering both share live in [`Codec`]; the two clients
+//! only add I/O.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rkyv::{
+    Archive, Deserialize,
+    api::high::{HighDeserializer, HighValidator},
+    bytecheck::CheckBytes,
+    rancor,
+    util::AlignedVec,
+};
+
+use crate::frame::{
+    FRAME_ALIGN, FRAME_LEN_MAX_DEFAULT_BYTES, FrameEncoder, FrameError, KIND_ERROR, Kind,
+    PayloadSerializer, Scan, scan,
+};
+use crate::schema::{
+    Decision, DecisionBatch, ErrorReply, Event, EvaluateBatch, StatsReply, TopologyReply,
+};
+
+/// What went wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("bad response framing: {0}")]
+    Frame(FrameError),
+    #[error("server error {code} ({name}): {message}")]
+    Server { code: u16, name: &'static str, message: String },
+    #[error("response payload failed validation: {0}")]
+    Decode(String),
+    #[error("expected response kind {expected:#04x}, got {got:#04x}")]
+    UnexpectedKind { expected: u8, got: u8 },
+    #[error("expected response id {expected}, got {got}")]
+    IdMismatch { expected: u64, got: u64 },
+    #[error("request could not be encoded")]
+    Encode,
+}
+
+/// One response frame, its payload copied out of the receive buffer (16-aligned).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub kind: u8,
+    pub id: u64,
+    payload: AlignedVec<FRAME_ALIGN>,
+}
+
+impl Response {
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.kind == KIND_ERROR
+    }
+
+    /// The error this frame carries, if it is an error frame.
+    pub fn error(&self) -> Option<ErrorReply> {
+        if !self.is_error() {
+            return None;
+        }
+        Some(decode::<ErrorReply>(&self.payload).unwrap_or_else(|e| ErrorReply {
+            code: 0,
+            message: format!("undecodable error payload: {e}"),
+        }))
+    }
+
+    /// Checks that this answers `id` with a response of `kind` (an error frame becomes
+    /// `ClientError::Server`).
+    pub fn expect(self, kind: Kind, id: u64) -> Result<Response, ClientError> {
+        if self.id != id {
+            return Err(ClientError::IdMismatch { expected: id, got: self.id });
+        }
+        if let Some(err) = self.error() {
+            let name = crate::ErrorCode::from_u16(err.code).map_or("unknown", |c| c.name());
+            return Err(ClientError::Server { code: err.code, name, message: err.message });
+        }
+        if self.kind != kind.response_byte() {
+            return Err(ClientError::UnexpectedKind {
+                expected: kind.response_byte(),
+                got: self.kind,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Validates and deserializes the payload.
+    pub fn decode<T>(&self) -> Result<T, ClientError>
+    where
+        T: Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        decode(&self.payload)
+    }
+}
+
+fn decode<T>(payload: &[u8]) -> Result<T, ClientError>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    rkyv::from_bytes::<T, rancor::Error>(payload).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Request encoding and response framing, shared by both clients. No I/O.
+pub struct Codec {
+    encoder: FrameEncoder,
+    /// Encoded requests not yet written.
+    out: AlignedVec<FRAME_ALIGN>,
+    /// Received bytes; `start..end` is not yet consumed. `start` is always a frame boundary
+    /// and a multiple of 16, so payloads stay aligned.
+    inbuf: AlignedVec<FRAME_ALIGN>,
+    start: usize,
+    end: usize,
+    next_id: u64,
+    frame_len_max: u32,
+}
+
+/// Initial receive buffer size, in bytes; it grows to fit the largest response seen.
+const CLIENT_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codec {
+    pub fn new() -> Codec {
+        let mut inbuf = AlignedVec::with_capacity(CLIENT_READ_BUFFER_BYTES);
+        inbuf.resize(CLIENT_READ_BUFFER_BYTES, 0);
+        Codec {
+            encoder: FrameEncoder::new(),
+            out: AlignedVec::new(),
+            inbuf,
+            start: 0,
+            end: 0,
+            next_id: 1,
+            frame_len_max: FRAME_LEN_MAX_DEFAULT_BYTES,
+        }
+    }
+
+    /// Sets the largest response payload accepted, in bytes.
+    pub fn set_frame_len_max(&mut self, bytes: u32) {
+        self.frame_len_max = bytes;
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Queues a request with an archived payload; returns its id.
+    pub fn queue<T>(&mut self, kind: Kind, value: &T) -> Result<u64, ClientError>
+    where
+        T: for<'a, 'b> rkyv::Serialize<PayloadSerializer<'a, 'b>>,
+    {
+        let id = self.take_id();
+        self.encoder
+            .push(&mut self.out, kind.request_byte(), id, value)
+            .map_err(|_| ClientError::Encode)?;
+        Ok(id)
+    }
+
+    /// Queues a request with an empty payload; returns its id.
+    pub fn queue_empty(&mut self, kind: Kind) -> u64 {
+        let id = self.take_id();
+        self.encoder.push_empty(&mut self.out, kind.request_byte(), id);
+        id
+    }
+
+    /// Queues raw bytes as they are (for tests of the server's error paths).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_out(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_out(&mut self) {
+        self.out.clear();
+    }
+
+    /// The next complete response in the receive buffer, if any.
+    pub fn next_response(&mut self) -> Result<Option<Response>, ClientError> {
+        match scan(&self.inbuf[self.start..self.end], self.frame_len_max) {
+            Scan::Incomplete { .. } => Ok(None),
+            Scan::Broken { error, .. } => Err(ClientError::Frame(error)),
+            Scan::Frame(at) => {
+                let p = self.start + at.payload_start;
+                let mut payload = AlignedVec::with_capacity(at.header.len as usize);
+                payload.extend_from_slice(&self.inbuf[p..p + at.header.len as usize]);
+                self.start += at.frame_len;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                Ok(Some(Response { kind: at.header.kind, id: at.header.id, payload }))
+            }
+        }
+    }
+
+    /// Free space to read into, after compacting and growing so a whole frame can fit.
+    pub fn read_space(&mut self) -> &mut [u8] {
+        let need = match scan(&self.inbuf[self.start..self.end], self.frame_len_max) {
+            Scan::Incomplete { need } => need,
+            _ => 0,
+        };
+        if self.start > 0 && (self.end == self.inbuf.len() || self.start + need > self.inbuf.len())
+        {
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.start + need > self.inbuf.len() {
+            self.inbuf.resize(self.start + need, 0);
+        }
+        &mut self.inbuf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`Codec::read_space`].
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+}
+
+/// A blocking client on a std TCP stream.
+pub struct Client {
+    stream: TcpStream,
+    codec: Codec,
+}
+
+impl Client {
+    /// Connects with Nagle off (frames are small and latency matters).
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, codec: Codec::new() })
+    }
+
+    /// Read timeout for `recv`; `None` waits forever.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        Ok(())
+    }
+
+    pub fn codec(&mut self) -> &mut Codec {
+        &mut self.codec
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Queues a request (not yet written); returns its id.
+    pub fn send<T>(&mut self, kind: Kind, value: &T) -> Result<u64, ClientError>
+    where
+        T: for<'a, 'b> rkyv::Serialize<PayloadSerializer<'a, 'b>>,
+    {
+        self.codec.queue(kind, value)
+    }
+
+    /// Queues a request with an empty payload; returns its id.
+    pub fn send_empty(&mut self, kind: Kind) -> u64 {
+        self.codec.queue_empty(kind)
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.stream.write_all(self.codec.pending_out())?;
+        self.codec.clear_out();
+        Ok(())
+    }
+
+    /// The next response, in request order.
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        loop {
+            if let Some(r) = self.codec.next_response()? {
+                return Ok(r);
+            }
+            let n = self.stream.read(self.codec.read_space())?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.codec.filled(n);
+        }
+    }
+
+    fn call_empty(&mut self, kind: Kind) -> Result<Response, ClientError> {
+        let id = self.send_empty(kind);
+        self.flush()?;
+        self.recv()?.expect(kind, id)
+    }
+
+    /// Round trip of a ping.
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        let t = Instant::now();
+        self.call_empty(Kind::Ping)?;
+        Ok(t.elapsed())
+    }
+
+    pub fn evaluate(&mut self, event: &Event) -> Result<Decision, ClientError> {
+        let id = self.send(Kind::Evaluate, event)?;
+        self.flush()?;
+        self.recv()?.expect(Kind::Evaluate, id)?.decode()
+    }
+
+    pub fn evaluate_batch(&mut self, events: Vec<Event>) -> Result<Vec<Decision>, ClientError> {
+        let batch = EvaluateBatch { events };
+        let id = self.send(Kind::EvaluateBatch, &batch)?;
+        self.flush()?;
+        let reply: DecisionBatch = self.recv()?.expect(Kind::EvaluateBatch, id)?.decode()?;
+        Ok(reply.decisions)
+    }
+
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        self.call_empty(Kind::Stats)?.decode()
+    }
+
+    pub fn topology(&mut self) -> Result<TopologyReply, ClientError> {
+        self.call_empty(Kind::Topology)?.decode()
+    }
+
+    /// Evaluates a stream of events with up to `depth` requests in flight, calling `each`
+    /// with every event's result in order. Stops at the first transport error; per-event
+    /// server errors are passed to `each` and the stream goes on.
+    pub fn evaluate_pipelined<I, F>(
+        &mut self,
+        events: I,
+        depth: usize,
+        mut each: F,
+    ) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = Event>,
+        F: FnMut(Result<Decision, ClientError>),
+    {
+        let depth = depth.max(1);
+        let mut in_flight = std::collections::VecDeque::with_capacity(depth);
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() || !in_flight.is_empty() {
+            while in_flight.len() < depth {
+                let Some(event) = events.next() else { break };
+                in_flight.push_back(self.send(Kind::Evaluate, &event)?);
+            }
+            self.flush()?;
+            // Read at least one response, then whatever else already arrived.
+            loop {
+                let id = in_flight.pop_front().expect("a request is in flight");
+                let response = self.recv()?;
+                each(response.expect(Kind::Evaluate, id).and_then(|r| r.decode()));
+                if in_flight.is_empty() || in_flight.len() < depth / 2 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An async pipelined client over any `futures-io` byte stream.
+pub struct AsyncClient<S> {
+    stream: S,
+    codec: Codec,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncClient<S> {
+    pub fn new(stream: S) -> AsyncClient<S> {
+        AsyncClient { stream, codec: Codec::new() }
+    }
+
+    pub fn codec(&mut self) -> &mut Codec {
+        &mut self.codec
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    pub fn send<T>(&mut self, kind: Kind, value: &T) -> Result<u64, ClientError>
+    where
+        T: for<'a, 'b> rkyv::Serialize<PayloadSerializer<'a, 'b>>,
+    {
+        self.codec.queue(kind, value)
+    }
+
+    pub fn send_empty(&mut self, kind: Kind) -> u64 {
+        self.codec.queue_empty(kind)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.stream.write_all(self.codec.pending_out()).await?;
+        self.stream.flush().await?;
+        self.codec.clear_out();
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Response, ClientError> {
+        loop {
+            if let Some(r) = self.codec.next_response()? {
+                return Ok(r);
+            }
+            let n = self.stream.read(self.codec.read_space()).await?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.codec.filled(n);
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let id = self.send_empty(Kind::Ping);
+        self.flush().await?;
+        self.recv().await?.expect(Kind::Ping, id)?;
+        Ok(())
+    }
+
+    pub async fn evaluate(&mut self, event: &Event) -> Result<Decision, ClientError> {
+        let id = self.send(Kind::Evaluate, event)?;
+        self.flush().await?;
+        self.recv().await?.expect(Kind::Evaluate, id)?.decode()
+    }
+
+    pub async fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        let id = self.send_empty(Kind::Stats);
+        self.flush().await?;
+        self.recv().await?.expect(Kind::Stats, id)?.decode()
+    }
+
+    pub async fn topology(&mut self) -> Result<TopologyReply, ClientError> {
+        let id = self.send_empty(Kind::Topology);
+        self.flush().await?;
+        self.recv().await?.expect(Kind::Topology, id)?.decode()
+    }
+}

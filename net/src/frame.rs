@@ -1,0 +1,397 @@
+//! The frame codec: a 16-byte header and a payload padded with zeros to a multiple of 16.
+//!
+//! ```text
+//! bytes  0..2   magic   0x56 0x44 ("VD")
+//! byte   2      version 1
+//! byte   3      kind    request 0x01..0x7F; response = request | 0x80; 0xFF = error
+//! bytes  4..8   len     u32 LE, payload length before padding
+//! bytes  8..16  id      u64 LE, chosen by the client, echoed in the response
+//! ```
+//!
+//! Everything here is pure: it reads and writes byte slices and never does I/O. Because every
+//! frame length is a multiple of 16, a receive buffer that starts 16-aligned keeps every
+//! payload 16-aligned, so rkyv can validate it in place without a copy.
+
+use rkyv::{
+    Serialize,
+    api::high::{HighSerializer, to_bytes_in_with_alloc},
+    ser::{Positional, Writer, allocator::Arena, allocator::ArenaHandle},
+    util::AlignedVec,
+};
+
+/// The two magic bytes that open every frame: "VD".
+pub const MAGIC: [u8; 2] = [0x56, 0x44];
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Header length in bytes; also the alignment of every frame.
+pub const HEADER_LEN: usize = 16;
+/// Alignment of every frame start and every payload, in bytes.
+pub const FRAME_ALIGN: usize = 16;
+/// Default ceiling on a payload's length (before padding), in bytes. Servers configure their
+/// own (`limits.frame_len_max_bytes`); clients use this one for responses.
+pub const FRAME_LEN_MAX_DEFAULT_BYTES: u32 = 1 << 20;
+
+/// A request or response kind: byte 3 of the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Round trip; empty payload both ways.
+    Ping = 0x01,
+    /// One archived `Event` in, one archived `Decision` out.
+    Evaluate = 0x02,
+    /// One archived `EvaluateBatch` in, one archived `DecisionBatch` out.
+    EvaluateBatch = 0x03,
+    /// Empty payload in, archived `StatsReply` out.
+    Stats = 0x04,
+    /// Empty payload in, archived `TopologyReply` out.
+    Topology = 0x05,
+}
+
+impl Kind {
+    /// The request kind for a header byte, if it names one.
+    pub fn from_request_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            0x01 => Some(Kind::Ping),
+            0x02 => Some(Kind::Evaluate),
+            0x03 => Some(Kind::EvaluateBatch),
+            0x04 => Some(Kind::Stats),
+            0x05 => Some(Kind::Topology),
+            _ => None,
+        }
+    }
+
+    /// The byte a request of this kind carries.
+    pub fn request_byte(self) -> u8 {
+        self as u8
+    }
+
+    /// The byte the response to a request of this kind carries.
+    pub fn response_byte(self) -> u8 {
+        self as u8 | RESPONSE_BIT
+    }
+
+    /// Whether this request carries an empty payload.
+    pub fn payload_is_empty(self) -> bool {
+        matches!(self, Kind::Ping | Kind::Stats | Kind::Topology)
+    }
+}
+
+/// Set on a response's kind byte.
+pub const RESPONSE_BIT: u8 = 0x80;
+/// The kind byte of an error response.
+pub const KIND_ERROR: u8 = 0xFF;
+
+/// A parsed header. `kind` is the raw byte: unknown kinds are a per-request error, not a
+/// framing error, so the parser does not judge them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub kind: u8,
+    pub len: u32,
+    pub id: u64,
+}
+
+impl Header {
+    /// The payload length rounded up to the frame alignment.
+    pub fn padded_len(&self) -> usize {
+        padded(self.len as usize)
+    }
+
+    /// The whole frame's length: header plus padded payload.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.padded_len()
+    }
+}
+
+/// `len` rounded up to a multiple of [`FRAME_ALIGN`].
+pub fn padded(len: usize) -> usize {
+    len.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// Why a byte stream can no longer be read as frames. Each is followed by closing the
+/// connection: after any of them the next frame boundary is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("bad magic {found:02x?}: expected 56 44 (\"VD\")")]
+    BadMagic { found: [u8; 2] },
+    #[error("unsupported protocol version {found}: this server speaks version {VERSION}")]
+    BadVersion { found: u8 },
+    #[error("payload length {len} bytes is over the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+}
+
+/// Parses the 16 header bytes, checking magic, version and the length limit before anything
+/// sizes a buffer from `len`. The id is returned with the error so the server can echo it.
+pub fn parse_header(bytes: &[u8; HEADER_LEN], len_max: u32) -> Result<Header, (u64, FrameError)> {
+    let id = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if bytes[0..2] != MAGIC {
+        return Err((id, FrameError::BadMagic { found: [bytes[0], bytes[1]] }));
+    }
+    if bytes[2] != VERSION {
+        return Err((id, FrameError::BadVersion { found: bytes[2] }));
+    }
+    let len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if len > len_max {
+        return Err((id, FrameError::TooLarge { len, max: len_max }));
+    }
+    Ok(Header { version: bytes[2], kind: bytes[3], len, id })
+}
+
+/// Encodes a header.
+pub fn encode_header(kind: u8, len: u32, id: u64) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..2].copy_from_slice(&MAGIC);
+    out[2] = VERSION;
+    out[3] = kind;
+    out[4..8].copy_from_slice(&len.to_le_bytes());
+    out[8..16].copy_from_slice(&id.to_le_bytes());
+    out
+}
+
+/// One complete frame found at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAt {
+    pub header: Header,
+    /// Offset of the payload in the buffer that was scanned.
+    pub payload_start: usize,
+    /// Bytes the whole frame (header + padded payload) occupies.
+    pub frame_len: usize,
+}
+
+/// What is at the front of `buf`: a complete frame, not enough bytes yet (with how many the
+/// next step needs in total), or a framing error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    Frame(FrameAt),
+    /// `need` bytes in total must be buffered before the frame is complete.
+    Incomplete { need: usize },
+    Broken { id: u64, error: FrameError },
+}
+
+/// Looks at the front of `buf` for one frame. Pure; `buf` must start on a frame boundary.
+pub fn scan(buf: &[u8], len_max: u32) -> Scan {
+    let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+        return Scan::Incomplete { need: HEADER_LEN };
+    };
+    match parse_header(head, len_max) {
+        Err((id, error)) => Scan::Broken { id, error },
+        Ok(header) => {
+            let frame_len = header.frame_len();
+            if buf.len() < frame_len {
+                Scan::Incomplete { need: frame_len }
+            } else {
+                Scan::Frame(FrameAt { header, payload_start: HEADER_LEN, frame_len })
+            }
+        }
+    }
+}
+
+/// An rkyv writer that appends to an [`AlignedVec`] but counts positions from `start`, so a
+/// payload serialized after a header is laid out exactly as if it began at offset 0.
+pub struct PayloadWriter<'a> {
+    buf: &'a mut AlignedVec<FRAME_ALIGN>,
+    start: usize,
+}
+
+impl Positional for PayloadWriter<'_> {
+    fn pos(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+impl<E> Writer<E> for PayloadWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The serializer used for payloads: appends into the output buffer, scratch space from a
+/// reused arena. Serialization failures carry no message (they cannot happen for values
+/// within the documented limits).
+pub type PayloadSerializer<'a, 'b> =
+    HighSerializer<PayloadWriter<'a>, ArenaHandle<'b>, rkyv::rancor::Failure>;
+
+/// Appends whole frames to an aligned output buffer. Reuses its scratch arena, so after the
+/// first few frames encoding allocates nothing unless the output buffer must grow.
+pub struct FrameEncoder {
+    arena: Arena,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A value could not be serialized into a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("payload could not be serialized")]
+pub struct EncodeError;
+
+impl FrameEncoder {
+    pub fn new() -> Self {
+        FrameEncoder { arena: Arena::new() }
+    }
+
+    /// Appends a frame whose payload is the archive of `value`. `out` must hold whole frames
+    /// (its length a multiple of 16). On error `out` is left as it was.
+    pub fn push<T>(
+        &mut self,
+        out: &mut AlignedVec<FRAME_ALIGN>,
+        kind: u8,
+        id: u64,
+        value: &T,
+    ) -> Result<(), EncodeError>
+    where
+        T: for<'a, 'b> Serialize<PayloadSerializer<'a, 'b>>,
+    {
+        debug_assert_eq!(out.len() % FRAME_ALIGN, 0, "output must hold whole frames");
+        let frame_start = out.len();
+        out.extend_from_slice(&[0u8; HEADER_LEN]);
+        let start = out.len();
+        let writer = PayloadWriter { buf: &mut *out, start };
+        let result = to_bytes_in_with_alloc::<_, _, rkyv::rancor::Failure>(
+            value,
+            writer,
+            self.arena.acquire(),
+        );
+        if result.is_err() {
+            // SAFETY: shrinking to a previous length of initialized bytes.
+            unsafe { out.set_len(frame_start) };
+            return Err(EncodeError);
+        }
+        let len = out.len() - start;
+        let pad = padded(len) - len;
+        out.extend_from_slice(&[0u8; FRAME_ALIGN][..pad]);
+        let header = encode_header(kind, len as u32, id);
+        out[frame_start..start].copy_from_slice(&header);
+        Ok(())
+    }
+
+    /// Appends a frame with an empty payload.
+    pub fn push_empty(&mut self, out: &mut AlignedVec<FRAME_ALIGN>, kind: u8, id: u64) {
+        out.extend_from_slice(&encode_header(kind, 0, id));
+    }
+}
+
+/// Encodes one frame into a fresh buffer (clients and tests; servers use [`FrameEncoder`]).
+pub fn encode_frame<T>(kind: u8, id: u64, value: &T) -> Result<AlignedVec<FRAME_ALIGN>, EncodeError>
+where
+    T: for<'a, 'b> Serialize<PayloadSerializer<'a, 'b>>,
+{
+    let mut out = AlignedVec::new();
+    FrameEncoder::new().push(&mut out, kind, id, value)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, len: u32, id: u64) -> Vec<u8> {
+        let mut v = encode_header(kind, len, id).to_vec();
+        v.resize(HEADER_LEN + padded(len as usize), 0);
+        v
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let bytes = encode_header(0x02, 300, 0xDEAD_BEEF_0102_0304);
+        let h = parse_header(&bytes, 1 << 20).unwrap();
+        assert_eq!(h, Header { version: 1, kind: 0x02, len: 300, id: 0xDEAD_BEEF_0102_0304 });
+        assert_eq!(h.padded_len(), 304);
+        assert_eq!(h.frame_len(), 320);
+    }
+
+    #[test]
+    fn padding_rounds_to_sixteen() {
+        assert_eq!(padded(0), 0);
+        assert_eq!(padded(1), 16);
+        assert_eq!(padded(16), 16);
+        assert_eq!(padded(17), 32);
+    }
+
+    #[test]
+    fn bad_magic_is_broken_and_keeps_the_id() {
+        let mut f = frame(0x01, 0, 7);
+        f[0] = b'X';
+        assert_eq!(
+            scan(&f, 1024),
+            Scan::Broken { id: 7, error: FrameError::BadMagic { found: [b'X', 0x44] } }
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_broken() {
+        let mut f = frame(0x01, 0, 9);
+        f[2] = 2;
+        assert_eq!(scan(&f, 1024), Scan::Broken { id: 9, error: FrameError::BadVersion { found: 2 } });
+    }
+
+    #[test]
+    fn oversized_is_broken_before_the_payload_arrives() {
+        // Only the header is present: the limit is judged from it alone.
+        let f = encode_header(0x02, 5000, 3);
+        assert_eq!(
+            scan(&f, 4096),
+            Scan::Broken { id: 3, error: FrameError::TooLarge { len: 5000, max: 4096 } }
+        );
+    }
+
+    #[test]
+    fn truncated_frames_ask_for_the_rest() {
+        let f = frame(0x02, 20, 1);
+        for cut in 0..f.len() {
+            let expect = if cut < HEADER_LEN { HEADER_LEN } else { 48 };
+            assert_eq!(scan(&f[..cut], 1024), Scan::Incomplete { need: expect }, "cut at {cut}");
+        }
+        assert!(matches!(scan(&f, 1024), Scan::Frame(FrameAt { frame_len: 48, .. })));
+    }
+
+    #[test]
+    fn unknown_kinds_are_not_a_framing_error() {
+        let f = frame(0x66, 0, 5);
+        let Scan::Frame(at) = scan(&f, 1024) else { panic!("expected a frame") };
+        assert_eq!(at.header.kind, 0x66);
+        assert_eq!(Kind::from_request_byte(0x66), None);
+        assert_eq!(Kind::from_request_byte(0x82), None, "a response kind is not a request");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let mut buf = vec![0u8; 256];
+        for _ in 0..100_000 {
+            let n = rng.usize(0..buf.len());
+            rng.fill(&mut buf[..n]);
+            if rng.bool() {
+                buf[0..2].copy_from_slice(&MAGIC);
+                buf[2] = VERSION;
+            }
+            let _ = scan(&buf[..n], 128);
+        }
+    }
+
+    #[test]
+    fn encoder_pads_and_aligns_every_frame() {
+        let mut out = AlignedVec::new();
+        let mut enc = FrameEncoder::new();
+        enc.push(&mut out, 0x82, 1, &String::from("a string longer than the inline size"))
+            .unwrap();
+        enc.push_empty(&mut out, 0x81, 2);
+        enc.push(&mut out, 0x82, 3, &42u64).unwrap();
+        assert_eq!(out.len() % 16, 0);
+        let Scan::Frame(first) = scan(&out, 1024) else { panic!() };
+        let p = &out[first.payload_start..first.payload_start + first.header.len as usize];
+        let s = rkyv::access::<rkyv::string::ArchivedString, rkyv::rancor::Error>(p).unwrap();
+        assert_eq!(s.as_str(), "a string longer than the inline size");
+        let rest = &out[first.frame_len..];
+        let Scan::Frame(second) = scan(rest, 1024) else { panic!() };
+        assert_eq!((second.header.kind, second.header.len, second.header.id), (0x81, 0, 2));
+        let rest = &rest[second.frame_len..];
+        let Scan::Frame(third) = scan(rest, 1024) else { panic!() };
+        assert_eq!(third.header.id, 3);
+        assert_eq!(rest.len(), third.frame_len);
+    }
+}

@@ -1,0 +1,228 @@
+//! The JSON forms used by `verdict send` and friends. Field names are fixed:
+//!
+//! event: `event_id, timestamp_ms, account_id, merchant_id, amount_minor, currency, country,
+//! channel, device_id, ip, mcc` and optional `features` (array of numbers) and `attributes`
+//! (object of string / number / bool). Ids may be given as strings or integers; `ip` may be
+//! `null` or `""` for unknown (sent as `0.0.0.0`); `mcc` as an integer or a digit string.
+//!
+//! decision: `event_id, action, score, rules, shadow_rules, models, epoch, shard,
+//! server_ns`, with `models` an object `{ name: score }` (and `model_errors`, a list of the
+//! models that failed for this event, only when non-empty).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::schema::{AttrValue, Attribute, Decision, Event};
+
+/// A JSON line that is not a valid event.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JsonError(String);
+
+/// An id written as a string or an integer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdJson {
+    Text(String),
+    Int(i64),
+}
+
+impl IdJson {
+    fn into_string(self) -> String {
+        match self {
+            IdJson::Text(s) => s,
+            IdJson::Int(i) => i.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventJson {
+    event_id: IdJson,
+    timestamp_ms: u64,
+    account_id: IdJson,
+    merchant_id: IdJson,
+    amount_minor: i64,
+    currency: String,
+    country: String,
+    channel: String,
+    device_id: IdJson,
+    ip: Option<String>,
+    mcc: IdJson,
+    #[serde(default)]
+    features: Vec<f64>,
+    #[serde(default)]
+    attributes: Map<String, Value>,
+}
+
+/// Parses one JSON event.
+pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
+    let raw: EventJson = serde_json::from_str(text).map_err(|e| JsonError(e.to_string()))?;
+    let ip = match raw.ip.as_deref() {
+        None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Some(text) => text
+            .parse()
+            .map_err(|_| JsonError(format!("field `ip`: {text:?} is not an IP address")))?,
+    };
+    let mcc_text = raw.mcc.into_string();
+    let mcc: u16 = mcc_text
+        .parse()
+        .map_err(|_| JsonError(format!("field `mcc`: {mcc_text:?} is not a number 0..=9999")))?;
+    let mut attributes = Vec::with_capacity(raw.attributes.len());
+    for (name, value) in raw.attributes {
+        let value = match value {
+            Value::String(s) => AttrValue::Str(s),
+            Value::Bool(b) => AttrValue::Bool(b),
+            Value::Number(n) => AttrValue::Num(n.as_f64().unwrap_or(f64::NAN)),
+            other => {
+                return Err(JsonError(format!(
+                    "attribute `{name}`: {other} is not a string, number or boolean"
+                )));
+            }
+        };
+        attributes.push(Attribute { name, value });
+    }
+    Ok(Event {
+        event_id: raw.event_id.into_string(),
+        timestamp_ms: raw.timestamp_ms,
+        account_id: raw.account_id.into_string(),
+        merchant_id: raw.merchant_id.into_string(),
+        amount_minor: raw.amount_minor,
+        currency: raw.currency,
+        country: raw.country,
+        channel: raw.channel,
+        device_id: raw.device_id.into_string(),
+        ip,
+        mcc,
+        features: raw.features,
+        attributes,
+    })
+}
+
+/// The JSON form of an event (inverse of [`event_from_json`]).
+pub fn event_to_json(event: &Event) -> Value {
+    let attributes: Map<String, Value> = event
+        .attributes
+        .iter()
+        .map(|a| {
+            let v = match &a.value {
+                AttrValue::Str(s) => json!(s),
+                AttrValue::Num(n) => json!(n),
+                AttrValue::Bool(b) => json!(b),
+            };
+            (a.name.clone(), v)
+        })
+        .collect();
+    json!({
+        "event_id": event.event_id,
+        "timestamp_ms": event.timestamp_ms,
+        "account_id": event.account_id,
+        "merchant_id": event.merchant_id,
+        "amount_minor": event.amount_minor,
+        "currency": event.currency,
+        "country": event.country,
+        "channel": event.channel,
+        "device_id": event.device_id,
+        "ip": event.ip.to_string(),
+        "mcc": event.mcc,
+        "features": event.features,
+        "attributes": attributes,
+    })
+}
+
+/// The JSON form of a decision.
+pub fn decision_to_json(decision: &Decision) -> Value {
+    let models: Map<String, Value> =
+        decision.models.iter().map(|m| (m.name.clone(), json!(m.score))).collect();
+    let mut out = json!({
+        "event_id": decision.event_id,
+        "action": decision.action.as_str(),
+        "score": decision.score,
+        "rules": decision.rules,
+        "shadow_rules": decision.shadow_rules,
+        "models": models,
+        "epoch": decision.epoch,
+        "shard": decision.shard,
+        "server_ns": decision.server_ns,
+    });
+    let failed: Vec<&str> =
+        decision.models.iter().filter(|m| m.error).map(|m| m.name.as_str()).collect();
+    if !failed.is_empty() {
+        out["model_errors"] = json!(failed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Action, ModelScore};
+
+    const LINE: &str = r#"{"event_id":"e-1","timestamp_ms":1700000000000,"account_id":"acct-42",
+        "merchant_id":"m-7","amount_minor":129900,"currency":"USD","country":"US","channel":"web",
+        "device_id":"d-1","ip":"203.0.113.9","mcc":5411,"features":[0.5,1],
+        "attributes":{"email_domain":"example.com","account_age_days":12,"first_purchase":true}}"#;
+
+    #[test]
+    fn parses_the_documented_form() {
+        let e = event_from_json(LINE).unwrap();
+        assert_eq!(e.event_id, "e-1");
+        assert_eq!(e.amount_minor, 129900);
+        assert_eq!(e.ip.to_string(), "203.0.113.9");
+        assert_eq!(e.mcc, 5411);
+        assert_eq!(e.features, vec![0.5, 1.0]);
+        assert_eq!(e.attributes.len(), 3);
+        let back = event_from_json(&event_to_json(&e).to_string()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn ids_may_be_integers_and_ip_may_be_null() {
+        let line = LINE
+            .replace(r#""e-1""#, "17")
+            .replace(r#""203.0.113.9""#, "null")
+            .replace("5411", r#""5411""#);
+        let e = event_from_json(&line).unwrap();
+        assert_eq!(e.event_id, "17");
+        assert!(e.ip.is_unspecified());
+        assert_eq!(e.mcc, 5411);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let missing = event_from_json(&LINE.replace(r#""currency":"USD","#, "")).unwrap_err();
+        assert!(missing.to_string().contains("currency"), "{missing}");
+        let bad_ip = event_from_json(&LINE.replace("203.0.113.9", "not-an-ip")).unwrap_err();
+        assert!(bad_ip.to_string().contains("`ip`"), "{bad_ip}");
+        let unknown = event_from_json(&LINE.replace("\"mcc\"", "\"mcc_code\"")).unwrap_err();
+        assert!(unknown.to_string().contains("mcc_code"), "{unknown}");
+    }
+
+    #[test]
+    fn decision_json_has_the_fixed_names() {
+        let d = Decision {
+            event_id: "e-1".into(),
+            action: Action::Deny,
+            score: 80,
+            rules: vec!["burst".into()],
+            shadow_rules: vec![],
+            models: vec![ModelScore { name: "m".into(), score: 0.25, error: false }],
+            epoch: 2,
+            shard: 1,
+            server_ns: 900,
+        };
+        let v = decision_to_json(&d);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        for k in [
+            "event_id", "action", "score", "rules", "shadow_rules", "models", "epoch", "shard",
+            "server_ns",
+        ] {
+            assert!(keys.contains(&k), "missing {k}");
+        }
+        assert_eq!(v["action"], "deny");
+        assert_eq!(v["models"]["m"], 0.25);
+    }
+}

@@ -1,0 +1,433 @@
+//! The payload types: what an event, a decision, an error and the control replies look like
+//! on the wire (rkyv 0.8 archives, validated with bytecheck before anything reads them).
+//!
+//! Owned types (`Event`, `Decision`, ...) are what clients build and read. The server never
+//! builds owned decisions: it serializes borrowed *views* (`DecisionView`, ...) that archive
+//! to exactly the same bytes, so answering copies strings straight from the request's
+//! archive into the response without a heap allocation.
+
+use std::net::IpAddr;
+
+use rkyv::{
+    Archive, Deserialize, Place, Serialize,
+    rancor::{Fallible, Source},
+    SerializeUnsized,
+    ser::{Allocator, Writer},
+    string::{ArchivedString, StringResolver},
+    vec::{ArchivedVec, VecResolver},
+};
+
+/// One financial event to decide on. `account_id` is the routing key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Event {
+    /// Client-chosen id, echoed in the decision (1..=128 bytes).
+    pub event_id: String,
+    /// Event time, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: u64,
+    /// Routing key: decides the owning shard (1..=128 bytes).
+    pub account_id: String,
+    pub merchant_id: String,
+    /// Amount in minor units of `currency` (cents for USD, yen for JPY); never a float.
+    pub amount_minor: i64,
+    /// ISO 4217 alphabetic code: three ASCII capitals.
+    pub currency: String,
+    /// ISO 3166-1 alpha-2 code: two ASCII capitals.
+    pub country: String,
+    /// Free-form channel name ("web", "app", "pos", ...).
+    pub channel: String,
+    pub device_id: String,
+    /// Client IP; `0.0.0.0` when unknown.
+    pub ip: IpAddr,
+    /// ISO 18245 merchant category code, 0..=9999.
+    pub mcc: u16,
+    /// Optional precomputed model features.
+    pub features: Vec<f64>,
+    /// Optional typed attributes, unique names.
+    pub attributes: Vec<Attribute>,
+}
+
+/// A named, typed attribute of an event.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Attribute {
+    pub name: String,
+    pub value: AttrValue,
+}
+
+/// An attribute's value: a string, a number or a boolean.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum AttrValue {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+}
+
+/// The payload of an evaluate-batch request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct EvaluateBatch {
+    pub events: Vec<Event>,
+}
+
+/// What to do with an event.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[rkyv(compare(PartialEq))]
+#[repr(u8)]
+pub enum Action {
+    Allow = 0,
+    Review = 1,
+    Deny = 2,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Review => "review",
+            Action::Deny => "deny",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Action> {
+        match text {
+            "allow" => Some(Action::Allow),
+            "review" => Some(Action::Review),
+            "deny" => Some(Action::Deny),
+            _ => None,
+        }
+    }
+}
+
+impl ArchivedAction {
+    pub fn to_native(&self) -> Action {
+        match self {
+            ArchivedAction::Allow => Action::Allow,
+            ArchivedAction::Review => Action::Review,
+            ArchivedAction::Deny => Action::Deny,
+        }
+    }
+}
+
+/// One model's score behind a decision.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ModelScore {
+    pub name: String,
+    pub score: f64,
+    /// The model failed for this event (trap, deadline); `score` is the fallback.
+    pub error: bool,
+}
+
+/// The answer to one event.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Decision {
+    pub event_id: String,
+    pub action: Action,
+    pub score: i32,
+    /// Ids of the rules that fired.
+    pub rules: Vec<String>,
+    /// Ids of the shadow rules that would have fired (they never change the action).
+    pub shadow_rules: Vec<String>,
+    pub models: Vec<ModelScore>,
+    /// The rule epoch that decided.
+    pub epoch: u64,
+    /// The shard that decided.
+    pub shard: u32,
+    /// Server-side time for this event, nanoseconds: from the request frame being complete in
+    /// the receive buffer to this decision being built.
+    pub server_ns: u64,
+}
+
+/// The answer to an evaluate-batch request: one decision per event, in order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct DecisionBatch {
+    pub decisions: Vec<Decision>,
+}
+
+/// The payload of an error frame (kind 0xFF). `code` is an [`crate::ErrorCode`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorReply {
+    pub code: u16,
+    pub message: String,
+}
+
+/// Latency or size percentiles taken from an HdrHistogram.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// How many errors of one code a shard answered.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorCount {
+    pub code: u16,
+    pub count: u64,
+}
+
+/// One shard's counters. In a `StatsReply`'s `total`, `shard` and `cpu` are `u32::MAX`
+/// and percentiles come from the merged histograms (never averaged).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ShardStats {
+    pub shard: u32,
+    pub cpu: u32,
+    /// Rule epoch this shard decides with.
+    pub epoch: u64,
+    /// Requests accepted (whole frames read), of every kind.
+    pub requests: u64,
+    /// Response frames queued, error frames included.
+    pub responses: u64,
+    /// Events decided (one per evaluate, n per evaluate-batch).
+    pub events: u64,
+    /// Error frames sent.
+    pub errors: u64,
+    pub errors_by_code: Vec<ErrorCount>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    /// Connections refused because the shard was at `connections_per_shard_max`.
+    pub connections_rejected: u64,
+    /// Requests handled per read batch (one read's worth of whole frames).
+    pub batch_requests: Percentiles,
+    /// Events per evaluate-batch request.
+    pub batch_events: Percentiles,
+    /// Server-side latency in ns: frame complete -> response queued.
+    pub latency_ns: Percentiles,
+}
+
+/// The payload of a stats response: every shard, then the total.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct StatsReply {
+    pub shards: Vec<ShardStats>,
+    pub total: ShardStats,
+}
+
+/// The payload of a topology response: everything a shard-aware client needs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TopologyReply {
+    pub shard_count: u32,
+    /// The shard that answered.
+    pub shard: u32,
+    /// Name of the routing hash; see [`crate::routing`].
+    pub routing: String,
+    pub address: String,
+    /// The shared port (every shard accepts on it).
+    pub port: u16,
+    /// `shard_ports[i]` reaches shard i directly.
+    pub shard_ports: Vec<u16>,
+    /// `cpus[i]` is the CPU shard i is pinned to.
+    pub cpus: Vec<u32>,
+}
+
+// ---- Borrowed views: serialize to the same archives as the owned types. ----
+
+/// A borrowed string that archives as an [`ArchivedString`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct StrView<'a>(pub &'a str);
+
+impl Archive for StrView<'_> {
+    type Archived = ArchivedString;
+    type Resolver = StringResolver;
+
+    fn resolve(&self, resolver: StringResolver, out: Place<ArchivedString>) {
+        ArchivedString::resolve_from_str(self.0, resolver, out);
+    }
+}
+
+impl<S> Serialize<S> for StrView<'_>
+where
+    S: Fallible + Writer + ?Sized,
+    S::Error: Source,
+    str: SerializeUnsized<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<StringResolver, S::Error> {
+        ArchivedString::serialize_from_str(self.0, serializer)
+    }
+}
+
+/// A borrowed slice that archives as an [`ArchivedVec`] of its elements' archives.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct SliceView<'a, T>(pub &'a [T]);
+
+impl<T: Archive> Archive for SliceView<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SliceView<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// Implements `Archive` + `Serialize` for a borrowed view whose archive is an owned type's
+/// archive, field by field (the derive's `as` cannot see through the views' lifetimes).
+macro_rules! view_archives_as {
+    ($view:ident => $archived:ident, $resolver:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        #[doc(hidden)]
+        pub struct $resolver {
+            $($field: <$ty as Archive>::Resolver,)*
+        }
+
+        impl Archive for $view<'_> {
+            type Archived = $archived;
+            type Resolver = $resolver;
+
+            fn resolve(&self, resolver: $resolver, out: Place<$archived>) {
+                rkyv::munge::munge!(let $archived { $($field,)* .. } = out);
+                $(self.$field.resolve(resolver.$field, $field);)*
+            }
+        }
+
+        impl<S> Serialize<S> for $view<'_>
+        where
+            S: Fallible + Allocator + Writer + ?Sized,
+            S::Error: Source,
+        {
+            fn serialize(&self, serializer: &mut S) -> Result<$resolver, S::Error> {
+                Ok($resolver { $($field: self.$field.serialize(serializer)?,)* })
+            }
+        }
+    };
+}
+
+/// Borrowed form of [`ModelScore`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModelScoreView<'a> {
+    pub name: StrView<'a>,
+    pub score: f64,
+    pub error: bool,
+}
+
+view_archives_as!(ModelScoreView => ArchivedModelScore, ModelScoreViewResolver {
+    name: StrView<'static>,
+    score: f64,
+    error: bool,
+});
+
+/// Borrowed form of [`Decision`]: what the server serializes.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionView<'a> {
+    pub event_id: StrView<'a>,
+    pub action: Action,
+    pub score: i32,
+    pub rules: SliceView<'a, StrView<'a>>,
+    pub shadow_rules: SliceView<'a, StrView<'a>>,
+    pub models: SliceView<'a, ModelScoreView<'a>>,
+    pub epoch: u64,
+    pub shard: u32,
+    pub server_ns: u64,
+}
+
+view_archives_as!(DecisionView => ArchivedDecision, DecisionViewResolver {
+    event_id: StrView<'static>,
+    action: Action,
+    score: i32,
+    rules: SliceView<'static, StrView<'static>>,
+    shadow_rules: SliceView<'static, StrView<'static>>,
+    models: SliceView<'static, ModelScoreView<'static>>,
+    epoch: u64,
+    shard: u32,
+    server_ns: u64,
+});
+
+/// Borrowed form of [`DecisionBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionBatchView<'a> {
+    pub decisions: SliceView<'a, DecisionView<'a>>,
+}
+
+view_archives_as!(DecisionBatchView => ArchivedDecisionBatch, DecisionBatchViewResolver {
+    decisions: SliceView<'static, DecisionView<'static>>,
+});
+
+/// Borrowed form of [`ErrorReply`].
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorReplyView<'a> {
+    pub code: u16,
+    pub message: StrView<'a>,
+}
+
+view_archives_as!(ErrorReplyView => ArchivedErrorReply, ErrorReplyViewResolver {
+    code: u16,
+    message: StrView<'static>,
+});
+
+impl ArchivedEvent {
+    /// The event's IP address.
+    pub fn ip_addr(&self) -> IpAddr {
+        match &self.ip {
+            rkyv::net::ArchivedIpAddr::V4(v4) => IpAddr::V4(v4.as_ipv4()),
+            rkyv::net::ArchivedIpAddr::V6(v6) => IpAddr::V6(v6.as_ipv6()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameEncoder, Scan, scan};
+    use rkyv::util::AlignedVec;
+
+    #[test]
+    fn decision_view_archives_like_an_owned_decision() {
+        let rules = [StrView("big_foreign_purchase"), StrView("burst")];
+        let models = [ModelScoreView { name: StrView("fraud_gbdt"), score: 0.5, error: false }];
+        let view = DecisionView {
+            event_id: StrView("evt-000000000000000001"),
+            action: Action::Review,
+            score: 40,
+            rules: SliceView(&rules),
+            shadow_rules: SliceView(&[]),
+            models: SliceView(&models),
+            epoch: 3,
+            shard: 1,
+            server_ns: 1234,
+        };
+        let mut out = AlignedVec::new();
+        FrameEncoder::new().push(&mut out, 0x82, 9, &view).unwrap();
+        let Scan::Frame(at) = scan(&out, 1 << 20) else { panic!() };
+        let payload = &out[at.payload_start..at.payload_start + at.header.len as usize];
+        let owned: Decision = rkyv::from_bytes::<Decision, rkyv::rancor::Error>(payload).unwrap();
+        assert_eq!(
+            owned,
+            Decision {
+                event_id: "evt-000000000000000001".into(),
+                action: Action::Review,
+                score: 40,
+                rules: vec!["big_foreign_purchase".into(), "burst".into()],
+                shadow_rules: vec![],
+                models: vec![ModelScore { name: "fraud_gbdt".into(), score: 0.5, error: false }],
+                epoch: 3,
+                shard: 1,
+                server_ns: 1234,
+            }
+        );
+    }
+}
