@@ -1,1 +1,24 @@
-//! placeholder
+//! verdict-engine: the thread-per-core server and the `verdict` binary.
+//!
+//! Layout, along the data path:
+//! - [`config`]: `shards.toml` (serde, unknown keys rejected), limits, defaults, rendering.
+//! - [`hardware`], [`uring`], [`memlock`]: what the machine offers, checked before start.
+//! - [`runtime`]: the control thread: start pinned executors, publish the shard map, signals.
+//! - [`shard`]: one core's state, its listeners and accept loop, drain on shutdown.
+//! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
+//! - [`decide`]: the pure decision for one event.
+//! - [`stats`]: per-core counters and histograms; merging snapshots.
+//! - [`mesh`]: cross-shard messages (the only way cores talk).
+//! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
+
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod decide;
+pub mod hardware;
+pub mod memlock;
+pub mod mesh;
+pub mod runtime;
+pub mod shard;
+pub mod stats;
+pub mod uring;

@@ -1,1 +1,139 @@
-fn main() {}
+//! The `verdict` binary: parses flags into validated config once, then hands off.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use verdict_engine::cli;
+use verdict_engine::config::TopologyConfig;
+
+#[derive(Parser)]
+#[command(name = "verdict", version, about = "Real-time risk decision engine")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the engine: one pinned shard per [[shard]] in the topology.
+    Serve {
+        /// Topology file. Default: ./shards.toml if present, else one shard per CPU.
+        #[arg(long)]
+        shards: Option<PathBuf>,
+        /// Override [listen] address.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+        /// Override [listen] port (0 = pick a free one; see the ready line).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Override [listen] shard_port_base (0 = every shard picks a free port).
+        #[arg(long)]
+        shard_port_base: Option<u16>,
+    },
+    /// Print this machine's hardware and the shard map, or write a topology for it.
+    Topology {
+        #[arg(long)]
+        shards: Option<PathBuf>,
+        /// Write a commented topology file for this machine (one shard per CPU) to FILE.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
+    /// Send JSON-lines events (stdin by default); print one JSON decision per line.
+    Send {
+        #[arg(long, default_value = cli::DEFAULT_ADDR)]
+        addr: String,
+        /// Read events from FILE instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Requests in flight at once (pipelining).
+        #[arg(long, default_value_t = 64)]
+        depth: usize,
+    },
+    /// Print per-core stats and the total.
+    Stats {
+        #[arg(long, default_value = cli::DEFAULT_ADDR)]
+        addr: String,
+        /// Print the raw stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the round trip of a ping.
+    Ping {
+        #[arg(long, default_value = cli::DEFAULT_ADDR)]
+        addr: String,
+        /// Number of pings.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+/// The topology: `--shards`, else ./shards.toml, else one shard per CPU.
+fn load_topology(shards: Option<PathBuf>) -> anyhow::Result<(TopologyConfig, String)> {
+    if let Some(path) = shards {
+        return Ok((TopologyConfig::load(&path)?, path.display().to_string()));
+    }
+    let local = PathBuf::from("shards.toml");
+    if local.exists() {
+        return Ok((TopologyConfig::load(&local)?, "./shards.toml".into()));
+    }
+    let hw = verdict_engine::hardware::Hardware::detect()?;
+    Ok((
+        TopologyConfig::for_cpus(&hw.cpu_indices()),
+        "defaults (one shard per cpu)".into(),
+    ))
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Serve {
+            shards,
+            address,
+            port,
+            shard_port_base,
+        } => {
+            let (mut config, source) = load_topology(shards)?;
+            if let Some(a) = address {
+                config.listen.address = a;
+            }
+            if let Some(p) = port {
+                config.listen.port = p;
+            }
+            if let Some(b) = shard_port_base {
+                config.listen.shard_port_base = b;
+            }
+            config
+                .check()
+                .context("after applying command-line overrides")?;
+            verdict_engine::runtime::serve(config, &source)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology { shards, write } => {
+            let (config, source) = load_topology(shards)?;
+            cli::topology::run(&config, &source, write.as_deref())
+        }
+        Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),
+        Command::Stats { addr, json } => cli::stats::run(&addr, json),
+        Command::Ping { addr, count } => cli::ping(&addr, count),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = if matches!(args.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("verdict: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -19,10 +19,10 @@ use rkyv::{
 
 use crate::frame::{
     FRAME_ALIGN, FRAME_LEN_MAX_DEFAULT_BYTES, FrameEncoder, FrameError, KIND_ERROR, Kind,
-    PayloadSerializer, Scan, scan,
+    PayloadSerializer, RecvBuffer, Scan,
 };
 use crate::schema::{
-    Decision, DecisionBatch, ErrorReply, Event, EvaluateBatch, StatsReply, TopologyReply,
+    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, StatsReply, TopologyReply,
 };
 
 /// What went wrong talking to a server.
@@ -35,7 +35,11 @@ pub enum ClientError {
     #[error("bad response framing: {0}")]
     Frame(FrameError),
     #[error("server error {code} ({name}): {message}")]
-    Server { code: u16, name: &'static str, message: String },
+    Server {
+        code: u16,
+        name: &'static str,
+        message: String,
+    },
     #[error("response payload failed validation: {0}")]
     Decode(String),
     #[error("expected response kind {expected:#04x}, got {got:#04x}")]
@@ -68,21 +72,30 @@ impl Response {
         if !self.is_error() {
             return None;
         }
-        Some(decode::<ErrorReply>(&self.payload).unwrap_or_else(|e| ErrorReply {
-            code: 0,
-            message: format!("undecodable error payload: {e}"),
-        }))
+        Some(
+            decode::<ErrorReply>(&self.payload).unwrap_or_else(|e| ErrorReply {
+                code: 0,
+                message: format!("undecodable error payload: {e}"),
+            }),
+        )
     }
 
     /// Checks that this answers `id` with a response of `kind` (an error frame becomes
     /// `ClientError::Server`).
     pub fn expect(self, kind: Kind, id: u64) -> Result<Response, ClientError> {
         if self.id != id {
-            return Err(ClientError::IdMismatch { expected: id, got: self.id });
+            return Err(ClientError::IdMismatch {
+                expected: id,
+                got: self.id,
+            });
         }
         if let Some(err) = self.error() {
             let name = crate::ErrorCode::from_u16(err.code).map_or("unknown", |c| c.name());
-            return Err(ClientError::Server { code: err.code, name, message: err.message });
+            return Err(ClientError::Server {
+                code: err.code,
+                name,
+                message: err.message,
+            });
         }
         if self.kind != kind.response_byte() {
             return Err(ClientError::UnexpectedKind {
@@ -118,11 +131,7 @@ pub struct Codec {
     encoder: FrameEncoder,
     /// Encoded requests not yet written.
     out: AlignedVec<FRAME_ALIGN>,
-    /// Received bytes; `start..end` is not yet consumed. `start` is always a frame boundary
-    /// and a multiple of 16, so payloads stay aligned.
-    inbuf: AlignedVec<FRAME_ALIGN>,
-    start: usize,
-    end: usize,
+    inbuf: RecvBuffer,
     next_id: u64,
     frame_len_max: u32,
 }
@@ -138,14 +147,10 @@ impl Default for Codec {
 
 impl Codec {
     pub fn new() -> Codec {
-        let mut inbuf = AlignedVec::with_capacity(CLIENT_READ_BUFFER_BYTES);
-        inbuf.resize(CLIENT_READ_BUFFER_BYTES, 0);
         Codec {
             encoder: FrameEncoder::new(),
             out: AlignedVec::new(),
-            inbuf,
-            start: 0,
-            end: 0,
+            inbuf: RecvBuffer::new(CLIENT_READ_BUFFER_BYTES),
             next_id: 1,
             frame_len_max: FRAME_LEN_MAX_DEFAULT_BYTES,
         }
@@ -177,7 +182,8 @@ impl Codec {
     /// Queues a request with an empty payload; returns its id.
     pub fn queue_empty(&mut self, kind: Kind) -> u64 {
         let id = self.take_id();
-        self.encoder.push_empty(&mut self.out, kind.request_byte(), id);
+        self.encoder
+            .push_empty(&mut self.out, kind.request_byte(), id);
         id
     }
 
@@ -197,44 +203,30 @@ impl Codec {
 
     /// The next complete response in the receive buffer, if any.
     pub fn next_response(&mut self) -> Result<Option<Response>, ClientError> {
-        match scan(&self.inbuf[self.start..self.end], self.frame_len_max) {
+        match self.inbuf.front(self.frame_len_max) {
             Scan::Incomplete { .. } => Ok(None),
             Scan::Broken { error, .. } => Err(ClientError::Frame(error)),
             Scan::Frame(at) => {
-                let p = self.start + at.payload_start;
                 let mut payload = AlignedVec::with_capacity(at.header.len as usize);
-                payload.extend_from_slice(&self.inbuf[p..p + at.header.len as usize]);
-                self.start += at.frame_len;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
-                Ok(Some(Response { kind: at.header.kind, id: at.header.id, payload }))
+                payload.extend_from_slice(self.inbuf.payload(&at));
+                self.inbuf.consume(at.frame_len);
+                Ok(Some(Response {
+                    kind: at.header.kind,
+                    id: at.header.id,
+                    payload,
+                }))
             }
         }
     }
 
-    /// Free space to read into, after compacting and growing so a whole frame can fit.
+    /// Free space to read into.
     pub fn read_space(&mut self) -> &mut [u8] {
-        let need = match scan(&self.inbuf[self.start..self.end], self.frame_len_max) {
-            Scan::Incomplete { need } => need,
-            _ => 0,
-        };
-        if self.start > 0 && (self.end == self.inbuf.len() || self.start + need > self.inbuf.len())
-        {
-            self.inbuf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.start + need > self.inbuf.len() {
-            self.inbuf.resize(self.start + need, 0);
-        }
-        &mut self.inbuf[self.end..]
+        self.inbuf.read_space(self.frame_len_max)
     }
 
     /// Records that `n` bytes were read into [`Codec::read_space`].
     pub fn filled(&mut self, n: usize) {
-        self.end += n;
+        self.inbuf.filled(n);
     }
 }
 
@@ -249,7 +241,10 @@ impl Client {
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, codec: Codec::new() })
+        Ok(Client {
+            stream,
+            codec: Codec::new(),
+        })
     }
 
     /// Read timeout for `recv`; `None` waits forever.
@@ -334,41 +329,6 @@ impl Client {
     pub fn topology(&mut self) -> Result<TopologyReply, ClientError> {
         self.call_empty(Kind::Topology)?.decode()
     }
-
-    /// Evaluates a stream of events with up to `depth` requests in flight, calling `each`
-    /// with every event's result in order. Stops at the first transport error; per-event
-    /// server errors are passed to `each` and the stream goes on.
-    pub fn evaluate_pipelined<I, F>(
-        &mut self,
-        events: I,
-        depth: usize,
-        mut each: F,
-    ) -> Result<(), ClientError>
-    where
-        I: IntoIterator<Item = Event>,
-        F: FnMut(Result<Decision, ClientError>),
-    {
-        let depth = depth.max(1);
-        let mut in_flight = std::collections::VecDeque::with_capacity(depth);
-        let mut events = events.into_iter().peekable();
-        while events.peek().is_some() || !in_flight.is_empty() {
-            while in_flight.len() < depth {
-                let Some(event) = events.next() else { break };
-                in_flight.push_back(self.send(Kind::Evaluate, &event)?);
-            }
-            self.flush()?;
-            // Read at least one response, then whatever else already arrived.
-            loop {
-                let id = in_flight.pop_front().expect("a request is in flight");
-                let response = self.recv()?;
-                each(response.expect(Kind::Evaluate, id).and_then(|r| r.decode()));
-                if in_flight.is_empty() || in_flight.len() < depth / 2 {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An async pipelined client over any `futures-io` byte stream.
@@ -379,7 +339,10 @@ pub struct AsyncClient<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncClient<S> {
     pub fn new(stream: S) -> AsyncClient<S> {
-        AsyncClient { stream, codec: Codec::new() }
+        AsyncClient {
+            stream,
+            codec: Codec::new(),
+        }
     }
 
     pub fn codec(&mut self) -> &mut Codec {

@@ -67,7 +67,10 @@ impl ErrorCode {
 
     /// Whether the server closes the connection after sending this error.
     pub fn closes_connection(self) -> bool {
-        matches!(self, ErrorCode::BadMagic | ErrorCode::BadVersion | ErrorCode::FrameTooLarge)
+        matches!(
+            self,
+            ErrorCode::BadMagic | ErrorCode::BadVersion | ErrorCode::FrameTooLarge
+        )
     }
 }
 

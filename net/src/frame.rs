@@ -125,7 +125,12 @@ pub enum FrameError {
 pub fn parse_header(bytes: &[u8; HEADER_LEN], len_max: u32) -> Result<Header, (u64, FrameError)> {
     let id = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     if bytes[0..2] != MAGIC {
-        return Err((id, FrameError::BadMagic { found: [bytes[0], bytes[1]] }));
+        return Err((
+            id,
+            FrameError::BadMagic {
+                found: [bytes[0], bytes[1]],
+            },
+        ));
     }
     if bytes[2] != VERSION {
         return Err((id, FrameError::BadVersion { found: bytes[2] }));
@@ -134,7 +139,12 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], len_max: u32) -> Result<Header, (u
     if len > len_max {
         return Err((id, FrameError::TooLarge { len, max: len_max }));
     }
-    Ok(Header { version: bytes[2], kind: bytes[3], len, id })
+    Ok(Header {
+        version: bytes[2],
+        kind: bytes[3],
+        len,
+        id,
+    })
 }
 
 /// Encodes a header.
@@ -164,8 +174,13 @@ pub struct FrameAt {
 pub enum Scan {
     Frame(FrameAt),
     /// `need` bytes in total must be buffered before the frame is complete.
-    Incomplete { need: usize },
-    Broken { id: u64, error: FrameError },
+    Incomplete {
+        need: usize,
+    },
+    Broken {
+        id: u64,
+        error: FrameError,
+    },
 }
 
 /// Looks at the front of `buf` for one frame. Pure; `buf` must start on a frame boundary.
@@ -180,9 +195,92 @@ pub fn scan(buf: &[u8], len_max: u32) -> Scan {
             if buf.len() < frame_len {
                 Scan::Incomplete { need: frame_len }
             } else {
-                Scan::Frame(FrameAt { header, payload_start: HEADER_LEN, frame_len })
+                Scan::Frame(FrameAt {
+                    header,
+                    payload_start: HEADER_LEN,
+                    frame_len,
+                })
             }
         }
+    }
+}
+
+/// A receive buffer that keeps frames 16-aligned: `start..end` holds unconsumed bytes and
+/// `start` is always a frame boundary, so every payload in it starts on a 16-byte boundary
+/// and can be validated in place. It grows only to fit a frame whose header passed the
+/// length limit, and shrinks back once empty.
+pub struct RecvBuffer {
+    buf: AlignedVec<FRAME_ALIGN>,
+    start: usize,
+    end: usize,
+    base_len: usize,
+}
+
+impl RecvBuffer {
+    /// A buffer of `bytes` (rounded up to 16).
+    pub fn new(bytes: usize) -> RecvBuffer {
+        let base_len = padded(bytes.max(HEADER_LEN));
+        let mut buf = AlignedVec::with_capacity(base_len);
+        buf.resize(base_len, 0);
+        RecvBuffer {
+            buf,
+            start: 0,
+            end: 0,
+            base_len,
+        }
+    }
+
+    /// What is at the front of the unconsumed bytes.
+    pub fn front(&self, len_max: u32) -> Scan {
+        scan(&self.buf[self.start..self.end], len_max)
+    }
+
+    /// The payload of a frame returned by [`RecvBuffer::front`].
+    pub fn payload(&self, at: &FrameAt) -> &[u8] {
+        let p = self.start + at.payload_start;
+        &self.buf[p..p + at.header.len as usize]
+    }
+
+    /// Drops a frame of `frame_len` bytes from the front.
+    pub fn consume(&mut self, frame_len: usize) {
+        debug_assert!(self.start + frame_len <= self.end);
+        self.start += frame_len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > self.base_len {
+                self.buf.resize(self.base_len, 0);
+            }
+        }
+    }
+
+    /// Unconsumed bytes.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Free space to read into, after compacting and growing so that the frame at the
+    /// front (whose header has passed `len_max`) fits whole.
+    pub fn read_space(&mut self, len_max: u32) -> &mut [u8] {
+        let need = match self.front(len_max) {
+            Scan::Incomplete { need } => need,
+            _ => 0,
+        };
+        if self.start > 0 && (self.end == self.buf.len() || self.start + need > self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if need > self.buf.len() {
+            self.buf.resize(need, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`RecvBuffer::read_space`].
+    pub fn filled(&mut self, n: usize) {
+        assert!(self.end + n <= self.buf.len(), "filled past the read space");
+        self.end += n;
     }
 }
 
@@ -231,7 +329,9 @@ pub struct EncodeError;
 
 impl FrameEncoder {
     pub fn new() -> Self {
-        FrameEncoder { arena: Arena::new() }
+        FrameEncoder {
+            arena: Arena::new(),
+        }
     }
 
     /// Appends a frame whose payload is the archive of `value`. `out` must hold whole frames
@@ -250,7 +350,10 @@ impl FrameEncoder {
         let frame_start = out.len();
         out.extend_from_slice(&[0u8; HEADER_LEN]);
         let start = out.len();
-        let writer = PayloadWriter { buf: &mut *out, start };
+        let writer = PayloadWriter {
+            buf: &mut *out,
+            start,
+        };
         let result = to_bytes_in_with_alloc::<_, _, rkyv::rancor::Failure>(
             value,
             writer,
@@ -299,7 +402,15 @@ mod tests {
     fn header_round_trips() {
         let bytes = encode_header(0x02, 300, 0xDEAD_BEEF_0102_0304);
         let h = parse_header(&bytes, 1 << 20).unwrap();
-        assert_eq!(h, Header { version: 1, kind: 0x02, len: 300, id: 0xDEAD_BEEF_0102_0304 });
+        assert_eq!(
+            h,
+            Header {
+                version: 1,
+                kind: 0x02,
+                len: 300,
+                id: 0xDEAD_BEEF_0102_0304
+            }
+        );
         assert_eq!(h.padded_len(), 304);
         assert_eq!(h.frame_len(), 320);
     }
@@ -318,7 +429,12 @@ mod tests {
         f[0] = b'X';
         assert_eq!(
             scan(&f, 1024),
-            Scan::Broken { id: 7, error: FrameError::BadMagic { found: [b'X', 0x44] } }
+            Scan::Broken {
+                id: 7,
+                error: FrameError::BadMagic {
+                    found: [b'X', 0x44]
+                }
+            }
         );
     }
 
@@ -326,7 +442,13 @@ mod tests {
     fn wrong_version_is_broken() {
         let mut f = frame(0x01, 0, 9);
         f[2] = 2;
-        assert_eq!(scan(&f, 1024), Scan::Broken { id: 9, error: FrameError::BadVersion { found: 2 } });
+        assert_eq!(
+            scan(&f, 1024),
+            Scan::Broken {
+                id: 9,
+                error: FrameError::BadVersion { found: 2 }
+            }
+        );
     }
 
     #[test]
@@ -335,7 +457,13 @@ mod tests {
         let f = encode_header(0x02, 5000, 3);
         assert_eq!(
             scan(&f, 4096),
-            Scan::Broken { id: 3, error: FrameError::TooLarge { len: 5000, max: 4096 } }
+            Scan::Broken {
+                id: 3,
+                error: FrameError::TooLarge {
+                    len: 5000,
+                    max: 4096
+                }
+            }
         );
     }
 
@@ -344,18 +472,31 @@ mod tests {
         let f = frame(0x02, 20, 1);
         for cut in 0..f.len() {
             let expect = if cut < HEADER_LEN { HEADER_LEN } else { 48 };
-            assert_eq!(scan(&f[..cut], 1024), Scan::Incomplete { need: expect }, "cut at {cut}");
+            assert_eq!(
+                scan(&f[..cut], 1024),
+                Scan::Incomplete { need: expect },
+                "cut at {cut}"
+            );
         }
-        assert!(matches!(scan(&f, 1024), Scan::Frame(FrameAt { frame_len: 48, .. })));
+        assert!(matches!(
+            scan(&f, 1024),
+            Scan::Frame(FrameAt { frame_len: 48, .. })
+        ));
     }
 
     #[test]
     fn unknown_kinds_are_not_a_framing_error() {
         let f = frame(0x66, 0, 5);
-        let Scan::Frame(at) = scan(&f, 1024) else { panic!("expected a frame") };
+        let Scan::Frame(at) = scan(&f, 1024) else {
+            panic!("expected a frame")
+        };
         assert_eq!(at.header.kind, 0x66);
         assert_eq!(Kind::from_request_byte(0x66), None);
-        assert_eq!(Kind::from_request_byte(0x82), None, "a response kind is not a request");
+        assert_eq!(
+            Kind::from_request_byte(0x82),
+            None,
+            "a response kind is not a request"
+        );
     }
 
     #[test]
@@ -374,23 +515,69 @@ mod tests {
     }
 
     #[test]
+    fn recv_buffer_reassembles_frames_fed_a_byte_at_a_time() {
+        let mut stream = AlignedVec::<FRAME_ALIGN>::new();
+        let mut enc = FrameEncoder::new();
+        for i in 0..5u64 {
+            enc.push(&mut stream, 0x82, i, &"x".repeat(40 * i as usize))
+                .unwrap();
+        }
+        // A small buffer forces both compaction and growth.
+        let mut rb = RecvBuffer::new(32);
+        let mut got = Vec::new();
+        for &byte in stream.iter() {
+            let space = rb.read_space(1024);
+            space[0] = byte;
+            rb.filled(1);
+            while let Scan::Frame(at) = rb.front(1024) {
+                let payload = rb.payload(&at);
+                assert_eq!(
+                    payload.as_ptr() as usize % FRAME_ALIGN,
+                    0,
+                    "payload aligned"
+                );
+                let s = rkyv::access::<rkyv::string::ArchivedString, rkyv::rancor::Error>(payload)
+                    .unwrap();
+                got.push((at.header.id, s.len()));
+                rb.consume(at.frame_len);
+            }
+        }
+        assert_eq!(got, vec![(0, 0), (1, 40), (2, 80), (3, 120), (4, 160)]);
+        assert_eq!(rb.buffered(), 0);
+    }
+
+    #[test]
     fn encoder_pads_and_aligns_every_frame() {
         let mut out = AlignedVec::new();
         let mut enc = FrameEncoder::new();
-        enc.push(&mut out, 0x82, 1, &String::from("a string longer than the inline size"))
-            .unwrap();
+        enc.push(
+            &mut out,
+            0x82,
+            1,
+            &String::from("a string longer than the inline size"),
+        )
+        .unwrap();
         enc.push_empty(&mut out, 0x81, 2);
         enc.push(&mut out, 0x82, 3, &42u64).unwrap();
         assert_eq!(out.len() % 16, 0);
-        let Scan::Frame(first) = scan(&out, 1024) else { panic!() };
+        let Scan::Frame(first) = scan(&out, 1024) else {
+            panic!()
+        };
         let p = &out[first.payload_start..first.payload_start + first.header.len as usize];
         let s = rkyv::access::<rkyv::string::ArchivedString, rkyv::rancor::Error>(p).unwrap();
         assert_eq!(s.as_str(), "a string longer than the inline size");
         let rest = &out[first.frame_len..];
-        let Scan::Frame(second) = scan(rest, 1024) else { panic!() };
-        assert_eq!((second.header.kind, second.header.len, second.header.id), (0x81, 0, 2));
+        let Scan::Frame(second) = scan(rest, 1024) else {
+            panic!()
+        };
+        assert_eq!(
+            (second.header.kind, second.header.len, second.header.id),
+            (0x81, 0, 2)
+        );
         let rest = &rest[second.frame_len..];
-        let Scan::Frame(third) = scan(rest, 1024) else { panic!() };
+        let Scan::Frame(third) = scan(rest, 1024) else {
+            panic!()
+        };
         assert_eq!(third.header.id, 3);
         assert_eq!(rest.len(), third.frame_len);
     }

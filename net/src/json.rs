@@ -68,9 +68,11 @@ pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
             .map_err(|_| JsonError(format!("field `ip`: {text:?} is not an IP address")))?,
     };
     let mcc_text = raw.mcc.into_string();
-    let mcc: u16 = mcc_text
-        .parse()
-        .map_err(|_| JsonError(format!("field `mcc`: {mcc_text:?} is not a number 0..=9999")))?;
+    let mcc: u16 = mcc_text.parse().map_err(|_| {
+        JsonError(format!(
+            "field `mcc`: {mcc_text:?} is not a number 0..=9999"
+        ))
+    })?;
     let mut attributes = Vec::with_capacity(raw.attributes.len());
     for (name, value) in raw.attributes {
         let value = match value {
@@ -135,8 +137,11 @@ pub fn event_to_json(event: &Event) -> Value {
 
 /// The JSON form of a decision.
 pub fn decision_to_json(decision: &Decision) -> Value {
-    let models: Map<String, Value> =
-        decision.models.iter().map(|m| (m.name.clone(), json!(m.score))).collect();
+    let models: Map<String, Value> = decision
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), json!(m.score)))
+        .collect();
     let mut out = json!({
         "event_id": decision.event_id,
         "action": decision.action.as_str(),
@@ -148,8 +153,12 @@ pub fn decision_to_json(decision: &Decision) -> Value {
         "shard": decision.shard,
         "server_ns": decision.server_ns,
     });
-    let failed: Vec<&str> =
-        decision.models.iter().filter(|m| m.error).map(|m| m.name.as_str()).collect();
+    let failed: Vec<&str> = decision
+        .models
+        .iter()
+        .filter(|m| m.error)
+        .map(|m| m.name.as_str())
+        .collect();
     if !failed.is_empty() {
         out["model_errors"] = json!(failed);
     }
@@ -209,7 +218,11 @@ mod tests {
             score: 80,
             rules: vec!["burst".into()],
             shadow_rules: vec![],
-            models: vec![ModelScore { name: "m".into(), score: 0.25, error: false }],
+            models: vec![ModelScore {
+                name: "m".into(),
+                score: 0.25,
+                error: false,
+            }],
             epoch: 2,
             shard: 1,
             server_ns: 900,
@@ -217,7 +230,14 @@ mod tests {
         let v = decision_to_json(&d);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         for k in [
-            "event_id", "action", "score", "rules", "shadow_rules", "models", "epoch", "shard",
+            "event_id",
+            "action",
+            "score",
+            "rules",
+            "shadow_rules",
+            "models",
+            "epoch",
+            "shard",
             "server_ns",
         ] {
             assert!(keys.contains(&k), "missing {k}");

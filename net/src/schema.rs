@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 
 use rkyv::{
-    Archive, Deserialize, Place, Serialize,
+    Archive, Deserialize, Place, Serialize, SerializeUnsized,
     rancor::{Fallible, Source},
-    SerializeUnsized,
     ser::{Allocator, Writer},
     string::{ArchivedString, StringResolver},
     vec::{ArchivedVec, VecResolver},
@@ -398,7 +397,11 @@ mod tests {
     #[test]
     fn decision_view_archives_like_an_owned_decision() {
         let rules = [StrView("big_foreign_purchase"), StrView("burst")];
-        let models = [ModelScoreView { name: StrView("fraud_gbdt"), score: 0.5, error: false }];
+        let models = [ModelScoreView {
+            name: StrView("fraud_gbdt"),
+            score: 0.5,
+            error: false,
+        }];
         let view = DecisionView {
             event_id: StrView("evt-000000000000000001"),
             action: Action::Review,
@@ -412,7 +415,9 @@ mod tests {
         };
         let mut out = AlignedVec::new();
         FrameEncoder::new().push(&mut out, 0x82, 9, &view).unwrap();
-        let Scan::Frame(at) = scan(&out, 1 << 20) else { panic!() };
+        let Scan::Frame(at) = scan(&out, 1 << 20) else {
+            panic!()
+        };
         let payload = &out[at.payload_start..at.payload_start + at.header.len as usize];
         let owned: Decision = rkyv::from_bytes::<Decision, rkyv::rancor::Error>(payload).unwrap();
         assert_eq!(
@@ -423,7 +428,11 @@ mod tests {
                 score: 40,
                 rules: vec!["big_foreign_purchase".into(), "burst".into()],
                 shadow_rules: vec![],
-                models: vec![ModelScore { name: "fraud_gbdt".into(), score: 0.5, error: false }],
+                models: vec![ModelScore {
+                    name: "fraud_gbdt".into(),
+                    score: 0.5,
+                    error: false
+                }],
                 epoch: 3,
                 shard: 1,
                 server_ns: 1234,

@@ -54,7 +54,10 @@ pub fn validate_event(event: &ArchivedEvent) -> Result<(), FieldError> {
         return bad("amount_minor", "must not be negative");
     }
     if !is_upper_code(&event.currency, 3) {
-        return bad("currency", "must be a three-letter ISO 4217 code in capitals");
+        return bad(
+            "currency",
+            "must be a three-letter ISO 4217 code in capitals",
+        );
     }
     if !is_upper_code(&event.country, 2) {
         return bad("country", "must be a two-letter ISO 3166 code in capitals");
@@ -76,7 +79,10 @@ pub fn validate_event(event: &ArchivedEvent) -> Result<(), FieldError> {
     }
     for (i, attr) in event.attributes.iter().enumerate() {
         if attr.name.is_empty() || attr.name.len() > ATTRIBUTE_NAME_LEN_MAX_BYTES {
-            return bad("attributes", "has a name that is empty or longer than 64 bytes");
+            return bad(
+                "attributes",
+                "has a name that is empty or longer than 64 bytes",
+            );
         }
         if event.attributes[..i].iter().any(|a| a.name == attr.name) {
             return bad("attributes", "has a duplicate name");
@@ -127,15 +133,20 @@ mod tests {
             (
                 "attributes",
                 Box::new(|e| {
-                    let a = Attribute { name: "k".into(), value: AttrValue::Bool(true) };
+                    let a = Attribute {
+                        name: "k".into(),
+                        value: AttrValue::Bool(true),
+                    };
                     e.attributes = vec![a.clone(), a];
                 }),
             ),
             (
                 "attributes",
                 Box::new(|e| {
-                    e.attributes =
-                        vec![Attribute { name: "n".into(), value: AttrValue::Num(f64::INFINITY) }]
+                    e.attributes = vec![Attribute {
+                        name: "n".into(),
+                        value: AttrValue::Num(f64::INFINITY),
+                    }]
                 }),
             ),
         ];

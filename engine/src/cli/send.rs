@@ -1,0 +1,159 @@
+//! `verdict send`: JSON-lines events in, one JSON line out per input line, in order: a
+//! decision, or `{"line": N, "error": ...}` for a line that could not be decided. Pipelined
+//! up to `depth` requests in flight; when input pauses (an interactive terminal), everything
+//! in flight is answered before waiting for more, so typing an event shows its decision.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+use verdict_net::json::{decision_to_json, event_from_json};
+use verdict_net::{Client, ClientError, Decision, Kind};
+
+use super::connect;
+
+/// One input line's place in the output order.
+enum Slot {
+    /// Waiting for the response to request `id` (line number for errors).
+    Sent { id: u64, line: usize },
+    /// Already known to be an error (line did not parse).
+    Failed(serde_json::Value),
+}
+
+struct Totals {
+    decisions: u64,
+    errors: u64,
+}
+
+pub fn run(addr: &str, file: Option<&Path>, depth: usize) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn std::io::Read> = match file {
+        Some(p) => {
+            Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
+        None => Box::new(std::io::stdin()),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, input);
+    let mut client = connect(addr)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let depth = depth.max(1);
+    let mut slots: VecDeque<Slot> = VecDeque::with_capacity(depth * 2);
+    let mut in_flight = 0usize;
+    let mut totals = Totals {
+        decisions: 0,
+        errors: 0,
+    };
+    let started = Instant::now();
+    let mut line = String::new();
+    let mut line_no = 0usize;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).context("reading events")?;
+        let at_end = n == 0;
+        if !at_end {
+            line_no += 1;
+            let text = line.trim();
+            if !text.is_empty() {
+                match event_from_json(text) {
+                    Ok(event) => {
+                        let id = client.send(Kind::Evaluate, &event)?;
+                        slots.push_back(Slot::Sent { id, line: line_no });
+                        in_flight += 1;
+                    }
+                    Err(e) => slots.push_back(Slot::Failed(json!({
+                        "line": line_no, "error": { "code": null, "name": "bad_json", "message": e.to_string() }
+                    }))),
+                }
+            }
+        }
+        // Answer everything when input pauses or ends; otherwise keep the window half full.
+        let paused = at_end || reader.buffer().is_empty();
+        let keep = if paused {
+            0
+        } else if in_flight >= depth {
+            depth / 2
+        } else {
+            usize::MAX
+        };
+        if keep != usize::MAX {
+            client.flush()?;
+            drain(
+                &mut client,
+                &mut slots,
+                &mut in_flight,
+                keep,
+                &mut out,
+                &mut totals,
+            )?;
+        }
+        if at_end {
+            break;
+        }
+    }
+    out.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "verdict send: {} decisions, {} errors in {:.3} s ({:.0} events/s)",
+        totals.decisions,
+        totals.errors,
+        secs,
+        totals.decisions as f64 / secs.max(1e-9)
+    );
+    Ok(if totals.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints slots in order until at most `keep` requests are in flight.
+fn drain(
+    client: &mut Client,
+    slots: &mut VecDeque<Slot>,
+    in_flight: &mut usize,
+    keep: usize,
+    out: &mut impl Write,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    while let Some(slot) = slots.front() {
+        match slot {
+            Slot::Failed(v) => {
+                writeln!(out, "{v}")?;
+                totals.errors += 1;
+            }
+            Slot::Sent { id, line } => {
+                if *in_flight <= keep {
+                    break;
+                }
+                let (id, line) = (*id, *line);
+                let result: Result<Decision, ClientError> = client
+                    .recv()?
+                    .expect(Kind::Evaluate, id)
+                    .and_then(|r| r.decode());
+                *in_flight -= 1;
+                match result {
+                    Ok(d) => {
+                        writeln!(out, "{}", decision_to_json(&d))?;
+                        totals.decisions += 1;
+                    }
+                    Err(ClientError::Server {
+                        code,
+                        name,
+                        message,
+                    }) => {
+                        let v = json!({ "line": line, "error": { "code": code, "name": name, "message": message } });
+                        writeln!(out, "{v}")?;
+                        totals.errors += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        slots.pop_front();
+    }
+    Ok(())
+}

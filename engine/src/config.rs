@@ -1,0 +1,492 @@
+//! The topology file (`shards.toml`): parsed once with serde (unknown keys rejected), checked
+//! with messages that name the key, then passed down as plain structs. Command-line flags
+//! override the file through the same structs and the same checks.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use verdict_net::Action;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    pub listen: Listen,
+    /// One entry per shard, in shard order.
+    #[serde(rename = "shard", default)]
+    pub shards: Vec<ShardSpec>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub decision: DecisionConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[listen]`: where clients connect.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub address: IpAddr,
+    /// Shared port: every shard accepts on it (SO_REUSEPORT). 0 = pick a free port.
+    pub port: u16,
+    /// Shard i also listens on `shard_port_base + i`. 0 = each shard picks a free port.
+    pub shard_port_base: u16,
+}
+
+/// `[[shard]]`: one shard, pinned to one CPU.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSpec {
+    /// OS index of the CPU (processing unit) this shard's thread is pinned to.
+    pub cpu: u32,
+}
+
+/// `[limits]`: every bound the data path keeps, with its unit in its name.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request payload (before padding). A larger header gets error 3 and a close.
+    pub frame_len_max_bytes: u32,
+    /// Open connections per shard; one more gets error 8 (overloaded) and a close.
+    pub connections_per_shard_max: u32,
+    /// Requests a connection may have read and not yet answered: after this many the server
+    /// writes their responses before it decodes more (the rest wait in the socket: TCP
+    /// backpressure, never a drop).
+    pub pipeline_depth_max: u32,
+    /// Most events in one evaluate-batch request; more gets error 7.
+    pub batch_events_max: u32,
+    /// Response bytes a connection may queue before the server must write them out; a slow
+    /// reader then stops being read (backpressure), so memory per connection stays bounded.
+    pub write_buffer_bytes_max: u32,
+    /// Receive buffer per connection; it grows only to fit one frame up to
+    /// `frame_len_max_bytes` and shrinks back once drained.
+    pub read_buffer_bytes: u32,
+    /// A connection that sends nothing for this long is closed. 0 = never.
+    pub idle_timeout_ms: u64,
+    /// A peer that accepts none of our response bytes for this long is closed.
+    pub write_timeout_ms: u64,
+    /// On SIGINT/SIGTERM: how long connections may keep being answered before the shard
+    /// exits anyway.
+    pub shutdown_drain_ms: u64,
+    /// While draining, a connection quiet for this long is considered done.
+    pub shutdown_quiet_ms: u64,
+    /// Messages queued per pair of shards on the cross-shard channel mesh.
+    pub mesh_queue_depth: u32,
+    /// How long a shard waits for the others to answer a cross-shard request (stats).
+    pub mesh_reply_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_len_max_bytes: 1 << 20,
+            connections_per_shard_max: 1024,
+            pipeline_depth_max: 256,
+            batch_events_max: 1024,
+            write_buffer_bytes_max: 256 * 1024,
+            read_buffer_bytes: 64 * 1024,
+            idle_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            shutdown_drain_ms: 5_000,
+            shutdown_quiet_ms: 200,
+            mesh_queue_depth: 1024,
+            mesh_reply_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// `[decision]`: how events are decided until the rules issue lands.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionConfig {
+    /// Every event gets this action with score 0 at rule epoch 0 (no rule set is loaded yet).
+    #[serde(with = "action_text")]
+    pub default_action: Action,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        DecisionConfig {
+            default_action: Action::Allow,
+        }
+    }
+}
+
+/// `[runtime]`: the per-core executor.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Memory glommio registers with io_uring per executor, bytes. 0 = choose: 10 MiB when
+    /// locked memory is unlimited (root / CAP_IPC_LOCK), else what fits RLIMIT_MEMLOCK.
+    pub io_memory_bytes: u64,
+    /// Bind each shard's memory to the NUMA node of its CPU (hwloc).
+    pub bind_memory: bool,
+    /// How often each shard checks for shutdown, milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            io_memory_bytes: 0,
+            bind_memory: true,
+            tick_ms: 10,
+        }
+    }
+}
+
+mod action_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use verdict_net::Action;
+
+    pub fn serialize<S: Serializer>(action: &Action, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(action.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
+        let text = String::deserialize(d)?;
+        Action::parse(&text).ok_or_else(|| {
+            D::Error::custom(format!(
+                "unknown action {text:?}: expected allow, review or deny"
+            ))
+        })
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl TopologyConfig {
+    /// The topology used when no file is given and none is in the working directory: every
+    /// CPU in `cpus` gets a shard, listening on 127.0.0.1:7400 and 7410+i.
+    pub fn for_cpus(cpus: &[u32]) -> TopologyConfig {
+        TopologyConfig {
+            listen: Listen {
+                address: IpAddr::from([127, 0, 0, 1]),
+                port: 7400,
+                shard_port_base: 7410,
+            },
+            shards: cpus.iter().map(|&cpu| ShardSpec { cpu }).collect(),
+            limits: Limits::default(),
+            decision: DecisionConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<TopologyConfig, ConfigError> {
+        let config: TopologyConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<TopologyConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        TopologyConfig::parse(&text, &shown)
+    }
+
+    /// Checks that do not need the hardware.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.shards.is_empty() {
+            return Err(invalid("shard", "at least one [[shard]] is required"));
+        }
+        if self.shards.len() > 1024 {
+            return Err(invalid("shard", "at most 1024 shards"));
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            if self.shards[..i].iter().any(|o| o.cpu == s.cpu) {
+                return Err(invalid(
+                    format!("shard[{i}].cpu"),
+                    format!("cpu {} already has a shard; one shard per cpu", s.cpu),
+                ));
+            }
+        }
+        let base = self.listen.shard_port_base;
+        if base != 0 {
+            let last = u32::from(base) + self.shards.len() as u32 - 1;
+            if last > u32::from(u16::MAX) {
+                return Err(invalid(
+                    "listen.shard_port_base",
+                    format!("{base} + {} shards runs past port 65535", self.shards.len()),
+                ));
+            }
+            let port = u32::from(self.listen.port);
+            if self.listen.port != 0 && (u32::from(base)..=last).contains(&port) {
+                return Err(invalid(
+                    "listen.port",
+                    format!("{port} collides with the shard ports {base}..={last}"),
+                ));
+            }
+        }
+        self.limits.check()?;
+        if self.runtime.tick_ms == 0 || self.runtime.tick_ms > 1_000 {
+            return Err(invalid("runtime.tick_ms", "must be 1..=1000"));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn check(&self) -> Result<(), ConfigError> {
+        let l = self;
+        let ranges: [(&str, u64, u64, u64); 12] = [
+            (
+                "frame_len_max_bytes",
+                l.frame_len_max_bytes.into(),
+                16,
+                64 << 20,
+            ),
+            (
+                "connections_per_shard_max",
+                l.connections_per_shard_max.into(),
+                1,
+                1 << 20,
+            ),
+            (
+                "pipeline_depth_max",
+                l.pipeline_depth_max.into(),
+                1,
+                1 << 16,
+            ),
+            ("batch_events_max", l.batch_events_max.into(), 1, 1 << 16),
+            (
+                "write_buffer_bytes_max",
+                l.write_buffer_bytes_max.into(),
+                4096,
+                256 << 20,
+            ),
+            (
+                "read_buffer_bytes",
+                l.read_buffer_bytes.into(),
+                4096,
+                64 << 20,
+            ),
+            ("idle_timeout_ms", l.idle_timeout_ms, 0, 86_400_000),
+            ("write_timeout_ms", l.write_timeout_ms, 1, 3_600_000),
+            ("shutdown_drain_ms", l.shutdown_drain_ms, 1, 600_000),
+            ("shutdown_quiet_ms", l.shutdown_quiet_ms, 1, 60_000),
+            ("mesh_queue_depth", l.mesh_queue_depth.into(), 1, 1 << 20),
+            ("mesh_reply_timeout_ms", l.mesh_reply_timeout_ms, 1, 60_000),
+        ];
+        for (name, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    format!("limits.{name}"),
+                    format!("{value} is not in {min}..={max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The header `verdict topology --write` puts on a file (and the repository's shards.toml).
+pub const FILE_HEADER: &str = "# verdict topology: one shard per data core.\n\
+    # `verdict topology` shows this machine and the shard map;\n\
+    # `verdict topology --write FILE` writes a file like this one for the machine it runs on.\n";
+
+/// Renders a commented topology file for `config` (used by `verdict topology --write` and to
+/// produce the repository's `shards.toml`).
+pub fn render(config: &TopologyConfig, header: &str) -> String {
+    let l = &config.limits;
+    let mut out = String::new();
+    out.push_str(header);
+    out.push_str(&format!(
+        r#"
+[listen]
+# Address every listener binds (IPv4 or IPv6).
+address = "{address}"
+# Shared port: every shard accepts on it (SO_REUSEPORT; the kernel spreads connections).
+# 0 picks a free port (printed in the ready line).
+port = {port}
+# Shard i also listens alone on shard_port_base + i, for shard-aware clients.
+# 0 lets every shard pick a free port.
+shard_port_base = {base}
+"#,
+        address = config.listen.address,
+        port = config.listen.port,
+        base = config.listen.shard_port_base,
+    ));
+    out.push_str(
+        "\n# One [[shard]] per data core, in shard order. `cpu` is the OS index of the CPU the\n\
+         # shard's thread is pinned to; it must exist (see `verdict topology`).\n",
+    );
+    for s in &config.shards {
+        out.push_str(&format!("[[shard]]\ncpu = {}\n", s.cpu));
+    }
+    out.push_str(&format!(
+        r#"
+[limits]
+# Largest request payload in bytes (before padding). Over it: error 3, then close.
+frame_len_max_bytes = {frame}
+# Open connections per shard. One more gets error 8 (overloaded), then close.
+connections_per_shard_max = {conns}
+# Requests read from one connection before their responses must be written; the rest wait
+# in the socket (TCP backpressure), never dropped.
+pipeline_depth_max = {depth}
+# Most events in one evaluate-batch request. More: error 7.
+batch_events_max = {batch}
+# Response bytes queued per connection before they must be written (slow readers stop
+# being read rather than growing this).
+write_buffer_bytes_max = {wbuf}
+# Receive buffer per connection in bytes; grows only to fit one frame, shrinks back.
+read_buffer_bytes = {rbuf}
+# Close a connection silent for this long (ms). 0 = never.
+idle_timeout_ms = {idle}
+# Close a peer that takes none of our bytes for this long (ms).
+write_timeout_ms = {wto}
+# On SIGINT/SIGTERM: the longest time (ms) in-flight connections are still answered.
+shutdown_drain_ms = {drain}
+# While draining, a connection quiet for this long (ms) is done.
+shutdown_quiet_ms = {quiet}
+# Messages queued between each pair of shards on the cross-shard mesh.
+mesh_queue_depth = {mesh}
+# How long (ms) a shard waits for the others to answer a cross-shard request (stats).
+mesh_reply_timeout_ms = {mesh_to}
+
+[decision]
+# Until a rule set is loaded, every event gets this action (allow | review | deny) with
+# score 0 at rule epoch 0.
+default_action = "{action}"
+
+[runtime]
+# Bytes glommio registers with io_uring per executor. 0 = 10 MiB when locked memory is
+# unlimited (root / CAP_IPC_LOCK), else the most that fits RLIMIT_MEMLOCK.
+io_memory_bytes = {iomem}
+# Bind each shard's memory to its CPU's NUMA node (hwloc).
+bind_memory = {bind}
+# How often (ms) each shard checks for shutdown.
+tick_ms = {tick}
+"#,
+        frame = l.frame_len_max_bytes,
+        conns = l.connections_per_shard_max,
+        depth = l.pipeline_depth_max,
+        batch = l.batch_events_max,
+        wbuf = l.write_buffer_bytes_max,
+        rbuf = l.read_buffer_bytes,
+        idle = l.idle_timeout_ms,
+        wto = l.write_timeout_ms,
+        drain = l.shutdown_drain_ms,
+        quiet = l.shutdown_quiet_ms,
+        mesh = l.mesh_queue_depth,
+        mesh_to = l.mesh_reply_timeout_ms,
+        action = config.decision.default_action.as_str(),
+        iomem = config.runtime.io_memory_bytes,
+        bind = config.runtime.bind_memory,
+        tick = config.runtime.tick_ms,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[listen]
+address = "127.0.0.1"
+port = 7400
+shard_port_base = 7410
+[[shard]]
+cpu = 0
+[[shard]]
+cpu = 1
+"#;
+
+    #[test]
+    fn the_issue_example_parses_with_default_limits() {
+        let c = TopologyConfig::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.shards, vec![ShardSpec { cpu: 0 }, ShardSpec { cpu: 1 }]);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.decision.default_action, Action::Allow);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let text = MINIMAL.replace("port = 7400", "port = 7400\nprot = 1");
+        let err = TopologyConfig::parse(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+        let text = format!("{MINIMAL}\n[limits]\nframe_len_max = 5\n");
+        let err = TopologyConfig::parse(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("frame_len_max"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (MINIMAL.replace("cpu = 1", "cpu = 0"), "shard[1].cpu"),
+            (
+                format!("{MINIMAL}\n[limits]\nbatch_events_max = 0\n"),
+                "limits.batch_events_max",
+            ),
+            (
+                MINIMAL.replace("shard_port_base = 7410", "shard_port_base = 65535"),
+                "listen.shard_port_base",
+            ),
+            (MINIMAL.replace("port = 7400", "port = 7411"), "listen.port"),
+            (
+                format!("{MINIMAL}\n[decision]\ndefault_action = \"maybe\"\n"),
+                "maybe",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = TopologyConfig::parse(&text, "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let no_shards = "[listen]\naddress = \"::1\"\nport = 1\nshard_port_base = 2\n";
+        let err = TopologyConfig::parse(no_shards, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shard"), "{err}");
+    }
+
+    #[test]
+    fn rendered_files_parse_back_to_the_same_config() {
+        let mut c = TopologyConfig::for_cpus(&[0, 1, 3]);
+        c.limits.batch_events_max = 77;
+        c.decision.default_action = Action::Review;
+        let text = render(&c, "# test\n");
+        assert_eq!(TopologyConfig::parse(&text, "r.toml").unwrap(), c);
+    }
+
+    #[test]
+    fn the_repository_shards_toml_is_valid_and_documents_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shards.toml");
+        let c = TopologyConfig::load(Path::new(path)).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            text,
+            render(&c, FILE_HEADER),
+            "shards.toml drifted from render()"
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! One client connection: read -> frames -> validated archives -> decisions -> response
+//! frames -> write. Requests on a connection are answered in order, each exactly once.
+//!
+//! A *batch* is every whole frame one read delivered (at most `pipeline_depth_max`): they are
+//! decoded in place from the 16-aligned receive buffer (no copy), answered into the
+//! connection's write buffer, and the write buffer goes out in one `write_all`. While it is
+//! being written the connection reads nothing more, so a slow reader meets TCP backpressure
+//! instead of growing server memory.
+//!
+//! Heap allocation per request on this path: none for ping, evaluate and topology once the
+//! buffers have warmed up (the encoder's arena and the buffers are reused). An
+//! evaluate-batch reuses one vector of decision views per connection. Stats requests
+//! allocate (snapshots cross cores) and so do error messages built for malformed payloads.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::net::TcpStream;
+use rkyv::{rancor, util::AlignedVec};
+use verdict_net::frame::{FRAME_ALIGN, FrameAt, RecvBuffer, Scan};
+use verdict_net::validate::validate_event;
+use verdict_net::{
+    ArchivedEvaluateBatch, ArchivedEvent, DecisionBatchView, DecisionView, ErrorCode,
+    ErrorReplyView, FrameEncoder, Kind, SliceView, StrView,
+};
+
+use crate::decide::decide;
+use crate::mesh::MeshError;
+use crate::shard::Shard;
+use crate::stats;
+
+/// Whether the connection goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A connection's buffers, reused for its whole life.
+struct Connection {
+    recv: RecvBuffer,
+    out: AlignedVec<FRAME_ALIGN>,
+    encoder: FrameEncoder,
+    /// Error messages are formatted here.
+    message: String,
+    /// Capacity for evaluate-batch decision views, kept between requests.
+    views: Vec<DecisionView<'static>>,
+    /// Clock reading when the last read completed: when the frames it finished arrived.
+    read_at: u64,
+}
+
+/// Serves one connection until the peer closes, a framing error, an I/O error or timeout,
+/// or the end of the shutdown drain.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let limits = &shard.limits;
+    let _ = stream.set_nodelay(true);
+    let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
+    let _ = stream.set_read_timeout(idle);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
+    {
+        let mut s = shard.stats.borrow_mut();
+        s.connections_open += 1;
+        s.connections_accepted += 1;
+    }
+    let _open = OpenGuard(shard.clone());
+    let mut conn = Connection {
+        recv: RecvBuffer::new(limits.read_buffer_bytes as usize),
+        out: AlignedVec::with_capacity(limits.write_buffer_bytes_max as usize),
+        encoder: FrameEncoder::new(),
+        message: String::with_capacity(256),
+        views: Vec::new(),
+        read_at: 0,
+    };
+    let mut draining = false;
+    loop {
+        if !matches!(
+            conn.recv.front(limits.frame_len_max_bytes),
+            Scan::Frame(_) | Scan::Broken { .. }
+        ) {
+            if !draining && shard.is_draining() {
+                draining = true;
+                let _ =
+                    stream.set_read_timeout(Some(Duration::from_millis(limits.shutdown_quiet_ms)));
+            }
+            let read = match read_some(&shard, &mut stream, &mut conn.recv, draining).await {
+                ReadOutcome::Bytes(n) => n,
+                ReadOutcome::Draining => continue,
+                ReadOutcome::Done => break,
+            };
+            conn.read_at = shard.clock.raw();
+            shard.stats.borrow_mut().bytes_in += read as u64;
+        }
+        let flow = conn.answer_batch(&shard).await;
+        if !conn.out.is_empty() {
+            if stream.write_all(&conn.out).await.is_err() {
+                break;
+            }
+            shard.stats.borrow_mut().bytes_out += conn.out.len() as u64;
+            conn.out.clear();
+        }
+        if flow == Flow::Close {
+            break;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+enum ReadOutcome {
+    Bytes(usize),
+    /// Shutdown began while waiting; go on with the drain timeout.
+    Draining,
+    /// EOF, error or timeout: the connection is finished.
+    Done,
+}
+
+async fn read_some(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    recv: &mut RecvBuffer,
+    draining: bool,
+) -> ReadOutcome {
+    let space = recv.read_space(shard.limits.frame_len_max_bytes);
+    let result = if draining {
+        Some(stream.read(space).await)
+    } else {
+        // glommio's reads are readiness-based (poll, then recv), so dropping this read when
+        // shutdown wins the race loses no bytes.
+        future::or(async { Some(stream.read(space).await) }, async {
+            shard.drained().await;
+            None
+        })
+        .await
+    };
+    match result {
+        None => ReadOutcome::Draining,
+        Some(Ok(0)) | Some(Err(_)) => ReadOutcome::Done,
+        Some(Ok(n)) => {
+            recv.filled(n);
+            ReadOutcome::Bytes(n)
+        }
+    }
+}
+
+struct OpenGuard(Rc<Shard>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.stats.borrow_mut().connections_open -= 1;
+    }
+}
+
+impl Connection {
+    /// Answers the whole frames at the front of the receive buffer, up to
+    /// `pipeline_depth_max` or until the write buffer is full.
+    async fn answer_batch(&mut self, shard: &Shard) -> Flow {
+        let limits = &shard.limits;
+        let mut handled = 0u64;
+        let mut flow = Flow::Continue;
+        while handled < u64::from(limits.pipeline_depth_max)
+            && self.out.len() < limits.write_buffer_bytes_max as usize
+        {
+            let at = match self.recv.front(limits.frame_len_max_bytes) {
+                Scan::Incomplete { .. } => break,
+                Scan::Broken { id, error } => {
+                    // Framing is lost: answer this one error, then close.
+                    self.message.clear();
+                    let _ = write!(self.message, "{error}; closing the connection");
+                    self.push_error(shard, id, ErrorCode::from(error));
+                    shard.stats.borrow_mut().requests += 1;
+                    flow = Flow::Close;
+                    break;
+                }
+                Scan::Frame(at) => at,
+            };
+            handled += 1;
+            self.answer(shard, &at).await;
+            self.recv.consume(at.frame_len);
+            let done = shard.clock.raw();
+            let mut s = shard.stats.borrow_mut();
+            s.requests += 1;
+            s.record_latency_ns(shard.clock.delta_as_nanos(self.read_at, done));
+        }
+        shard.stats.borrow_mut().record_batch_requests(handled);
+        flow
+    }
+
+    /// Answers one frame; every path appends exactly one response frame.
+    async fn answer(&mut self, shard: &Shard, at: &FrameAt) {
+        let id = at.header.id;
+        let Some(kind) = Kind::from_request_byte(at.header.kind) else {
+            self.message.clear();
+            let _ = write!(self.message, "unknown request kind {:#04x}", at.header.kind);
+            return self.push_error(shard, id, ErrorCode::UnknownKind);
+        };
+        if kind.payload_is_empty() && at.header.len != 0 {
+            self.message.clear();
+            let _ = write!(
+                self.message,
+                "a {kind:?} request carries no payload, got {} bytes",
+                at.header.len
+            );
+            return self.push_error(shard, id, ErrorCode::InvalidPayload);
+        }
+        let result = match kind {
+            Kind::Ping => {
+                self.encoder
+                    .push_empty(&mut self.out, kind.response_byte(), id);
+                Ok(())
+            }
+            Kind::Evaluate => self.evaluate(shard, at),
+            Kind::EvaluateBatch => self.evaluate_batch(shard, at),
+            Kind::Topology => self
+                .encoder
+                .push(&mut self.out, kind.response_byte(), id, &shard.topology)
+                .map_err(|_| self.internal("topology reply")),
+            Kind::Stats => self.stats(shard, id).await,
+        };
+        match result {
+            Ok(()) => shard.stats.borrow_mut().responses += 1,
+            Err(code) => self.push_error(shard, id, code),
+        }
+    }
+
+    fn internal(&mut self, what: &str) -> ErrorCode {
+        self.message.clear();
+        let _ = write!(self.message, "could not encode the {what}");
+        ErrorCode::Internal
+    }
+
+    /// Appends an error frame whose message is `self.message`.
+    fn push_error(&mut self, shard: &Shard, id: u64, code: ErrorCode) {
+        let reply = ErrorReplyView {
+            code: code as u16,
+            message: StrView(&self.message),
+        };
+        if self
+            .encoder
+            .push(&mut self.out, verdict_net::frame::KIND_ERROR, id, &reply)
+            .is_err()
+        {
+            // Only an absurd message could fail; send the code alone rather than nothing.
+            let bare = ErrorReplyView {
+                code: code as u16,
+                message: StrView(""),
+            };
+            self.encoder
+                .push(&mut self.out, verdict_net::frame::KIND_ERROR, id, &bare)
+                .expect("an empty error reply always encodes");
+        }
+        let mut s = shard.stats.borrow_mut();
+        s.record_error(code);
+        s.responses += 1;
+    }
+
+    fn evaluate(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
+        let payload = self.recv.payload(at);
+        let Ok(event) = rkyv::access::<ArchivedEvent, rancor::Failure>(payload) else {
+            return Err(explain_invalid::<ArchivedEvent>(
+                payload,
+                &mut self.message,
+                "Event",
+            ));
+        };
+        if let Err(e) = validate_event(event) {
+            self.message.clear();
+            let _ = write!(self.message, "{e}");
+            return Err(ErrorCode::BadField);
+        }
+        let verdict = decide(event, &shard.decision);
+        let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
+        let view = verdict.view(event, shard.index, server_ns);
+        self.encoder
+            .push(
+                &mut self.out,
+                Kind::Evaluate.response_byte(),
+                at.header.id,
+                &view,
+            )
+            .map_err(|_| ErrorCode::Internal)?;
+        shard.stats.borrow_mut().events += 1;
+        Ok(())
+    }
+
+    fn evaluate_batch(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
+        let max = shard.limits.batch_events_max as usize;
+        let payload = self.recv.payload(at);
+        let Ok(batch) = rkyv::access::<ArchivedEvaluateBatch, rancor::Failure>(payload) else {
+            return Err(explain_invalid::<ArchivedEvaluateBatch>(
+                payload,
+                &mut self.message,
+                "EvaluateBatch",
+            ));
+        };
+        let n = batch.events.len();
+        if n == 0 || n > max {
+            self.message.clear();
+            let _ = write!(
+                self.message,
+                "evaluate-batch carries {n} events; the limit is 1..={max} (limits.batch_events_max)"
+            );
+            return Err(ErrorCode::BatchTooLarge);
+        }
+        for (i, event) in batch.events.iter().enumerate() {
+            if let Err(e) = validate_event(event) {
+                self.message.clear();
+                let _ = write!(self.message, "event {i}: {e}");
+                return Err(ErrorCode::BadField);
+            }
+        }
+        let mut views = reuse(&mut self.views);
+        for event in batch.events.iter() {
+            let verdict = decide(event, &shard.decision);
+            let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
+            views.push(verdict.view(event, shard.index, server_ns));
+        }
+        let reply = DecisionBatchView {
+            decisions: SliceView(&views),
+        };
+        let pushed = self.encoder.push(
+            &mut self.out,
+            Kind::EvaluateBatch.response_byte(),
+            at.header.id,
+            &reply,
+        );
+        self.views = give_back(views);
+        pushed.map_err(|_| ErrorCode::Internal)?;
+        let mut s = shard.stats.borrow_mut();
+        s.events += n as u64;
+        s.record_batch_events(n as u64);
+        Ok(())
+    }
+
+    async fn stats(&mut self, shard: &Shard, id: u64) -> Result<(), ErrorCode> {
+        let mut snapshots = vec![shard.snapshot()];
+        if let Some(mesh) = &shard.mesh {
+            let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
+            match mesh.gather_stats(timeout).await {
+                Ok(others) => snapshots.extend(others),
+                Err(e) => {
+                    self.message.clear();
+                    let (code, why) = match e {
+                        MeshError::Overloaded => {
+                            (ErrorCode::Overloaded, "a shard's mesh queue is full")
+                        }
+                        MeshError::Timeout => {
+                            (ErrorCode::Unavailable, "a shard did not answer in time")
+                        }
+                    };
+                    let _ = write!(self.message, "stats: {why}");
+                    return Err(code);
+                }
+            }
+        }
+        let reply = stats::merge(snapshots);
+        self.encoder
+            .push(&mut self.out, Kind::Stats.response_byte(), id, &reply)
+            .map_err(|_| self.internal("stats reply"))
+    }
+}
+
+/// Explains why `payload` is not a valid `T` (error path only: this allocates).
+fn explain_invalid<T>(payload: &[u8], message: &mut String, what: &str) -> ErrorCode
+where
+    T: rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    message.clear();
+    let why = rkyv::access::<T, rancor::Error>(payload)
+        .err()
+        .map_or_else(|| "unknown".to_string(), |e| e.to_string());
+    let _ = write!(message, "payload is not a valid {what}: {why}");
+    ErrorCode::InvalidPayload
+}
+
+/// Reuses an empty vector's allocation for views of another lifetime (same layout, so the
+/// in-place collect keeps the allocation and no element is ever converted).
+fn reuse<'a>(spare: &mut Vec<DecisionView<'static>>) -> Vec<DecisionView<'a>> {
+    debug_assert!(spare.is_empty());
+    std::mem::take(spare)
+        .into_iter()
+        .map(|_| unreachable!("spare is empty"))
+        .collect()
+}
+
+fn give_back(mut views: Vec<DecisionView<'_>>) -> Vec<DecisionView<'static>> {
+    views.clear();
+    views.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
+/// Writes one error frame and closes: for connections refused before they are served.
+pub async fn send_error_and_close(
+    shard: &Shard,
+    mut stream: TcpStream,
+    id: u64,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut out = AlignedVec::new();
+    let reply = ErrorReplyView {
+        code: code as u16,
+        message: StrView(message),
+    };
+    if FrameEncoder::new()
+        .push(&mut out, verdict_net::frame::KIND_ERROR, id, &reply)
+        .is_ok()
+        && stream.write_all(&out).await.is_ok()
+    {
+        let mut s = shard.stats.borrow_mut();
+        s.bytes_out += out.len() as u64;
+        s.record_error(code);
+    }
+    let _ = stream.close().await;
+}

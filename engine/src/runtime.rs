@@ -1,0 +1,198 @@
+//! `verdict serve`: the control thread. It checks the machine (io_uring, hardware, locked
+//! memory), starts one pinned glommio executor per shard, publishes the shard map once every
+//! shard has bound its ports, prints the ready line, then waits for SIGINT/SIGTERM (or a
+//! shard dying) and drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use glommio::{LocalExecutorBuilder, Placement};
+use log::{error, info};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use socket2::{Domain, Protocol, Socket, Type};
+use verdict_net::TopologyReply;
+use verdict_net::routing::ROUTING_NAME;
+
+use crate::config::TopologyConfig;
+use crate::hardware::Hardware;
+use crate::shard::{self, ShardContext, ShardEvent};
+use crate::{memlock, mesh, uring};
+
+/// How long shards get to bind their ports at start.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks that every shard's CPU exists; returns each shard's NUMA node.
+pub fn check_hardware(config: &TopologyConfig, hw: &Hardware) -> anyhow::Result<Vec<u32>> {
+    config
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match hw.cpu(s.cpu) {
+            Some(cpu) => Ok(cpu.numa_node),
+            None => bail!(
+                "shard[{i}].cpu: cpu {} does not exist on this machine (cpus: {:?}); \
+                 `verdict topology --write FILE` writes a topology that fits",
+                s.cpu,
+                hw.cpu_indices()
+            ),
+        })
+        .collect()
+}
+
+/// With `port = 0`, every shard must still share one port: bind (without listening) a
+/// SO_REUSEPORT socket on a free port to learn it and hold it until the shards have bound
+/// theirs. A bound, non-listening socket never receives connections.
+fn reserve_shared_port(config: &TopologyConfig) -> anyhow::Result<(u16, Option<Socket>)> {
+    if config.listen.port != 0 {
+        return Ok((config.listen.port, None));
+    }
+    let addr = SocketAddr::new(config.listen.address, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("reserving a free port on {addr}"))?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .context("reserved socket has no port")?;
+    Ok((port, Some(socket)))
+}
+
+/// Serves until SIGINT/SIGTERM; returns after every shard has drained.
+pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
+    // Install signal handlers first: a signal before this would kill the process outright.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let report = uring::probe()?;
+    info!("{}", report.summary());
+    let hw = Hardware::detect()?;
+    let numa_nodes = check_hardware(&config, &hw)?;
+    let shard_count = config.shards.len();
+    let io = memlock::choose(
+        config.runtime.io_memory_bytes,
+        shard_count,
+        memlock::has_ipc_lock(),
+        memlock::memlock_limit(),
+    )?;
+    info!(
+        "topology from {source}: {shard_count} shards on cpus {:?}; io_memory {} KiB per executor ({})",
+        config.shards.iter().map(|s| s.cpu).collect::<Vec<_>>(),
+        io.bytes_per_executor / 1024,
+        io.reason
+    );
+    let (shared_port, reservation) = reserve_shared_port(&config)?;
+    let config = Arc::new(config);
+    let mesh = (shard_count > 1)
+        .then(|| mesh::builder(shard_count, config.limits.mesh_queue_depth as usize));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let shard_map = Arc::new(OnceLock::new());
+    let (events_tx, events) = mpsc::channel();
+
+    let mut handles = Vec::with_capacity(shard_count);
+    for (i, spec) in config.shards.iter().enumerate() {
+        let ctx = ShardContext {
+            index: i as u32,
+            cpu: spec.cpu,
+            numa_node: numa_nodes[i],
+            config: config.clone(),
+            shared_port,
+            mesh: mesh.clone(),
+            shutdown: shutdown.clone(),
+            events: events_tx.clone(),
+            shard_map: shard_map.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu as usize))
+            .name(&format!("verdict-shard-{i}"))
+            .io_memory(io.bytes_per_executor as usize)
+            .spawn(move || shard::run(ctx))
+            .map_err(|e| anyhow::anyhow!("starting shard {i} on cpu {}: {e}", spec.cpu))?;
+        handles.push(handle);
+    }
+    drop(events_tx);
+
+    let stop = |handles: Vec<_>| {
+        shutdown.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = glommio::ExecutorJoinHandle::join(h);
+        }
+    };
+
+    // Startup: every shard reports its shard port, or why it could not bind.
+    let mut shard_ports = vec![0u16; shard_count];
+    let mut bound = 0;
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while bound < shard_count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(ShardEvent::Bound { shard, shard_port }) => {
+                shard_ports[shard as usize] = shard_port;
+                bound += 1;
+            }
+            Ok(ShardEvent::Failed { shard, message }) => {
+                stop(handles);
+                bail!("shard {shard} could not start: {message}");
+            }
+            Ok(ShardEvent::Exited { shard }) => {
+                stop(handles);
+                bail!("shard {shard} stopped during startup");
+            }
+            Err(_) => {
+                stop(handles);
+                bail!("shards did not start within {STARTUP_TIMEOUT:?}");
+            }
+        }
+    }
+    let address = config.listen.address.to_string();
+    let _ = shard_map.set(TopologyReply {
+        shard_count: shard_count as u32,
+        shard: 0,
+        routing: ROUTING_NAME.into(),
+        address: address.clone(),
+        port: shared_port,
+        shard_ports: shard_ports.clone(),
+        cpus: config.shards.iter().map(|s| s.cpu).collect(),
+    });
+    drop(reservation);
+    let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+    // The ready line: tests and scripts wait for it and read the ports from it.
+    println!(
+        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count}",
+        ports.join(",")
+    );
+    info!(
+        "serving on {address}:{shared_port} (shared) and shard ports {}; decisions: default action \
+         `{}` at epoch 0 (no rule set yet)",
+        ports.join(","),
+        config.decision.default_action.as_str()
+    );
+
+    let mut failed = None;
+    'wait: loop {
+        if let Some(sig) = signals.pending().next() {
+            info!("signal {sig}: stopping accepts, draining in-flight requests");
+            break 'wait;
+        }
+        match events.recv_timeout(Duration::from_millis(20)) {
+            Ok(ShardEvent::Exited { shard }) | Ok(ShardEvent::Failed { shard, .. }) => {
+                error!("shard {shard} stopped unexpectedly; shutting the engine down");
+                failed = Some(shard);
+                break 'wait;
+            }
+            Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break 'wait,
+        }
+    }
+    stop(handles);
+    match failed {
+        Some(shard) => bail!("shard {shard} failed"),
+        None => {
+            info!("all shards drained; bye");
+            Ok(())
+        }
+    }
+}

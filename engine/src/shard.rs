@@ -1,0 +1,255 @@
+//! One shard: everything a data core owns. It runs inside one pinned glommio executor and
+//! shares nothing with other shards but the read-only topology and the shutdown flag; it
+//! talks to them only through the mesh.
+//!
+//! Life: join the mesh -> bind the shared and the shard port -> report the ports to the
+//! control thread -> wait for the full shard map -> accept and serve -> on shutdown stop
+//! accepting, let connections drain (bounded by `shutdown_drain_ms`) -> return.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use futures_lite::future;
+use glommio::net::{TcpListener, TcpStream};
+use log::{info, warn};
+use verdict_net::{ErrorCode, TopologyReply};
+
+use crate::config::{DecisionConfig, Limits, TopologyConfig};
+use crate::conn;
+use crate::mesh::{Mesh, MeshPort};
+use crate::stats::{CoreStats, Snapshot};
+
+/// What the control thread hands a shard thread (all `Send`).
+pub struct ShardContext {
+    pub index: u32,
+    pub cpu: u32,
+    pub numa_node: u32,
+    pub config: Arc<TopologyConfig>,
+    /// The port every shard shares (already resolved if the file said 0).
+    pub shared_port: u16,
+    pub mesh: Option<Mesh>,
+    pub shutdown: Arc<AtomicBool>,
+    pub events: Sender<ShardEvent>,
+    /// Set by the control thread once every shard has bound its ports.
+    pub shard_map: Arc<OnceLock<TopologyReply>>,
+}
+
+/// What a shard tells the control thread.
+#[derive(Debug)]
+pub enum ShardEvent {
+    Bound { shard: u32, shard_port: u16 },
+    Failed { shard: u32, message: String },
+    Exited { shard: u32 },
+}
+
+/// A shard's state, owned by its executor (hence `Rc`/`Cell`/`RefCell`, never locks).
+pub struct Shard {
+    pub index: u32,
+    pub cpu: u32,
+    pub limits: Limits,
+    pub decision: DecisionConfig,
+    /// The rule epoch this shard decides with (0 until a rule set exists).
+    pub epoch: Cell<u64>,
+    pub stats: RefCell<CoreStats>,
+    pub clock: quanta::Clock,
+    pub mesh: Option<Rc<MeshPort>>,
+    /// The topology reply, with `shard` = this shard.
+    pub topology: TopologyReply,
+    draining: Cell<bool>,
+    drain_event: Event,
+}
+
+impl Shard {
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn drained(&self) {
+        loop {
+            if self.draining.get() {
+                return;
+            }
+            let listener = self.drain_event.listen();
+            if self.draining.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn start_draining(&self) {
+        self.draining.set(true);
+        self.drain_event.notify(usize::MAX);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.stats
+            .borrow()
+            .snapshot(self.index, self.cpu, self.epoch.get())
+    }
+}
+
+fn fail(ctx: &ShardContext, message: String) {
+    let _ = ctx.events.send(ShardEvent::Failed {
+        shard: ctx.index,
+        message,
+    });
+}
+
+/// The shard thread's main future.
+pub async fn run(ctx: ShardContext) {
+    let _exit = ExitNotice {
+        shard: ctx.index,
+        events: ctx.events.clone(),
+    };
+    let config = ctx.config.clone();
+    if config.runtime.bind_memory {
+        if let Err(e) = crate::hardware::bind_thread_memory(ctx.numa_node) {
+            warn!("shard {}: {e}; memory stays unbound", ctx.index);
+        }
+    }
+    // Every shard joins before any binds, so a failed bind cannot leave a peer waiting.
+    let stats_for_mesh: Rc<RefCell<Option<Rc<Shard>>>> = Rc::new(RefCell::new(None));
+    let mesh = match ctx.mesh {
+        Some(ref m) => {
+            let cell = stats_for_mesh.clone();
+            let (index, cpu) = (ctx.index, ctx.cpu);
+            Some(
+                MeshPort::join(m.clone(), move || match cell.borrow().as_ref() {
+                    Some(shard) => shard.snapshot(),
+                    None => CoreStats::new().snapshot(index, cpu, 0),
+                })
+                .await,
+            )
+        }
+        None => None,
+    };
+    let address = config.listen.address;
+    let shared = match TcpListener::bind(SocketAddr::new(address, ctx.shared_port)) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                &ctx,
+                format!("bind {address}:{} (shared port): {e}", ctx.shared_port),
+            );
+        }
+    };
+    let want = match config.listen.shard_port_base {
+        0 => 0,
+        base => base + ctx.index as u16,
+    };
+    let own = match TcpListener::bind(SocketAddr::new(address, want)) {
+        Ok(l) => l,
+        Err(e) => return fail(&ctx, format!("bind {address}:{want} (shard port): {e}")),
+    };
+    let shard_port = own.local_addr().map(|a| a.port()).unwrap_or(want);
+    let _ = ctx.events.send(ShardEvent::Bound {
+        shard: ctx.index,
+        shard_port,
+    });
+
+    let mut topology = loop {
+        if let Some(t) = ctx.shard_map.get() {
+            break t.clone();
+        }
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    };
+    topology.shard = ctx.index;
+    let shard = Rc::new(Shard {
+        index: ctx.index,
+        cpu: ctx.cpu,
+        limits: config.limits.clone(),
+        decision: config.decision.clone(),
+        epoch: Cell::new(0),
+        stats: RefCell::new(CoreStats::new()),
+        clock: quanta::Clock::new(),
+        mesh,
+        topology,
+        draining: Cell::new(false),
+        drain_event: Event::new(),
+    });
+    *stats_for_mesh.borrow_mut() = Some(shard.clone());
+
+    glommio::spawn_local(accept_loop(shard.clone(), shared)).detach();
+    glommio::spawn_local(accept_loop(shard.clone(), own)).detach();
+
+    let tick = Duration::from_millis(config.runtime.tick_ms);
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(tick).await;
+    }
+    shard.start_draining();
+    let deadline = Instant::now() + Duration::from_millis(shard.limits.shutdown_drain_ms);
+    while shard.stats.borrow().connections_open > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(tick).await;
+    }
+    let left = shard.stats.borrow().connections_open;
+    if left > 0 {
+        warn!(
+            "shard {}: drain deadline reached with {left} connections still open",
+            shard.index
+        );
+    }
+    *stats_for_mesh.borrow_mut() = None;
+    info!("shard {} stopped", shard.index);
+}
+
+/// Tells the control thread the shard is gone, however it ended (a panic included).
+struct ExitNotice {
+    shard: u32,
+    events: Sender<ShardEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ShardEvent::Exited { shard: self.shard });
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            shard.drained().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("shard {}: accept failed: {e}", shard.index);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let full = shard.stats.borrow().connections_open
+            >= u64::from(shard.limits.connections_per_shard_max);
+        if full {
+            shard.stats.borrow_mut().connections_rejected += 1;
+            glommio::spawn_local(reject(shard.clone(), stream)).detach();
+        } else {
+            glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
+        }
+    }
+    // Dropping the listener closes it: new connections are refused from here on.
+}
+
+/// Tells a connection over the limit why it is refused, then closes it.
+async fn reject(shard: Rc<Shard>, stream: TcpStream) {
+    let message = format!(
+        "shard {} is at its limit of {} connections (limits.connections_per_shard_max)",
+        shard.index, shard.limits.connections_per_shard_max
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.limits.write_timeout_ms)));
+    conn::send_error_and_close(&shard, stream, 0, ErrorCode::Overloaded, &message).await;
+}

@@ -1,0 +1,221 @@
+//! Per-core stats. Each shard owns one `CoreStats` (plain fields in a `RefCell`, never
+//! shared, never atomic); a stats request gathers snapshots from every shard over the mesh
+//! and merges histograms (percentiles are never averaged).
+
+use hdrhistogram::Histogram;
+use verdict_net::{ErrorCode, ErrorCount, Percentiles, ShardStats, StatsReply};
+
+/// Highest latency the histogram tracks exactly, ns (larger values saturate here).
+const LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Highest batch size tracked.
+const BATCH_MAX: u64 = 1 << 20;
+/// Slots for error counters, indexed by code.
+const ERROR_SLOTS: usize = 16;
+
+/// One shard's live counters.
+pub struct CoreStats {
+    pub requests: u64,
+    pub responses: u64,
+    pub events: u64,
+    pub errors: u64,
+    errors_by_code: [u64; ERROR_SLOTS],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_rejected: u64,
+    batch_requests: Histogram<u64>,
+    batch_events: Histogram<u64>,
+    latency_ns: Histogram<u64>,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CoreStats {
+    pub fn new() -> CoreStats {
+        CoreStats {
+            requests: 0,
+            responses: 0,
+            events: 0,
+            errors: 0,
+            errors_by_code: [0; ERROR_SLOTS],
+            bytes_in: 0,
+            bytes_out: 0,
+            connections_open: 0,
+            connections_accepted: 0,
+            connections_rejected: 0,
+            batch_requests: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
+            batch_events: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
+            latency_ns: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds"),
+        }
+    }
+
+    pub fn record_error(&mut self, code: ErrorCode) {
+        self.errors += 1;
+        self.errors_by_code[code as usize % ERROR_SLOTS] += 1;
+    }
+
+    pub fn record_latency_ns(&mut self, ns: u64) {
+        self.latency_ns.saturating_record(ns.max(1));
+    }
+
+    pub fn record_batch_requests(&mut self, requests: u64) {
+        if requests > 0 {
+            self.batch_requests.saturating_record(requests);
+        }
+    }
+
+    pub fn record_batch_events(&mut self, events: u64) {
+        self.batch_events.saturating_record(events.max(1));
+    }
+
+    /// A copy to send to another shard.
+    pub fn snapshot(&self, shard: u32, cpu: u32, epoch: u64) -> Snapshot {
+        let errors_by_code = ErrorCode::ALL
+            .into_iter()
+            .map(|c| ErrorCount {
+                code: c as u16,
+                count: self.errors_by_code[c as usize],
+            })
+            .filter(|e| e.count > 0)
+            .collect();
+        Snapshot {
+            stats: ShardStats {
+                shard,
+                cpu,
+                epoch,
+                requests: self.requests,
+                responses: self.responses,
+                events: self.events,
+                errors: self.errors,
+                errors_by_code,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                connections_open: self.connections_open,
+                connections_accepted: self.connections_accepted,
+                connections_rejected: self.connections_rejected,
+                batch_requests: percentiles(&self.batch_requests),
+                batch_events: percentiles(&self.batch_events),
+                latency_ns: percentiles(&self.latency_ns),
+            },
+            batch_requests: self.batch_requests.clone(),
+            batch_events: self.batch_events.clone(),
+            latency_ns: self.latency_ns.clone(),
+        }
+    }
+}
+
+/// One shard's stats at a moment, with its histograms so totals can be merged exactly.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub stats: ShardStats,
+    batch_requests: Histogram<u64>,
+    batch_events: Histogram<u64>,
+    latency_ns: Histogram<u64>,
+}
+
+pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    Percentiles {
+        count: h.len(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    }
+}
+
+/// Orders snapshots by shard and adds the total row.
+pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
+    snaps.sort_by_key(|s| s.stats.shard);
+    let mut batch_requests = Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds");
+    let mut batch_events = Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds");
+    let mut latency_ns = Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds");
+    let mut total = ShardStats {
+        shard: u32::MAX,
+        cpu: u32::MAX,
+        ..ShardStats::default()
+    };
+    let mut errors = [0u64; ERROR_SLOTS];
+    for s in &snaps {
+        let t = &mut total;
+        let x = &s.stats;
+        t.epoch = t.epoch.max(x.epoch);
+        t.requests += x.requests;
+        t.responses += x.responses;
+        t.events += x.events;
+        t.errors += x.errors;
+        t.bytes_in += x.bytes_in;
+        t.bytes_out += x.bytes_out;
+        t.connections_open += x.connections_open;
+        t.connections_accepted += x.connections_accepted;
+        t.connections_rejected += x.connections_rejected;
+        for e in &x.errors_by_code {
+            errors[e.code as usize % ERROR_SLOTS] += e.count;
+        }
+        // Same bounds everywhere, so adding cannot fail.
+        batch_requests.add(&s.batch_requests).expect("same bounds");
+        batch_events.add(&s.batch_events).expect("same bounds");
+        latency_ns.add(&s.latency_ns).expect("same bounds");
+    }
+    total.errors_by_code = ErrorCode::ALL
+        .into_iter()
+        .map(|c| ErrorCount {
+            code: c as u16,
+            count: errors[c as usize],
+        })
+        .filter(|e| e.count > 0)
+        .collect();
+    total.batch_requests = percentiles(&batch_requests);
+    total.batch_events = percentiles(&batch_events);
+    total.latency_ns = percentiles(&latency_ns);
+    StatsReply {
+        shards: snaps.into_iter().map(|s| s.stats).collect(),
+        total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_merge_histograms_not_percentiles() {
+        let mut fast = CoreStats::new();
+        let mut slow = CoreStats::new();
+        for _ in 0..990 {
+            fast.record_latency_ns(1_000);
+        }
+        for _ in 0..10 {
+            slow.record_latency_ns(1_000_000);
+        }
+        fast.requests = 990;
+        slow.requests = 10;
+        fast.record_error(ErrorCode::BadField);
+        slow.record_error(ErrorCode::BadField);
+        slow.record_error(ErrorCode::Overloaded);
+        let reply = merge(vec![slow.snapshot(1, 1, 0), fast.snapshot(0, 0, 0)]);
+        assert_eq!(reply.shards[0].shard, 0, "sorted by shard");
+        assert_eq!(reply.total.requests, 1000);
+        assert_eq!(reply.total.latency_ns.count, 1000);
+        // 99% of all requests took ~1 us: the merged p50 and p99 say so, and the max is 1 ms.
+        assert!(reply.total.latency_ns.p50 < 1_100);
+        assert!(reply.total.latency_ns.p99 < 1_100);
+        assert!(reply.total.latency_ns.max >= 999_000);
+        assert_eq!(
+            reply.total.errors_by_code,
+            vec![
+                ErrorCount { code: 6, count: 2 },
+                ErrorCount { code: 8, count: 1 }
+            ]
+        );
+        assert_eq!(reply.total.errors, 3);
+    }
+}
