@@ -110,10 +110,10 @@ pub async fn run(ctx: ShardContext) {
         events: ctx.events.clone(),
     };
     let config = ctx.config.clone();
-    if config.runtime.bind_memory {
-        if let Err(e) = crate::hardware::bind_thread_memory(ctx.numa_node) {
-            warn!("shard {}: {e}; memory stays unbound", ctx.index);
-        }
+    if config.runtime.bind_memory
+        && let Err(e) = crate::hardware::bind_thread_memory(ctx.numa_node)
+    {
+        warn!("shard {}: {e}; memory stays unbound", ctx.index);
     }
     // Every shard joins before any binds, so a failed bind cannot leave a peer waiting.
     let stats_for_mesh: Rc<RefCell<Option<Rc<Shard>>>> = Rc::new(RefCell::new(None));

@@ -119,7 +119,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Event)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("event_id", Box::new(|e| e.event_id.clear())),
             ("account_id", Box::new(|e| e.account_id = "x".repeat(129))),
             ("amount_minor", Box::new(|e| e.amount_minor = -1)),

@@ -1,0 +1,244 @@
+//! Test harness: starts the real `verdict serve` binary on 127.0.0.1 with free ports, reads
+//! the ports from its ready line, and kills it when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use verdict_net::frame::{HEADER_LEN, Scan, scan};
+use verdict_net::{Client, ErrorCode, ErrorReply, Event};
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub shard_ports: Vec<u16>,
+    pub dir: tempdir::Dir,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "verdict-test-{tag}-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A topology for `cpus` on free loopback ports, with extra `[limits]` lines.
+pub fn topology(cpus: &[u32], limits: &str) -> String {
+    let mut t = String::from("[listen]\naddress = \"127.0.0.1\"\nport = 0\nshard_port_base = 0\n");
+    for c in cpus {
+        t.push_str(&format!("[[shard]]\ncpu = {c}\n"));
+    }
+    t.push_str("[limits]\n");
+    t.push_str(limits);
+    t.push_str("\n[runtime]\nio_memory_bytes = 1048576\n");
+    t
+}
+
+impl Server {
+    /// Two shards (cpus 0 and 1) with default limits.
+    pub fn start() -> Server {
+        Server::with_topology(&topology(&[0, 1], ""))
+    }
+
+    pub fn with_topology(toml: &str) -> Server {
+        let dir = tempdir::Dir::new("serve");
+        let path = dir.0.join("shards.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["serve", "--shards"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn verdict serve");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("verdict ready:"),
+            "no ready line; got {line:?}; stderr: {}",
+            stderr.lock().unwrap()
+        );
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing in {line}"))
+                .to_string()
+        };
+        let port = field("port").parse().unwrap();
+        let shard_ports = field("shard_ports")
+            .split(',')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Server {
+            child,
+            port,
+            shard_ports,
+            dir,
+            stderr,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn shard_addr(&self, shard: usize) -> String {
+        format!("127.0.0.1:{}", self.shard_ports[shard])
+    }
+
+    pub fn client(&self) -> Client {
+        client(&self.addr())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the server to exit; its exit status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "server did not exit within {within:?}; stderr: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+}
+
+pub use libc::{SIGINT, SIGTERM};
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client(addr: &str) -> Client {
+    let c = Client::connect(addr).unwrap();
+    c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    c
+}
+
+pub fn event(i: u64) -> Event {
+    verdict_net::test_event(
+        &format!("evt-{i}"),
+        &format!("acct-{}", i % 97),
+        1000 + i as i64,
+    )
+}
+
+/// A raw frame: header + payload padded to 16.
+pub fn raw_frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = verdict_net::frame::encode_header(kind, payload.len() as u32, id).to_vec();
+    f.extend_from_slice(payload);
+    f.resize(HEADER_LEN + verdict_net::frame::padded(payload.len()), 0);
+    f
+}
+
+/// Writes raw bytes on a fresh std stream and reads whole response frames from it.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next response frame: (kind, id, payload copied into an aligned buffer).
+    pub fn recv(&mut self) -> Option<(u8, u64, rkyv::util::AlignedVec<16>)> {
+        loop {
+            if let Scan::Frame(at) = scan(&self.buf, u32::MAX) {
+                let p = at.payload_start;
+                let mut payload = rkyv::util::AlignedVec::new();
+                payload.extend_from_slice(&self.buf[p..p + at.header.len as usize]);
+                self.buf.drain(..at.frame_len);
+                return Some((at.header.kind, at.header.id, payload));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Expects an error frame for `id` with `code`; returns its message.
+    pub fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
+        let (kind, got_id, payload) = self.recv().expect("an error frame, not a close");
+        assert_eq!(kind, 0xFF, "expected an error frame");
+        assert_eq!(got_id, id);
+        let err = rkyv::from_bytes::<ErrorReply, rkyv::rancor::Error>(&payload).unwrap();
+        assert_eq!(err.code, code as u16, "message: {}", err.message);
+        err.message
+    }
+
+    /// Expects the server to close the connection (EOF, no more frames).
+    pub fn expect_closed(&mut self) {
+        assert!(
+            self.recv().is_none(),
+            "expected the server to close the connection"
+        );
+    }
+}
