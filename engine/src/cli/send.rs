@@ -89,6 +89,9 @@ pub fn run(addr: &str, file: Option<&Path>, depth: usize) -> anyhow::Result<Exit
                 &mut out,
                 &mut totals,
             )?;
+            if paused {
+                out.flush()?;
+            }
         }
         if at_end {
             break;
