@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine, builds verdict in release mode and serves with the
+# repository's shards.toml. Extra arguments go to `verdict serve` (e.g. --port 0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo build --release --locked -p verdict-engine --bin verdict
+exec target/release/verdict serve --shards shards.toml "$@"
