@@ -99,9 +99,9 @@ impl MeshPort {
         self.next_token.set(token + 1);
         let (tx, rx) = local_channel::new_bounded(peers.len());
         self.pending.borrow_mut().insert(token, tx);
-        let _forget = scopeguard(|| {
+        glommio::defer! {
             self.pending.borrow_mut().remove(&token);
-        });
+        }
         for &peer in &peers {
             let msg = MeshMsg::StatsQuery {
                 token,
@@ -126,15 +126,4 @@ impl MeshPort {
             _ => Err(MeshError::Timeout),
         }
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    Guard(f)
 }

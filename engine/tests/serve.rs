@@ -376,7 +376,7 @@ fn shutdown_answers_what_is_in_flight_then_exits_zero() {
         c.send(Kind::Evaluate, &event(i)).unwrap();
     }
     c.flush().unwrap();
-    server.signal(common::SIGTERM);
+    server.signal(libc::SIGTERM);
     for id in 1..=n {
         let r = c
             .recv()
@@ -401,7 +401,7 @@ fn sigint_on_an_idle_server_exits_zero_promptly() {
     let mut server = Server::start();
     let mut idle = server.client();
     idle.ping().unwrap();
-    server.signal(common::SIGINT);
+    server.signal(libc::SIGINT);
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
@@ -443,4 +443,34 @@ fn the_async_client_pipelines_over_glommio() {
     assert_eq!(got.0.len(), 500);
     assert_eq!(got.0[499], "evt-499");
     assert_eq!((got.1, got.2), (2, 2));
+}
+
+#[test]
+fn serves_without_privileges_sizing_io_memory_to_the_memlock_limit() {
+    // As root, drop to nobody with no capabilities; as anyone else we already are unprivileged.
+    let root = unsafe { libc::geteuid() } == 0;
+    let prefix: &[&str] = if root {
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
+    } else {
+        &[]
+    };
+    let server = Server::launch(
+        prefix,
+        &topology(&[0, 1], "").replace("io_memory_bytes = 1048576", "io_memory_bytes = 0"),
+    );
+    let d = server.client().evaluate(&event(3)).unwrap();
+    assert_eq!(d.event_id, "evt-3");
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(log.contains("io_memory"), "{log}");
+    assert!(
+        !log.contains("CAP_IPC_LOCK held"),
+        "the capability was dropped: {log}"
+    );
 }

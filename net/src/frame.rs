@@ -500,6 +500,39 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_that_skips_padding_loses_framing_at_the_next_header() {
+        // A 20-byte payload sent without its 12 padding bytes: the next header is read
+        // 12 bytes early, so the stream is judged broken rather than misread.
+        let mut stream = encode_header(0x02, 20, 1).to_vec();
+        stream.extend_from_slice(&[7u8; 20]);
+        stream.extend_from_slice(&encode_header(0x01, 0, 2));
+        stream.extend_from_slice(&[0u8; 12]);
+        let Scan::Frame(first) = scan(&stream, 1024) else {
+            panic!()
+        };
+        assert_eq!(first.frame_len, 48);
+        assert!(matches!(
+            scan(&stream[first.frame_len..], 1024),
+            Scan::Broken { .. }
+        ));
+    }
+
+    #[test]
+    fn archives_off_their_alignment_fail_validation_instead_of_being_misread() {
+        let mut out = AlignedVec::<FRAME_ALIGN>::new();
+        FrameEncoder::new()
+            .push(&mut out, 0x82, 1, &(1u64, 2u32))
+            .unwrap();
+        let payload = &out[HEADER_LEN..HEADER_LEN + 16];
+        type Pair = rkyv::tuple::ArchivedTuple2<rkyv::rend::u64_le, rkyv::rend::u32_le>;
+        assert!(rkyv::access::<Pair, rkyv::rancor::Error>(payload).is_ok());
+        let mut shifted = AlignedVec::<FRAME_ALIGN>::new();
+        shifted.extend_from_slice(&[0]);
+        shifted.extend_from_slice(payload);
+        assert!(rkyv::access::<Pair, rkyv::rancor::Error>(&shifted[1..]).is_err());
+    }
+
+    #[test]
     fn garbage_never_panics() {
         let mut rng = fastrand::Rng::with_seed(42);
         let mut buf = vec![0u8; 256];

@@ -59,10 +59,24 @@ impl Server {
     }
 
     pub fn with_topology(toml: &str) -> Server {
+        Server::launch(&[], toml)
+    }
+
+    /// Starts `prefix... verdict serve --shards FILE` (e.g. a privilege-dropping wrapper).
+    pub fn launch(prefix: &[&str], toml: &str) -> Server {
         let dir = tempdir::Dir::new("serve");
         let path = dir.0.join("shards.toml");
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
+        let bin = env!("CARGO_BIN_EXE_verdict");
+        let mut command = match prefix.split_first() {
+            None => Command::new(bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
+        let mut child = command
             .args(["serve", "--shards"])
             .arg(&path)
             .stdout(Stdio::piped())
@@ -150,8 +164,6 @@ impl Server {
         );
     }
 }
-
-pub use libc::{SIGINT, SIGTERM};
 
 impl Drop for Server {
     fn drop(&mut self) {
