@@ -27,8 +27,9 @@ use verdict_net::{
 };
 
 use crate::decide::decide;
+use crate::drain::Waiter;
 use crate::mesh::MeshError;
-use crate::shard::Shard;
+use crate::shard::{ConnectionSlot, Shard};
 use crate::stats;
 
 /// Whether the connection goes on after a batch.
@@ -52,19 +53,15 @@ struct Connection {
 }
 
 /// Serves one connection until the peer closes, a framing error, an I/O error or timeout,
-/// or the end of the shutdown drain.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+/// or the end of the shutdown drain. `_slot` holds the connection's place under
+/// `connections_per_shard_max` until this returns.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlot) {
     let limits = &shard.limits;
     let _ = stream.set_nodelay(true);
     let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
     let _ = stream.set_read_timeout(idle);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
-    {
-        let mut s = shard.stats.borrow_mut();
-        s.connections_open += 1;
-        s.connections_accepted += 1;
-    }
-    let _open = OpenGuard(shard.clone());
+    let waiter = shard.drain.waiter();
     let mut conn = Connection {
         recv: RecvBuffer::new(limits.read_buffer_bytes as usize),
         out: AlignedVec::with_capacity(limits.write_buffer_bytes_max as usize),
@@ -73,18 +70,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         views: Vec::new(),
         read_at: 0,
     };
-    let mut draining = false;
     loop {
         if !matches!(
             conn.recv.front(limits.frame_len_max_bytes),
             Scan::Frame(_) | Scan::Broken { .. }
         ) {
-            if !draining && shard.is_draining() {
-                draining = true;
-                let _ =
-                    stream.set_read_timeout(Some(Duration::from_millis(limits.shutdown_quiet_ms)));
-            }
-            let read = match read_some(&shard, &mut stream, &mut conn.recv, draining).await {
+            let read = match read_some(&shard, &waiter, &mut stream, &mut conn.recv).await {
                 ReadOutcome::Bytes(n) => n,
                 ReadOutcome::Draining => continue,
                 ReadOutcome::Done => break,
@@ -104,12 +95,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             break;
         }
     }
-    let _ = stream.close().await;
+    linger_close(&shard, stream).await;
 }
 
 enum ReadOutcome {
     Bytes(usize),
-    /// Shutdown began while waiting; go on with the drain timeout.
+    /// Shutdown began while waiting: read again, now under the drain's quiet timeout.
     Draining,
     /// EOF, error or timeout: the connection is finished.
     Done,
@@ -117,18 +108,24 @@ enum ReadOutcome {
 
 async fn read_some(
     shard: &Shard,
+    waiter: &Waiter,
     stream: &mut TcpStream,
     recv: &mut RecvBuffer,
-    draining: bool,
 ) -> ReadOutcome {
     let space = recv.read_space(shard.limits.frame_len_max_bytes);
-    let result = if draining {
-        Some(stream.read(space).await)
+    let result = if shard.drain.is_draining() {
+        // The socket's own read timer may still run on the idle timeout; bound this read by
+        // the quiet time explicitly.
+        let quiet = Duration::from_millis(shard.limits.shutdown_quiet_ms);
+        match glommio::timer::timeout(quiet, async { Ok(stream.read(space).await) }).await {
+            Ok(r) => Some(r),
+            Err(_) => return ReadOutcome::Done,
+        }
     } else {
         // glommio's reads are readiness-based (poll, then recv), so dropping this read when
         // shutdown wins the race loses no bytes.
         future::or(async { Some(stream.read(space).await) }, async {
-            shard.drained().await;
+            waiter.drained().await;
             None
         })
         .await
@@ -143,12 +140,29 @@ async fn read_some(
     }
 }
 
-struct OpenGuard(Rc<Shard>);
+/// Most bytes read and thrown away while closing, so the peer sees our last frames.
+const LINGER_DISCARD_BYTES_MAX: usize = 256 * 1024;
 
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.stats.borrow_mut().connections_open -= 1;
-    }
+/// Closes so that what we wrote arrives: shut down our sending side, then read and discard
+/// whatever the peer still sends (bounded in bytes and by `shutdown_quiet_ms`), because
+/// closing a socket with unread input makes the kernel reset the connection and drop our
+/// unacknowledged responses, the error frame that explains the close among them.
+async fn linger_close(shard: &Shard, stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let quiet = Duration::from_millis(shard.limits.shutdown_quiet_ms);
+    let mut stream = stream;
+    let _ = glommio::timer::timeout(quiet, async {
+        let mut scratch = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_DISCARD_BYTES_MAX {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 impl Connection {
@@ -278,7 +292,7 @@ impl Connection {
                 at.header.id,
                 &view,
             )
-            .map_err(|_| ErrorCode::Internal)?;
+            .map_err(|_| self.internal("decision"))?;
         shard.stats.borrow_mut().events += 1;
         Ok(())
     }
@@ -325,7 +339,7 @@ impl Connection {
             &reply,
         );
         self.views = give_back(views);
-        pushed.map_err(|_| ErrorCode::Internal)?;
+        pushed.map_err(|_| self.internal("decision batch"))?;
         let mut s = shard.stats.borrow_mut();
         s.events += n as u64;
         s.record_batch_events(n as u64);
@@ -411,5 +425,5 @@ pub async fn send_error_and_close(
         s.bytes_out += out.len() as u64;
         s.record_error(code);
     }
-    let _ = stream.close().await;
+    linger_close(shard, stream).await;
 }

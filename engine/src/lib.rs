@@ -5,6 +5,7 @@
 //! - [`hardware`], [`uring`], [`memlock`]: what the machine offers, checked before start.
 //! - [`runtime`]: the control thread: start pinned executors, publish the shard map, signals.
 //! - [`shard`]: one core's state, its listeners and accept loop, drain on shutdown.
+//! - [`drain`]: the per-core shutdown signal connections and accept loops wait on.
 //! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
 //! - [`decide`]: the pure decision for one event.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod decide;
+pub mod drain;
 pub mod hardware;
 pub mod memlock;
 pub mod mesh;

@@ -68,11 +68,13 @@ impl MeshPort {
                     match msg {
                         MeshMsg::StatsQuery { token, from } => {
                             let snapshot = Box::new(local_snapshot());
-                            // The asker may have stopped; nothing to do then.
-                            let _ = port
-                                .senders
-                                .send_to(from, MeshMsg::StatsAnswer { token, snapshot })
-                                .await;
+                            // Never await here: this task is the only one draining the
+                            // channel from `from`, whose own task may be blocked the same
+                            // way, so a blocking send could deadlock the pair. An answer
+                            // that does not fit (or whose asker is gone) is dropped; the
+                            // asker then times out with "unavailable".
+                            let answer = MeshMsg::StatsAnswer { token, snapshot };
+                            let _ = port.senders.try_send_to(from, answer);
                         }
                         MeshMsg::StatsAnswer { token, snapshot } => {
                             if let Some(tx) = port.pending.borrow().get(&token) {
@@ -107,8 +109,11 @@ impl MeshPort {
                 token,
                 from: self.senders.peer_id(),
             };
-            if self.senders.try_send_to(peer, msg).is_err() {
-                return Err(MeshError::Overloaded);
+            match self.senders.try_send_to(peer, msg) {
+                Ok(()) => {}
+                Err(glommio::GlommioError::WouldBlock(_)) => return Err(MeshError::Overloaded),
+                // The peer has stopped (shutdown) or its channel is gone.
+                Err(_) => return Err(MeshError::Timeout),
             }
         }
         let collect = async {

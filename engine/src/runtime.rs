@@ -19,7 +19,7 @@ use verdict_net::routing::ROUTING_NAME;
 
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
-use crate::shard::{self, ShardContext, ShardEvent};
+use crate::shard::{self, ExitNotice, ShardContext, ShardEvent};
 use crate::{memlock, mesh, uring};
 
 /// How long shards get to bind their ports at start.
@@ -105,6 +105,10 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             events: events_tx.clone(),
             shard_map: shard_map.clone(),
+            exit: ExitNotice {
+                shard: i as u32,
+                events: events_tx.clone(),
+            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu as usize))
             .name(&format!("verdict-shard-{i}"))
@@ -115,11 +119,17 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    // Sets the shutdown flag and joins every shard; false if any of them panicked.
     let stop = |handles: Vec<_>| {
         shutdown.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = glommio::ExecutorJoinHandle::join(h);
+        let mut clean = true;
+        for (i, h) in handles.into_iter().enumerate() {
+            if let Err(e) = glommio::ExecutorJoinHandle::join(h) {
+                error!("shard {i} ended abnormally: {e}");
+                clean = false;
+            }
         }
+        clean
     };
 
     // Startup: every shard reports its shard port, or why it could not bind.
@@ -184,12 +194,17 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
                 break 'wait;
             }
             Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break 'wait,
+            Err(RecvTimeoutError::Disconnected) => {
+                error!("every shard has stopped unexpectedly");
+                failed = Some(0);
+                break 'wait;
+            }
         }
     }
-    stop(handles);
+    let clean = stop(handles);
     match failed {
         Some(shard) => bail!("shard {shard} failed"),
+        None if !clean => bail!("a shard failed while draining"),
         None => {
             info!("all shards drained; bye");
             Ok(())

@@ -14,7 +14,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use log::{info, warn};
@@ -22,6 +21,7 @@ use verdict_net::{ErrorCode, TopologyReply};
 
 use crate::config::{DecisionConfig, Limits, TopologyConfig};
 use crate::conn;
+use crate::drain::Drain;
 use crate::mesh::{Mesh, MeshPort};
 use crate::stats::{CoreStats, Snapshot};
 
@@ -38,6 +38,9 @@ pub struct ShardContext {
     pub events: Sender<ShardEvent>,
     /// Set by the control thread once every shard has bound its ports.
     pub shard_map: Arc<OnceLock<TopologyReply>>,
+    /// Tells the control thread when this shard is gone, however that happens, including an
+    /// executor that never started (the context is then dropped without `run` running).
+    pub exit: ExitNotice,
 }
 
 /// What a shard tells the control thread.
@@ -46,6 +49,18 @@ pub enum ShardEvent {
     Bound { shard: u32, shard_port: u16 },
     Failed { shard: u32, message: String },
     Exited { shard: u32 },
+}
+
+/// Sends `ShardEvent::Exited` when dropped.
+pub struct ExitNotice {
+    pub shard: u32,
+    pub events: Sender<ShardEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ShardEvent::Exited { shard: self.shard });
+    }
 }
 
 /// A shard's state, owned by its executor (hence `Rc`/`Cell`/`RefCell`, never locks).
@@ -61,38 +76,38 @@ pub struct Shard {
     pub mesh: Option<Rc<MeshPort>>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
-    draining: Cell<bool>,
-    drain_event: Event,
+    pub drain: Rc<Drain>,
 }
 
 impl Shard {
-    pub fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// Resolves once shutdown has begun.
-    pub async fn drained(&self) {
-        loop {
-            if self.draining.get() {
-                return;
-            }
-            let listener = self.drain_event.listen();
-            if self.draining.get() {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    fn start_draining(&self) {
-        self.draining.set(true);
-        self.drain_event.notify(usize::MAX);
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         self.stats
             .borrow()
             .snapshot(self.index, self.cpu, self.epoch.get())
+    }
+}
+
+/// One open connection's claim on `connections_per_shard_max`: taken at accept time, before
+/// the connection's task is spawned, so a burst of accepts cannot overshoot the limit;
+/// released when the connection ends.
+pub struct ConnectionSlot(Rc<Shard>);
+
+impl ConnectionSlot {
+    fn take(shard: &Rc<Shard>) -> Option<ConnectionSlot> {
+        let mut s = shard.stats.borrow_mut();
+        if s.connections_open >= u64::from(shard.limits.connections_per_shard_max) {
+            s.connections_rejected += 1;
+            return None;
+        }
+        s.connections_open += 1;
+        s.connections_accepted += 1;
+        Some(ConnectionSlot(shard.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.stats.borrow_mut().connections_open -= 1;
     }
 }
 
@@ -103,31 +118,42 @@ fn fail(ctx: &ShardContext, message: String) {
     });
 }
 
+/// Resolves once the control thread has asked for shutdown.
+async fn shutdown_requested(flag: &AtomicBool, tick: Duration) {
+    while !flag.load(Ordering::Relaxed) {
+        glommio::timer::sleep(tick).await;
+    }
+}
+
 /// The shard thread's main future.
 pub async fn run(ctx: ShardContext) {
-    let _exit = ExitNotice {
-        shard: ctx.index,
-        events: ctx.events.clone(),
-    };
     let config = ctx.config.clone();
+    let tick = Duration::from_millis(config.runtime.tick_ms);
     if config.runtime.bind_memory
         && let Err(e) = crate::hardware::bind_thread_memory(ctx.numa_node)
     {
         warn!("shard {}: {e}; memory stays unbound", ctx.index);
     }
-    // Every shard joins before any binds, so a failed bind cannot leave a peer waiting.
+    // Every shard joins before any binds, so a failed bind cannot leave a peer waiting; a
+    // peer that never starts at all is covered by racing the join against shutdown.
     let stats_for_mesh: Rc<RefCell<Option<Rc<Shard>>>> = Rc::new(RefCell::new(None));
     let mesh = match ctx.mesh {
         Some(ref m) => {
             let cell = stats_for_mesh.clone();
             let (index, cpu) = (ctx.index, ctx.cpu);
-            Some(
-                MeshPort::join(m.clone(), move || match cell.borrow().as_ref() {
-                    Some(shard) => shard.snapshot(),
-                    None => CoreStats::new().snapshot(index, cpu, 0),
-                })
-                .await,
-            )
+            let join = MeshPort::join(m.clone(), move || match cell.borrow().as_ref() {
+                Some(shard) => shard.snapshot(),
+                None => CoreStats::new().snapshot(index, cpu, 0),
+            });
+            let joined = future::or(async { Some(join.await) }, async {
+                shutdown_requested(&ctx.shutdown, tick).await;
+                None
+            })
+            .await;
+            match joined {
+                Some(port) => Some(port),
+                None => return,
+            }
         }
         None => None,
     };
@@ -135,10 +161,8 @@ pub async fn run(ctx: ShardContext) {
     let shared = match TcpListener::bind(SocketAddr::new(address, ctx.shared_port)) {
         Ok(l) => l,
         Err(e) => {
-            return fail(
-                &ctx,
-                format!("bind {address}:{} (shared port): {e}", ctx.shared_port),
-            );
+            let port = ctx.shared_port;
+            return fail(&ctx, format!("bind {address}:{port} (shared port): {e}"));
         }
     };
     let want = match config.listen.shard_port_base {
@@ -175,19 +199,15 @@ pub async fn run(ctx: ShardContext) {
         clock: quanta::Clock::new(),
         mesh,
         topology,
-        draining: Cell::new(false),
-        drain_event: Event::new(),
+        drain: Drain::new(),
     });
     *stats_for_mesh.borrow_mut() = Some(shard.clone());
 
     glommio::spawn_local(accept_loop(shard.clone(), shared)).detach();
     glommio::spawn_local(accept_loop(shard.clone(), own)).detach();
 
-    let tick = Duration::from_millis(config.runtime.tick_ms);
-    while !ctx.shutdown.load(Ordering::Relaxed) {
-        glommio::timer::sleep(tick).await;
-    }
-    shard.start_draining();
+    shutdown_requested(&ctx.shutdown, tick).await;
+    shard.drain.start();
     let deadline = Instant::now() + Duration::from_millis(shard.limits.shutdown_drain_ms);
     while shard.stats.borrow().connections_open > 0 && Instant::now() < deadline {
         glommio::timer::sleep(tick).await;
@@ -203,22 +223,11 @@ pub async fn run(ctx: ShardContext) {
     info!("shard {} stopped", shard.index);
 }
 
-/// Tells the control thread the shard is gone, however it ended (a panic included).
-struct ExitNotice {
-    shard: u32,
-    events: Sender<ShardEvent>,
-}
-
-impl Drop for ExitNotice {
-    fn drop(&mut self) {
-        let _ = self.events.send(ShardEvent::Exited { shard: self.shard });
-    }
-}
-
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let waiter = shard.drain.waiter();
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
-            shard.drained().await;
+            waiter.drained().await;
             None
         })
         .await;
@@ -232,13 +241,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        let full = shard.stats.borrow().connections_open
-            >= u64::from(shard.limits.connections_per_shard_max);
-        if full {
-            shard.stats.borrow_mut().connections_rejected += 1;
-            glommio::spawn_local(reject(shard.clone(), stream)).detach();
-        } else {
-            glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
+        match ConnectionSlot::take(&shard) {
+            Some(slot) => {
+                glommio::spawn_local(conn::serve(shard.clone(), stream, slot)).detach();
+            }
+            None => {
+                glommio::spawn_local(reject(shard.clone(), stream)).detach();
+            }
         }
     }
     // Dropping the listener closes it: new connections are refused from here on.

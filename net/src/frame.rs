@@ -249,7 +249,9 @@ impl RecvBuffer {
             self.start = 0;
             self.end = 0;
             if self.buf.len() > self.base_len {
+                // Give the memory of a large frame back, not just the length.
                 self.buf.resize(self.base_len, 0);
+                self.buf.shrink_to_fit();
             }
         }
     }
@@ -259,8 +261,10 @@ impl RecvBuffer {
         self.end - self.start
     }
 
-    /// Free space to read into, after compacting and growing so that the frame at the
-    /// front (whose header has passed `len_max`) fits whole.
+    /// Free space to read into, after compacting. When the buffer is full and the frame at
+    /// the front (whose header passed `len_max`) is still incomplete, it grows by doubling,
+    /// capped at that frame's length: memory follows the bytes that actually arrived (at
+    /// most twice that), never a length a peer merely announced.
     pub fn read_space(&mut self, len_max: u32) -> &mut [u8] {
         let need = match self.front(len_max) {
             Scan::Incomplete { need } => need,
@@ -271,8 +275,9 @@ impl RecvBuffer {
             self.end -= self.start;
             self.start = 0;
         }
-        if need > self.buf.len() {
-            self.buf.resize(need, 0);
+        if self.end == self.buf.len() && need > self.buf.len() {
+            let grown = (self.buf.len() * 2).min(need);
+            self.buf.resize(grown, 0);
         }
         &mut self.buf[self.end..]
     }
@@ -577,6 +582,40 @@ mod tests {
         }
         assert_eq!(got, vec![(0, 0), (1, 40), (2, 80), (3, 120), (4, 160)]);
         assert_eq!(rb.buffered(), 0);
+    }
+
+    #[test]
+    fn an_announced_length_alone_does_not_grow_the_buffer() {
+        let mut rb = RecvBuffer::new(4096);
+        let header = encode_header(0x02, 1 << 20, 1);
+        rb.read_space(1 << 20)[..16].copy_from_slice(&header);
+        rb.filled(16);
+        // 16 bytes in: the space offered is what is left of the base buffer, not 1 MiB.
+        assert_eq!(rb.read_space(1 << 20).len(), 4096 - 16);
+        // Feed the frame; the buffer grows with what arrives, at most doubling each time.
+        let mut fed = 16;
+        while fed < HEADER_LEN + (1 << 20) {
+            let space = rb.read_space(1 << 20);
+            let before = fed;
+            let n = space.len().min(HEADER_LEN + (1 << 20) - fed);
+            fed += n;
+            rb.filled(n);
+            assert!(
+                rb.buf.len() <= 2 * before.max(4096),
+                "{} for {before} bytes",
+                rb.buf.len()
+            );
+        }
+        let Scan::Frame(at) = rb.front(1 << 20) else {
+            panic!("frame complete")
+        };
+        rb.consume(at.frame_len);
+        assert_eq!(rb.buf.len(), 4096);
+        assert!(
+            rb.buf.capacity() < 64 * 1024,
+            "memory given back: {}",
+            rb.buf.capacity()
+        );
     }
 
     #[test]
