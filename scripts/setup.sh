@@ -4,8 +4,8 @@
 set -euo pipefail
 
 # Debian packages: hwloc + udev for hwlocality, a C toolchain and git for glommio's bundled
-# liburing, pkg-config to find them, clang for the eBPF probes.
-VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang)
+# liburing, pkg-config to find them, clang for the eBPF probes, DejaVu for latency plots.
+VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang fonts-dejavu-core)
 # Rust components the scripts use.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)
 

@@ -1,0 +1,116 @@
+//! The engine's per-request work, piece by piece, each beside a reference in the same run:
+//! - validate + decode an event frame (bytecheck) vs the unchecked access it guards;
+//! - the full decision for one event (validate, decide, encode the response);
+//! - encoding a decision response vs copying a fixed response of the same size (what the
+//!   reference echo server does).
+//!
+//! `cargo bench -p verdict-bench --bench hot_path`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rkyv::util::AlignedVec;
+use verdict_bench::events::{EventGen, encode_events};
+use verdict_engine::config::DecisionConfig;
+use verdict_engine::decide::decide;
+use verdict_net::ArchivedEvent;
+use verdict_net::frame::{FrameEncoder, HEADER_LEN, Scan, scan};
+use verdict_net::validate::validate_event;
+
+fn frames() -> Vec<Vec<u8>> {
+    let mut g = EventGen::new(42);
+    let events: Vec<_> = (0..256).map(|_| g.next_event()).collect();
+    encode_events(&events)
+}
+
+fn aligned(frame: &[u8]) -> AlignedVec<16> {
+    let mut v = AlignedVec::new();
+    v.extend_from_slice(frame);
+    v
+}
+
+fn payload(frame: &AlignedVec<16>) -> &[u8] {
+    let Scan::Frame(at) = scan(frame, u32::MAX) else {
+        panic!("a frame")
+    };
+    &frame[HEADER_LEN..HEADER_LEN + at.header.len as usize]
+}
+
+fn bench(c: &mut Criterion) {
+    let frames: Vec<AlignedVec<16>> = frames().iter().map(|f| aligned(f)).collect();
+    let config = DecisionConfig::default();
+
+    let mut g = c.benchmark_group("decode");
+    let mut i = 0;
+    g.bench_function("validated access + field checks", |b| {
+        b.iter(|| {
+            i = (i + 1) % frames.len();
+            let p = payload(&frames[i]);
+            let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(black_box(p)).unwrap();
+            validate_event(e).unwrap();
+            black_box(e.amount_minor)
+        })
+    });
+    g.bench_function("reference: unchecked access", |b| {
+        b.iter(|| {
+            i = (i + 1) % frames.len();
+            let p = payload(&frames[i]);
+            // SAFETY: these bytes were produced by rkyv from a valid Event just above.
+            let e = unsafe { rkyv::access_unchecked::<ArchivedEvent>(black_box(p)) };
+            black_box(e.amount_minor)
+        })
+    });
+    g.finish();
+
+    let mut out = AlignedVec::<16>::with_capacity(1 << 20);
+    let mut enc = FrameEncoder::new();
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("full: validate + decide + encode", |b| {
+        b.iter(|| {
+            if out.len() > (1 << 19) {
+                out.clear();
+            }
+            i = (i + 1) % frames.len();
+            let p = payload(&frames[i]);
+            let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
+            validate_event(e).unwrap();
+            let view = decide(e, &config).view(e, 0, 1234);
+            enc.push(&mut out, 0x82, i as u64, &view).unwrap();
+        })
+    });
+    g.finish();
+
+    let sample = {
+        let p = payload(&frames[0]);
+        let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
+        let mut o = AlignedVec::<16>::new();
+        FrameEncoder::new()
+            .push(&mut o, 0x82, 1, &decide(e, &config).view(e, 0, 1))
+            .unwrap();
+        o.to_vec()
+    };
+    let mut g = c.benchmark_group("response");
+    g.bench_function("encode a decision frame", |b| {
+        let p = payload(&frames[0]);
+        let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
+        let view = decide(e, &config).view(e, 0, 1);
+        b.iter(|| {
+            if out.len() > (1 << 19) {
+                out.clear();
+            }
+            enc.push(&mut out, 0x82, 7, black_box(&view)).unwrap();
+        })
+    });
+    g.bench_function("reference: copy a fixed frame of the same size", |b| {
+        b.iter(|| {
+            if out.len() > (1 << 19) {
+                out.clear();
+            }
+            out.extend_from_slice(black_box(&sample));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

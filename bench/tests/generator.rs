@@ -1,0 +1,93 @@
+//! The generator against the reference echo server on loopback: closed and open loop each
+//! answer every request, and the open loop holds its offered rate.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use verdict_bench::events::{EventGen, encode_events};
+use verdict_bench::load::{self, Plan, Target, Workload};
+
+struct Echo(std::process::Child, SocketAddr);
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo() -> Echo {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict-echo"))
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().rsplit('=').next().unwrap().parse().unwrap();
+    Echo(child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn plan(addr: SocketAddr, depth: usize, rate: Option<f64>, workload: Workload) -> Plan {
+    let mut g = EventGen::new(5);
+    let events: Vec<_> = (0..64).map(|_| g.next_event()).collect();
+    Plan {
+        targets: vec![Target {
+            addr,
+            pool: Arc::new(encode_events(&events)),
+        }],
+        cpus: vec![None],
+        connections_per_thread: 4,
+        depth,
+        rate_rps: rate,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_millis(800),
+        timeout: Duration::from_secs(5),
+        workload,
+    }
+}
+
+#[test]
+fn closed_loop_answers_every_request_it_counts() {
+    let server = echo();
+    for (depth, workload) in [
+        (1, Workload::Evaluate),
+        (8, Workload::Evaluate),
+        (4, Workload::Ping),
+    ] {
+        let o = load::run(&plan(server.1, depth, None, workload)).unwrap();
+        assert!(
+            o.completed > 100,
+            "{workload:?} depth {depth}: {} completed",
+            o.completed
+        );
+        assert_eq!((o.errors, o.timeouts, o.connection_failures), (0, 0, 0));
+        assert_eq!(o.latency_ns.len(), o.completed);
+    }
+}
+
+#[test]
+fn open_loop_holds_the_offered_rate() {
+    let server = echo();
+    let o = load::run(&plan(server.1, 16, Some(2_000.0), Workload::Evaluate)).unwrap();
+    // 2,000 rps for 0.8 s: 1,600 intended sends, every one answered.
+    assert!((1_500..=1_700).contains(&o.sent), "sent {}", o.sent);
+    assert_eq!(o.completed, o.sent);
+    assert_eq!((o.errors, o.timeouts), (0, 0));
+}
+
+#[test]
+fn a_dead_server_is_counted_not_hidden() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let o = load::run(&plan(dead, 1, None, Workload::Ping)).unwrap();
+    assert_eq!(o.connection_failures, 4);
+    assert_eq!(o.completed, 0);
+}
