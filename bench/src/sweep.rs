@@ -147,6 +147,18 @@ fn plan(
 }
 
 impl Sweep {
+    /// The reference server, pinned to the server CPU, on a free port.
+    fn echo_command(&self) -> Command {
+        let mut c = Command::new(&self.echo_bin);
+        c.args([
+            "--addr",
+            "127.0.0.1:0",
+            "--cpu",
+            &self.server_cpu.to_string(),
+        ]);
+        c
+    }
+
     pub fn run(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.out)?;
         let s = Settings::new(self.quick);
@@ -173,38 +185,37 @@ impl Sweep {
             Ok(o)
         };
 
+        let closed_pair = |server: &str, target: &Target| -> anyhow::Result<(Outcome, Outcome)> {
+            let unpiped = measure(
+                &format!("{server}-closed-depth1"),
+                target,
+                s.conns_unpipelined,
+                1,
+                None,
+                s.closed,
+            )?;
+            let piped = measure(
+                &format!("{server}-closed-depth{}", s.depth_pipelined),
+                target,
+                s.conns_pipelined,
+                s.depth_pipelined,
+                None,
+                s.closed,
+            )?;
+            Ok((unpiped, piped))
+        };
+
         eprintln!(
             "reference echo server on cpu {}, generator on cpu {}",
             self.server_cpu, self.client_cpu
         );
-        let mut echo_cmd = Command::new(&self.echo_bin);
-        echo_cmd.args([
-            "--addr",
-            "127.0.0.1:0",
-            "--cpu",
-            &self.server_cpu.to_string(),
-        ]);
-        let echo = start(echo_cmd, "verdict-echo")?;
+        let echo = start(self.echo_command(), "verdict-echo")?;
         let echo_target = Target {
             addr: echo.addr,
             pool: pool.clone(),
         };
-        let echo_unpiped = measure(
-            "echo-closed-depth1",
-            &echo_target,
-            s.conns_unpipelined,
-            1,
-            None,
-            s.closed,
-        )?;
-        let echo_piped = measure(
-            "echo-closed-depth16",
-            &echo_target,
-            s.conns_pipelined,
-            s.depth_pipelined,
-            None,
-            s.closed,
-        )?;
+        let (echo_unpiped, echo_piped) = closed_pair("echo", &echo_target)?;
+        drop(echo);
 
         eprintln!(
             "engine (1 shard) on cpu {}, generator on cpu {}",
@@ -225,22 +236,7 @@ impl Sweep {
             addr: engine.addr,
             pool: pool.clone(),
         };
-        let engine_unpiped = measure(
-            "engine-closed-depth1",
-            &engine_target,
-            s.conns_unpipelined,
-            1,
-            None,
-            s.closed,
-        )?;
-        let engine_piped = measure(
-            "engine-closed-depth16",
-            &engine_target,
-            s.conns_pipelined,
-            s.depth_pipelined,
-            None,
-            s.closed,
-        )?;
+        let (engine_unpiped, engine_piped) = closed_pair("engine", &engine_target)?;
 
         let engine_max = engine_piped
             .achieved_rps()
@@ -258,19 +254,7 @@ impl Sweep {
         drop(engine);
 
         // The reference at the engine's 50% rate, for the open-loop p99 ratio.
-        let echo = start(
-            {
-                let mut c = Command::new(&self.echo_bin);
-                c.args([
-                    "--addr",
-                    "127.0.0.1:0",
-                    "--cpu",
-                    &self.server_cpu.to_string(),
-                ]);
-                c
-            },
-            "verdict-echo",
-        )?;
+        let echo = start(self.echo_command(), "verdict-echo")?;
         let echo_target = Target {
             addr: echo.addr,
             pool,

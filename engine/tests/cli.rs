@@ -59,16 +59,7 @@ fn send_prints_one_line_per_input_line_in_order() {
     assert_eq!(decisions.len(), 300);
     for (i, d) in decisions.iter().enumerate() {
         assert_eq!(d["event_id"], format!("evt-{i}"), "in input order");
-        for key in [
-            "action",
-            "score",
-            "rules",
-            "shadow_rules",
-            "models",
-            "epoch",
-            "shard",
-            "server_ns",
-        ] {
+        for key in verdict_net::json::DECISION_FIELDS {
             assert!(d.get(key).is_some(), "decision lacks {key}: {d}");
         }
     }

@@ -135,6 +135,19 @@ pub fn event_to_json(event: &Event) -> Value {
     })
 }
 
+/// The fixed names of a decision's JSON form, always present.
+pub const DECISION_FIELDS: [&str; 9] = [
+    "event_id",
+    "action",
+    "score",
+    "rules",
+    "shadow_rules",
+    "models",
+    "epoch",
+    "shard",
+    "server_ns",
+];
+
 /// The JSON form of a decision.
 pub fn decision_to_json(decision: &Decision) -> Value {
     let models: Map<String, Value> = decision
@@ -229,17 +242,7 @@ mod tests {
         };
         let v = decision_to_json(&d);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        for k in [
-            "event_id",
-            "action",
-            "score",
-            "rules",
-            "shadow_rules",
-            "models",
-            "epoch",
-            "shard",
-            "server_ns",
-        ] {
+        for k in DECISION_FIELDS {
             assert!(keys.contains(&k), "missing {k}");
         }
         assert_eq!(v["action"], "deny");
