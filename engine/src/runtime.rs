@@ -113,6 +113,7 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu as usize))
             .name(&format!("verdict-shard-{i}"))
             .io_memory(io.bytes_per_executor as usize)
+            .spin_before_park(Duration::from_micros(config.runtime.spin_before_park_us))
             .spawn(move || shard::run(ctx))
             .map_err(|e| anyhow::anyhow!("starting shard {i} on cpu {}: {e}", spec.cpu))?;
         handles.push(handle);
