@@ -2,6 +2,7 @@
 //! (decimals stay exact until the checker turns them into typed constants).
 
 use crate::diag::Span;
+pub use verdict_net::Action;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct File {
@@ -11,6 +12,7 @@ pub struct File {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
     List(ListDecl),
+    Attribute(AttrDecl),
     Rule(RuleDecl),
     Policy(Policy),
 }
@@ -39,23 +41,22 @@ pub enum ListSource {
     Inline(Vec<Expr>),
 }
 
-/// The three actions, in precedence order (deny wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ActionName {
-    Allow,
-    Review,
-    Deny,
+/// `attribute NAME: TYPE [= DEFAULT]`: declares an event attribute the rules read by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttrDecl {
+    pub name: Ident,
+    pub ty: AttrType,
+    pub ty_span: Span,
+    /// The value when an event lacks the attribute (or carries it with another type).
+    pub default: Option<Expr>,
+    pub span: Span,
 }
 
-impl ActionName {
-    pub fn parse(text: &str) -> Option<ActionName> {
-        match text {
-            "allow" => Some(ActionName::Allow),
-            "review" => Some(ActionName::Review),
-            "deny" => Some(ActionName::Deny),
-            _ => None,
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrType {
+    String,
+    Number,
+    Bool,
 }
 
 /// `[shadow] rule NAME { when EXPR  score N  action A  priority N }`.
@@ -65,7 +66,7 @@ pub struct RuleDecl {
     pub shadow: bool,
     pub when: Expr,
     pub score: Option<(i64, Span)>,
-    pub action: Option<(ActionName, Span)>,
+    pub action: Option<(Action, Span)>,
     pub priority: Option<(i64, Span)>,
     pub span: Span,
 }
@@ -74,13 +75,13 @@ pub struct RuleDecl {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub arms: Vec<PolicyArm>,
-    pub otherwise: Option<(ActionName, Span)>,
+    pub otherwise: Option<(Action, Span)>,
     pub span: Span,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyArm {
-    pub action: ActionName,
+    pub action: Action,
     pub when: Expr,
     pub span: Span,
 }

@@ -98,6 +98,60 @@ impl Source {
     }
 }
 
+/// One error, located and rendered: what `verdict check` prints and `verdict reload` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// `file:line:col: error: message`, the source line and a caret line.
+    pub rendered: String,
+}
+
+impl RuleError {
+    pub fn new(source: &Source, d: &Diagnostic) -> RuleError {
+        let (line, column) = source.line_col(d.span.start);
+        RuleError {
+            file: source.path.clone(),
+            line,
+            column,
+            message: d.message.clone(),
+            rendered: source.render(d),
+        }
+    }
+
+    /// An error about a file as a whole (it cannot be read, it is not UTF-8, ...).
+    pub fn whole_file(file: &str, message: impl Into<String>) -> RuleError {
+        let message = message.into();
+        RuleError {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            rendered: format!("{file}: error: {message}\n"),
+            message,
+        }
+    }
+}
+
+/// Every error found in a rule set, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub errors: Vec<RuleError>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.errors {
+            f.write_str(&e.rendered)?;
+        }
+        let n = self.errors.len();
+        write!(f, "{n} error{}", if n == 1 { "" } else { "s" })
+    }
+}
+
+impl std::error::Error for Report {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ pub enum Tok {
     RBracket,
     Comma,
     Semi,
+    Colon,
     /// A single `=` (only `list NAME = [...]` uses it).
     Assign,
     EqEq,
@@ -68,6 +69,7 @@ impl Tok {
             Tok::RBracket => "]",
             Tok::Comma => ",",
             Tok::Semi => ";",
+            Tok::Colon => ":",
             Tok::Assign => "=",
             Tok::EqEq => "==",
             Tok::NotEq => "!=",
@@ -231,6 +233,7 @@ pub fn lex(text: &str) -> (Vec<Token>, Vec<Diagnostic>) {
                 (b']', _) => (Tok::RBracket, 1),
                 (b',', _) => (Tok::Comma, 1),
                 (b';', _) => (Tok::Semi, 1),
+                (b':', _) => (Tok::Colon, 1),
                 (b'+', _) => (Tok::Plus, 1),
                 (b'-', _) => (Tok::Minus, 1),
                 (b'*', _) => (Tok::Star, 1),

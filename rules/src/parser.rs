@@ -12,8 +12,9 @@ use crate::lexer::{Tok, Token, lex};
 
 /// Words that cannot name a field, list or rule. (`score` is not one: the policy compares
 /// the accumulated score, `deny when score >= 80`.)
-pub const KEYWORDS: [&str; 17] = [
+pub const KEYWORDS: [&str; 18] = [
     "list",
+    "attribute",
     "from",
     "rule",
     "shadow",
@@ -152,7 +153,10 @@ impl Parser {
                 }
                 Tok::Ident(w)
                     if depth <= 0
-                        && matches!(w.as_str(), "rule" | "shadow" | "list" | "policy") =>
+                        && matches!(
+                            w.as_str(),
+                            "rule" | "shadow" | "list" | "attribute" | "policy"
+                        ) =>
                 {
                     return;
                 }
@@ -174,7 +178,12 @@ impl Parser {
                 Tok::RBrace => depth -= 1,
                 Tok::Semi if depth <= 0 => return,
                 Tok::Ident(w) if depth <= 0 && clauses.contains(&w.as_str()) => return,
-                Tok::Ident(w) if matches!(w.as_str(), "rule" | "shadow" | "list" | "policy") => {
+                Tok::Ident(w)
+                    if matches!(
+                        w.as_str(),
+                        "rule" | "shadow" | "list" | "attribute" | "policy"
+                    ) =>
+                {
                     return;
                 }
                 _ => {}
@@ -189,12 +198,14 @@ impl Parser {
             let start = self.pos;
             let item = if self.is_word("list") {
                 self.list().map(Item::List)
+            } else if self.is_word("attribute") {
+                self.attribute().map(Item::Attribute)
             } else if self.is_word("rule") || self.is_word("shadow") {
                 self.rule().map(Item::Rule)
             } else if self.is_word("policy") {
                 self.policy().map(Item::Policy)
             } else {
-                self.expected("`rule`, `shadow rule`, `list` or `policy`")
+                self.expected("`rule`, `shadow rule`, `list`, `attribute` or `policy`")
             };
             match item {
                 Ok(item) => items.push(item),
@@ -233,6 +244,32 @@ impl Parser {
         Ok(ListDecl {
             name,
             source,
+            span: start.to(self.prev_span()),
+        })
+    }
+
+    fn attribute(&mut self) -> PResult<AttrDecl> {
+        let start = self.bump().span; // `attribute`
+        let name = self.ident("an attribute name")?;
+        self.expect(Tok::Colon, "`:` and a type after the attribute name")?;
+        let ty = match self.peek() {
+            Tok::Ident(w) if w == "string" => AttrType::String,
+            Tok::Ident(w) if w == "number" => AttrType::Number,
+            Tok::Ident(w) if w == "bool" => AttrType::Bool,
+            _ => return self.expected("a type: string, number or bool"),
+        };
+        let ty_span = self.bump().span;
+        let default = if *self.peek() == Tok::Assign {
+            self.bump();
+            Some(self.expr()?)
+        } else {
+            None
+        };
+        Ok(AttrDecl {
+            name,
+            ty,
+            ty_span,
+            default,
             span: start.to(self.prev_span()),
         })
     }
@@ -336,9 +373,9 @@ impl Parser {
         }
     }
 
-    fn action_name(&mut self) -> PResult<(ActionName, Span)> {
+    fn action_name(&mut self) -> PResult<(Action, Span)> {
         match self.peek().clone() {
-            Tok::Ident(w) => match ActionName::parse(&w) {
+            Tok::Ident(w) => match Action::parse(&w) {
                 Some(a) => Ok((a, self.bump().span)),
                 None => {
                     let span = self.span();

@@ -50,7 +50,7 @@ fn the_design_example_parses_into_what_it_says() {
         ]
     );
     assert_eq!(rules[0].score.map(|s| s.0), Some(40));
-    assert_eq!(rules[1].action.map(|a| a.0), Some(ActionName::Deny));
+    assert_eq!(rules[1].action.map(|a| a.0), Some(Action::Deny));
 
     // `amount > 5000.00 and country not in [...]`: `and` at the top, `not in` below it.
     let ExprKind::Binary {
@@ -105,9 +105,9 @@ fn the_design_example_parses_into_what_it_says() {
     let Item::Policy(policy) = &file.items[6] else {
         panic!("policy last")
     };
-    let arms: Vec<ActionName> = policy.arms.iter().map(|a| a.action).collect();
-    assert_eq!(arms, vec![ActionName::Deny, ActionName::Review]);
-    assert_eq!(policy.otherwise.map(|o| o.0), Some(ActionName::Allow));
+    let arms: Vec<Action> = policy.arms.iter().map(|a| a.action).collect();
+    assert_eq!(arms, vec![Action::Deny, Action::Review]);
+    assert_eq!(policy.otherwise.map(|o| o.0), Some(Action::Allow));
 }
 
 #[test]

@@ -1,0 +1,197 @@
+//! The reference interpreter: walks the checked tree for every event, with dynamic values,
+//! no constant folding and sets scanned member by member. It is the language's semantics
+//! written as plainly as possible: property tests hold the compiled closures to it, and the
+//! benches measure the compiler against it. Never used to serve.
+
+use std::net::IpAddr;
+
+use verdict_net::{Action, ArchivedAttrValue, ArchivedEvent};
+
+use crate::compile::stronger;
+use crate::event::{self, Field};
+use crate::ir::*;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value<'a> {
+    Num(f64),
+    Str(&'a str),
+    Bool(bool),
+    Ip(IpAddr),
+}
+
+/// What the interpreter decided for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub action: Action,
+    pub score: i32,
+    pub rules: Vec<String>,
+    pub shadow_rules: Vec<String>,
+}
+
+/// Decides `event` under `program`. `velocity` holds each velocity function's value for the
+/// event (the interpreter keeps no state), `models` each model's score.
+pub fn decide(
+    program: &Program,
+    default_action: Action,
+    event: &ArchivedEvent,
+    velocity: &[f64],
+    models: &[f64],
+) -> Decided {
+    let env = Env {
+        program,
+        event,
+        velocity,
+        models,
+        score: 0.0,
+    };
+    let mut score = 0i64;
+    let mut action: Option<Action> = None;
+    let mut rules = Vec::new();
+    let mut shadow_rules = Vec::new();
+    for rule in &program.rules {
+        if env.eval(&rule.when) != Value::Bool(true) {
+            continue;
+        }
+        if rule.shadow {
+            shadow_rules.push(rule.name.clone());
+            continue;
+        }
+        rules.push(rule.name.clone());
+        score += rule.score;
+        if let Some(a) = rule.action {
+            action = Some(action.map_or(a, |b| stronger(a, b)));
+        }
+    }
+    let score = score.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    let env = Env {
+        score: f64::from(score),
+        ..env
+    };
+    let action = match &program.policy {
+        None => action.unwrap_or(default_action),
+        Some(policy) => {
+            let mut by_policy = policy.otherwise;
+            for (a, when) in &policy.arms {
+                if env.eval(when) == Value::Bool(true) {
+                    by_policy = *a;
+                    break;
+                }
+            }
+            action.map_or(by_policy, |a| stronger(a, by_policy))
+        }
+    };
+    Decided {
+        action,
+        score,
+        rules,
+        shadow_rules,
+    }
+}
+
+struct Env<'a> {
+    program: &'a Program,
+    event: &'a ArchivedEvent,
+    velocity: &'a [f64],
+    models: &'a [f64],
+    score: f64,
+}
+
+impl<'a> Env<'a> {
+    fn eval(&self, n: &'a Node) -> Value<'a> {
+        match &n.kind {
+            NodeKind::Num(x) => Value::Num(*x),
+            NodeKind::Str(s) => Value::Str(s),
+            NodeKind::Bool(b) => Value::Bool(*b),
+            NodeKind::Ip(ip) => Value::Ip(*ip),
+            NodeKind::Field(f) => self.field(*f),
+            NodeKind::Attr(i) => self.attribute(&self.program.attributes[*i as usize]),
+            NodeKind::Feature(i) => Value::Num(
+                self.event
+                    .features
+                    .get(*i as usize)
+                    .map_or(0.0, |x| x.to_native()),
+            ),
+            NodeKind::Velocity(i) => Value::Num(self.velocity[*i as usize]),
+            NodeKind::Model(i) => Value::Num(self.models[*i as usize]),
+            NodeKind::Score => Value::Num(self.score),
+            NodeKind::Not(x) => Value::Bool(!self.truth(x)),
+            NodeKind::Neg(x) => Value::Num(-self.number(x)),
+            NodeKind::And(l, r) => Value::Bool(self.truth(l) && self.truth(r)),
+            NodeKind::Or(l, r) => Value::Bool(self.truth(l) || self.truth(r)),
+            NodeKind::Cmp { op, lhs, rhs } => Value::Bool(match (self.eval(lhs), self.eval(rhs)) {
+                (Value::Num(a), Value::Num(b)) => op.num(a, b),
+                (a, b) => op.same(&a, &b),
+            }),
+            NodeKind::Arith { op, lhs, rhs } => {
+                Value::Num(op.apply(self.number(lhs), self.number(rhs)))
+            }
+            NodeKind::StrOp { op, lhs, rhs } => match (self.eval(lhs), self.eval(rhs)) {
+                (Value::Str(a), Value::Str(b)) => Value::Bool(op.apply(a, b)),
+                _ => unreachable!("checked: strings"),
+            },
+            NodeKind::In { expr, set, negated } => {
+                let values = match set {
+                    SetRef::List(i) => &self.program.lists[*i as usize].values,
+                    SetRef::Literal(v) => v,
+                };
+                let member = match self.eval(expr) {
+                    Value::Str(s) => values.contains_str(s),
+                    Value::Num(x) => values.contains_num(x),
+                    Value::Ip(ip) => values.contains_ip(ip),
+                    Value::Bool(_) => unreachable!("checked: no booleans in sets"),
+                };
+                Value::Bool(member != *negated)
+            }
+        }
+    }
+
+    fn truth(&self, n: &'a Node) -> bool {
+        self.eval(n) == Value::Bool(true)
+    }
+
+    fn number(&self, n: &'a Node) -> f64 {
+        match self.eval(n) {
+            Value::Num(x) => x,
+            _ => unreachable!("checked: a number"),
+        }
+    }
+
+    fn field(&self, f: Field) -> Value<'a> {
+        let e = self.event;
+        match f {
+            Field::EventId => Value::Str(e.event_id.as_str()),
+            Field::Account => Value::Str(e.account_id.as_str()),
+            Field::Merchant => Value::Str(e.merchant_id.as_str()),
+            Field::Device => Value::Str(e.device_id.as_str()),
+            Field::Currency => Value::Str(e.currency.as_str()),
+            Field::Country => Value::Str(e.country.as_str()),
+            Field::Channel => Value::Str(e.channel.as_str()),
+            Field::Amount => {
+                let exponent = event::currency_exponent(e.currency.as_str());
+                Value::Num(e.amount_minor.to_native() as f64 / 10f64.powi(exponent))
+            }
+            Field::AmountMinor => Value::Num(e.amount_minor.to_native() as f64),
+            Field::Mcc => Value::Num(f64::from(e.mcc.to_native())),
+            Field::Hour => Value::Num(((e.timestamp_ms.to_native() / 3_600_000) % 24) as f64),
+            Field::TimestampMs => Value::Num(e.timestamp_ms.to_native() as f64),
+            Field::Ip => Value::Ip(e.ip.as_ipaddr().to_canonical()),
+        }
+    }
+
+    fn attribute(&self, attr: &'a Attribute) -> Value<'a> {
+        let found = self
+            .event
+            .attributes
+            .iter()
+            .find(|a| a.name.as_str() == attr.name)
+            .map(|a| &a.value);
+        match (found, &attr.default) {
+            (Some(ArchivedAttrValue::Str(s)), AttrDefault::Str(_)) => Value::Str(s.as_str()),
+            (Some(ArchivedAttrValue::Num(x)), AttrDefault::Num(_)) => Value::Num(x.to_native()),
+            (Some(ArchivedAttrValue::Bool(b)), AttrDefault::Bool(_)) => Value::Bool(*b),
+            (_, AttrDefault::Str(s)) => Value::Str(s),
+            (_, AttrDefault::Num(x)) => Value::Num(*x),
+            (_, AttrDefault::Bool(b)) => Value::Bool(*b),
+        }
+    }
+}

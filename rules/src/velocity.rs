@@ -1,0 +1,455 @@
+//! Per-core velocity state: `count`, `sum` and `distinct` over sliding windows, per entity.
+//!
+//! One *store* per distinct velocity function of the rule set (`sum(amount, account, 1h)`),
+//! owned by one core and never shared. A store maps an entity (the hashed account, device,
+//! IP or merchant) to a slot:
+//! - time is the event's own `timestamp_ms` (deterministic, and what a replay needs);
+//! - a window of W is [`BUCKETS`] buckets of `ceil(W / BUCKETS)` ms. An earlier event counts
+//!   while its bucket is one of the last `BUCKETS` buckets up to the decided event's bucket:
+//!   always if it is at most `W - W/BUCKETS` old, never if it is more than `W` old (rounded up
+//!   to whole buckets);
+//! - the event being decided is recorded first, so it counts itself;
+//! - `distinct` remembers at most [`DISTINCT_VALUES_MAX`] values per entity (the oldest is
+//!   replaced), so it saturates there;
+//! - an event older than the slot's window is evaluated but not recorded;
+//! - an empty key (no device id, IP `0.0.0.0` / `::`) is not tracked: its values are 0.
+//!
+//! Memory is bounded: at most `entities_max` entities per store. A new entity in a full
+//! store evicts the least recently seen of [`EVICTION_SAMPLE`] random entities (sampled LRU,
+//! as Redis does), so the hot set stays and a flood of new keys cannot grow memory.
+//! Entities are identified by a 64-bit keyed hash of the key (random per process): two keys
+//! collide with probability about n²/2⁶⁵. Slots are reserved up front (virtual memory) and
+//! never reallocated on the hot path.
+//!
+//! State survives a rule reload: stores are matched by the function's canonical text.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+
+use crate::ir::{Agg, VelocitySpec};
+
+/// Buckets per window.
+pub const BUCKETS: usize = 32;
+/// Values `distinct` remembers per entity.
+pub const DISTINCT_VALUES_MAX: usize = 32;
+/// Entities sampled to choose one to evict.
+pub const EVICTION_SAMPLE: usize = 5;
+
+/// What one event adds to a store.
+#[derive(Debug, Clone, Copy)]
+pub enum Sample {
+    Count,
+    Sum(f64),
+    /// A hash of the distinct value.
+    Distinct(u64),
+}
+
+/// The velocity state of one core.
+pub struct VelocityState {
+    stores: Vec<Store>,
+    entities_max: usize,
+    hasher: RandomState,
+    rng: fastrand::Rng,
+    /// The rule set the stores are laid out for.
+    prepared_for: u64,
+}
+
+impl VelocityState {
+    pub fn new(entities_max: usize) -> VelocityState {
+        assert!(entities_max > 0 && entities_max <= u32::MAX as usize);
+        VelocityState {
+            stores: Vec::new(),
+            entities_max,
+            hasher: RandomState::new(),
+            rng: fastrand::Rng::with_seed(0x5EED_7E10),
+            prepared_for: u64::MAX,
+        }
+    }
+
+    /// The rule set (by its `uid`) the stores are laid out for.
+    pub fn prepared_for(&self) -> u64 {
+        self.prepared_for
+    }
+
+    /// Lays the stores out for a rule set's velocity functions: a function the previous rule
+    /// set also had keeps its state; new ones start empty; the rest are dropped. Allocates
+    /// (new stores); called between batches, never per event.
+    pub fn prepare(&mut self, uid: u64, specs: &[VelocitySpec]) {
+        let mut old: HashMap<String, Store> =
+            self.stores.drain(..).map(|s| (s.id.clone(), s)).collect();
+        self.stores = specs
+            .iter()
+            .map(|spec| {
+                old.remove(&spec.id)
+                    .unwrap_or_else(|| Store::new(spec, self.entities_max))
+            })
+            .collect();
+        self.prepared_for = uid;
+    }
+
+    /// Records one event in store `spec` under `key` and returns the window's value for it.
+    /// An empty key is not tracked and reads 0.
+    #[inline]
+    pub fn record(&mut self, spec: usize, key: &[u8], ts_ms: u64, sample: Sample) -> f64 {
+        if key.is_empty() {
+            return 0.0;
+        }
+        let hash = self.hasher.hash_one(key);
+        self.stores[spec].record(hash, ts_ms, sample, &mut self.rng)
+    }
+
+    /// The keyed hasher `distinct` hashes values with.
+    pub fn value_hasher(&self) -> &RandomState {
+        &self.hasher
+    }
+
+    /// Entities tracked per store, for stats and tests.
+    pub fn entities(&self) -> Vec<(String, usize)> {
+        self.stores
+            .iter()
+            .map(|s| (s.id.clone(), s.meta.len()))
+            .collect()
+    }
+
+    /// The most memory `specs` can take per core with `entities_max` entities per store.
+    pub fn memory_bound_bytes(specs: &[VelocitySpec], entities_max: usize) -> usize {
+        specs
+            .iter()
+            .map(|s| entities_max * (Slots::slot_bytes(s.agg) + size_of::<Meta>() + 16))
+            .sum()
+    }
+}
+
+/// Hashes are already keyed hashes: the index uses them as they are.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    key: u64,
+    last_seen_ms: u64,
+}
+
+struct Store {
+    id: String,
+    bucket_ms: u64,
+    index: HashMap<u64, u32, BuildHasherDefault<Identity>>,
+    meta: Vec<Meta>,
+    slots: Slots,
+    entities_max: usize,
+}
+
+enum Slots {
+    Count(Vec<Buckets<u32>>),
+    Sum(Vec<Buckets<f64>>),
+    Distinct(Vec<DistinctSlot>),
+}
+
+impl Slots {
+    fn slot_bytes(agg: Agg) -> usize {
+        match agg {
+            Agg::Count => size_of::<Buckets<u32>>(),
+            Agg::Sum => size_of::<Buckets<f64>>(),
+            Agg::Distinct => size_of::<DistinctSlot>(),
+        }
+    }
+}
+
+impl Store {
+    fn new(spec: &VelocitySpec, entities_max: usize) -> Store {
+        let slots = match spec.agg {
+            Agg::Count => Slots::Count(Vec::with_capacity(entities_max)),
+            Agg::Sum => Slots::Sum(Vec::with_capacity(entities_max)),
+            Agg::Distinct => Slots::Distinct(Vec::with_capacity(entities_max)),
+        };
+        Store {
+            id: spec.id.clone(),
+            bucket_ms: spec.window_ms.div_ceil(BUCKETS as u64).max(1),
+            index: HashMap::with_capacity_and_hasher(entities_max, Default::default()),
+            meta: Vec::with_capacity(entities_max),
+            slots,
+            entities_max,
+        }
+    }
+
+    fn record(&mut self, key: u64, ts_ms: u64, sample: Sample, rng: &mut fastrand::Rng) -> f64 {
+        let slot = self.slot(key, ts_ms, rng);
+        let bucket = ts_ms / self.bucket_ms;
+        match (&mut self.slots, sample) {
+            (Slots::Count(s), _) => {
+                s[slot].add(bucket, 1);
+                f64::from(s[slot].total(bucket))
+            }
+            (Slots::Sum(s), Sample::Sum(x)) => {
+                s[slot].add(bucket, x);
+                s[slot].total(bucket)
+            }
+            (Slots::Distinct(s), Sample::Distinct(h)) => {
+                s[slot].add(bucket, h);
+                s[slot].count(bucket) as f64
+            }
+            _ => unreachable!("the sample matches the store's function"),
+        }
+    }
+
+    /// The slot of `key`, making room for it if it is new.
+    fn slot(&mut self, key: u64, ts_ms: u64, rng: &mut fastrand::Rng) -> usize {
+        if let Some(&i) = self.index.get(&key) {
+            let m = &mut self.meta[i as usize];
+            m.last_seen_ms = m.last_seen_ms.max(ts_ms);
+            return i as usize;
+        }
+        let meta = Meta {
+            key,
+            last_seen_ms: ts_ms,
+        };
+        let i = if self.meta.len() < self.entities_max {
+            self.meta.push(meta);
+            match &mut self.slots {
+                Slots::Count(s) => s.push(Buckets::EMPTY),
+                Slots::Sum(s) => s.push(Buckets::EMPTY),
+                Slots::Distinct(s) => s.push(DistinctSlot::EMPTY),
+            }
+            self.meta.len() - 1
+        } else {
+            let victim = (0..EVICTION_SAMPLE)
+                .map(|_| rng.usize(..self.meta.len()))
+                .min_by_key(|&i| self.meta[i].last_seen_ms)
+                .expect("a sample of at least one");
+            self.index.remove(&self.meta[victim].key);
+            self.meta[victim] = meta;
+            match &mut self.slots {
+                Slots::Count(s) => s[victim] = Buckets::EMPTY,
+                Slots::Sum(s) => s[victim] = Buckets::EMPTY,
+                Slots::Distinct(s) => s[victim] = DistinctSlot::EMPTY,
+            }
+            victim
+        };
+        self.index.insert(key, i as u32);
+        i
+    }
+}
+
+/// A ring of per-bucket totals; `head` is the newest bucket number seen.
+#[derive(Clone, Copy)]
+struct Buckets<T> {
+    head: u64,
+    totals: [T; BUCKETS],
+}
+
+trait Total: Copy + Default + std::ops::AddAssign {
+    const ZERO: Self;
+}
+impl Total for u32 {
+    const ZERO: u32 = 0;
+}
+impl Total for f64 {
+    const ZERO: f64 = 0.0;
+}
+
+impl<T: Total> Buckets<T> {
+    const EMPTY: Buckets<T> = Buckets {
+        head: 0,
+        totals: [T::ZERO; BUCKETS],
+    };
+
+    fn add(&mut self, bucket: u64, x: T) {
+        let b = BUCKETS as u64;
+        if bucket > self.head {
+            if bucket - self.head >= b {
+                self.totals = [T::default(); BUCKETS];
+            } else {
+                for k in self.head + 1..=bucket {
+                    self.totals[(k % b) as usize] = T::default();
+                }
+            }
+            self.head = bucket;
+        }
+        if self.head - bucket < b {
+            self.totals[(bucket % b) as usize] += x;
+        }
+    }
+
+    /// The window ending at `bucket`: buckets `bucket - BUCKETS + 1 ..= bucket` that are
+    /// still in the ring.
+    fn total(&self, bucket: u64) -> T {
+        let b = BUCKETS as u64;
+        let lo = bucket
+            .saturating_sub(b - 1)
+            .max(self.head.saturating_sub(b - 1));
+        let hi = bucket.min(self.head);
+        let mut sum = T::default();
+        if lo <= hi {
+            for k in lo..=hi {
+                sum += self.totals[(k % b) as usize];
+            }
+        }
+        sum
+    }
+}
+
+/// The distinct values of one entity with the bucket each was last seen in.
+#[derive(Clone, Copy)]
+struct DistinctSlot {
+    len: u8,
+    values: [(u64, u64); DISTINCT_VALUES_MAX],
+}
+
+impl DistinctSlot {
+    const EMPTY: DistinctSlot = DistinctSlot {
+        len: 0,
+        values: [(0, 0); DISTINCT_VALUES_MAX],
+    };
+
+    fn add(&mut self, bucket: u64, hash: u64) {
+        let live = &mut self.values[..self.len as usize];
+        if let Some(v) = live.iter_mut().find(|v| v.0 == hash) {
+            v.1 = v.1.max(bucket);
+            return;
+        }
+        if (self.len as usize) < DISTINCT_VALUES_MAX {
+            self.values[self.len as usize] = (hash, bucket);
+            self.len += 1;
+            return;
+        }
+        let oldest = self
+            .values
+            .iter_mut()
+            .min_by_key(|v| v.1)
+            .expect("full, so not empty");
+        if oldest.1 <= bucket {
+            *oldest = (hash, bucket);
+        }
+    }
+
+    fn count(&self, bucket: u64) -> usize {
+        let lo = bucket.saturating_sub(BUCKETS as u64 - 1);
+        self.values[..self.len as usize]
+            .iter()
+            .filter(|v| v.1 >= lo)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::VelocityKey;
+
+    fn spec(agg: Agg, window_ms: u64) -> VelocitySpec {
+        VelocitySpec {
+            id: format!("{agg:?}-{window_ms}"),
+            agg,
+            key: VelocityKey::Account,
+            window_ms,
+            field: None,
+        }
+    }
+
+    fn state(specs: &[VelocitySpec], entities_max: usize) -> VelocityState {
+        let mut s = VelocityState::new(entities_max);
+        s.prepare(1, specs);
+        s
+    }
+
+    #[test]
+    fn count_includes_the_event_itself_and_slides_by_buckets() {
+        // 64 s window: 32 buckets of 2 s.
+        let mut s = state(&[spec(Agg::Count, 64_000)], 10);
+        assert_eq!(s.record(0, b"a", 100_000, Sample::Count), 1.0);
+        assert_eq!(s.record(0, b"a", 101_999, Sample::Count), 2.0);
+        // Bucket of 100_000 is 50; at 163_999 (bucket 81) the window is buckets 50..=81.
+        assert_eq!(s.record(0, b"a", 163_999, Sample::Count), 3.0);
+        // At 164_000 (bucket 82) bucket 50 has slid out.
+        assert_eq!(s.record(0, b"a", 164_000, Sample::Count), 2.0);
+        // Another entity is separate.
+        assert_eq!(s.record(0, b"b", 164_000, Sample::Count), 1.0);
+    }
+
+    #[test]
+    fn sum_adds_values_and_forgets_after_the_window() {
+        let mut s = state(&[spec(Agg::Sum, 32_000)], 10);
+        assert_eq!(s.record(0, b"a", 0, Sample::Sum(10.5)), 10.5);
+        assert_eq!(s.record(0, b"a", 500, Sample::Sum(2.0)), 12.5);
+        assert_eq!(s.record(0, b"a", 31_999, Sample::Sum(1.0)), 13.5);
+        assert_eq!(s.record(0, b"a", 32_000, Sample::Sum(1.0)), 2.0);
+        // Far later: everything before is gone.
+        assert_eq!(s.record(0, b"a", 10_000_000, Sample::Sum(4.0)), 4.0);
+    }
+
+    #[test]
+    fn late_events_count_in_their_own_window_and_too_old_ones_are_not_recorded() {
+        let mut s = state(&[spec(Agg::Count, 32_000)], 10);
+        s.record(0, b"a", 100_000, Sample::Count);
+        // 20 s late: still in the ring, recorded; its window ends at its own bucket.
+        assert_eq!(s.record(0, b"a", 80_000, Sample::Count), 1.0);
+        assert_eq!(s.record(0, b"a", 100_000, Sample::Count), 3.0);
+        // 40 s late: outside the ring, not recorded, and nothing in its window remains.
+        assert_eq!(s.record(0, b"a", 60_000, Sample::Count), 0.0);
+        assert_eq!(s.record(0, b"a", 100_000, Sample::Count), 4.0);
+    }
+
+    #[test]
+    fn distinct_counts_values_in_the_window_and_saturates() {
+        let mut s = state(&[spec(Agg::Distinct, 32_000)], 10);
+        assert_eq!(s.record(0, b"a", 0, Sample::Distinct(1)), 1.0);
+        assert_eq!(s.record(0, b"a", 1_000, Sample::Distinct(1)), 1.0);
+        assert_eq!(s.record(0, b"a", 2_000, Sample::Distinct(2)), 2.0);
+        // Value 1 last seen in bucket 1; at 33_000 (bucket 33) the window starts at 2.
+        assert_eq!(s.record(0, b"a", 33_000, Sample::Distinct(3)), 2.0);
+        for v in 0..100 {
+            s.record(0, b"b", 50_000, Sample::Distinct(v));
+        }
+        assert_eq!(
+            s.record(0, b"b", 50_000, Sample::Distinct(1000)),
+            DISTINCT_VALUES_MAX as f64
+        );
+    }
+
+    #[test]
+    fn empty_keys_are_not_tracked() {
+        let mut s = state(&[spec(Agg::Count, 60_000)], 10);
+        assert_eq!(s.record(0, b"", 0, Sample::Count), 0.0);
+        assert_eq!(s.entities()[0].1, 0);
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_least_recently_seen_and_stays_bounded() {
+        let mut s = state(&[spec(Agg::Count, 3_600_000)], 8);
+        // One hot entity, seen at every step; a flood of cold ones.
+        for i in 0..1_000u64 {
+            let ts = 1_000_000 + i * 10;
+            s.record(0, b"hot", ts, Sample::Count);
+            s.record(0, format!("cold-{i}").as_bytes(), ts - 5, Sample::Count);
+            assert!(s.entities()[0].1 <= 8);
+        }
+        // The hot entity was never the oldest in a sample: it kept all 1000 + this one.
+        assert_eq!(s.record(0, b"hot", 1_010_000, Sample::Count), 1_001.0);
+        // A cold entity that was evicted starts over.
+        assert_eq!(s.record(0, b"cold-0", 1_010_000, Sample::Count), 1.0);
+    }
+
+    #[test]
+    fn state_survives_a_reload_for_functions_that_stay() {
+        let kept = spec(Agg::Count, 60_000);
+        let mut s = state(std::slice::from_ref(&kept), 10);
+        s.record(0, b"a", 0, Sample::Count);
+        let added = spec(Agg::Sum, 60_000);
+        s.prepare(2, &[added, kept]);
+        assert_eq!(s.prepared_for(), 2);
+        assert_eq!(s.record(1, b"a", 1, Sample::Count), 2.0);
+        assert_eq!(s.record(0, b"a", 1, Sample::Sum(5.0)), 5.0);
+    }
+}
