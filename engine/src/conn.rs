@@ -7,10 +7,13 @@
 //! being written the connection reads nothing more, so a slow reader meets TCP backpressure
 //! instead of growing server memory.
 //!
+//! Every batch is decided by the shard's current rule set: the shard checks the rule epoch
+//! once at the start of each batch (one atomic load) and swaps sets only there.
+//!
 //! Heap allocation per request on this path: none for ping, evaluate and topology once the
-//! buffers have warmed up (the encoder's arena and the buffers are reused). An
-//! evaluate-batch reuses one vector of decision views per connection. Stats requests
-//! allocate (snapshots cross cores) and so do error messages built for malformed payloads.
+//! buffers have warmed up (the encoder's arena, the buffers, the outcome and the name and
+//! view vectors are reused). Stats and reload requests allocate (they cross threads), and
+//! so do error messages built for malformed payloads.
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -22,14 +25,15 @@ use rkyv::{rancor, util::AlignedVec};
 use verdict_net::frame::{FRAME_ALIGN, FrameAt, RecvBuffer, Scan};
 use verdict_net::validate::validate_event;
 use verdict_net::{
-    ArchivedEvaluateBatch, ArchivedEvent, DecisionBatchView, DecisionView, ErrorCode,
-    ErrorReplyView, FrameEncoder, Kind, SliceView, StrView,
+    ArchivedEvaluateBatch, ArchivedEvent, ArchivedReloadRequest, DecisionBatchView, DecisionView,
+    ErrorCode, ErrorReplyView, FrameEncoder, Kind, SliceView, StrView,
 };
+use verdict_rules::Outcome;
 
-use crate::decide::decide;
+use crate::decide::{Verdict, decide};
 use crate::drain::Waiter;
 use crate::mesh::MeshError;
-use crate::shard::{ConnectionSlot, Shard};
+use crate::shard::{ConnectionSlot, Shard, ShardEvent};
 use crate::stats;
 
 /// Whether the connection goes on after a batch.
@@ -48,6 +52,12 @@ struct Connection {
     message: String,
     /// Capacity for evaluate-batch decision views, kept between requests.
     views: Vec<DecisionView<'static>>,
+    /// Capacity for the names of fired rules (borrowed from the rule set per batch).
+    names: Vec<StrView<'static>>,
+    /// Per-event verdicts of an evaluate-batch, kept between requests.
+    verdicts: Vec<Verdict>,
+    /// Scratch for one event's evaluation.
+    outcome: Outcome,
     /// Clock reading when the last read completed: when the frames it finished arrived.
     read_at: u64,
 }
@@ -68,6 +78,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
         encoder: FrameEncoder::new(),
         message: String::with_capacity(256),
         views: Vec::new(),
+        names: Vec::new(),
+        verdicts: Vec::new(),
+        outcome: shard.rules.borrow().outcome(),
         read_at: 0,
     };
     loop {
@@ -172,6 +185,7 @@ impl Connection {
         let limits = &shard.limits;
         let mut handled = 0u64;
         let mut flow = Flow::Continue;
+        shard.refresh_rules();
         while handled < u64::from(limits.pipeline_depth_max)
             && self.out.len() < limits.write_buffer_bytes_max as usize
         {
@@ -230,6 +244,7 @@ impl Connection {
                 .push(&mut self.out, kind.response_byte(), id, &shard.topology)
                 .map_err(|_| self.internal("topology reply")),
             Kind::Stats => self.stats(shard, id).await,
+            Kind::Reload => self.reload(shard, at).await,
         };
         match result {
             Ok(()) => shard.stats.borrow_mut().responses += 1,
@@ -282,17 +297,25 @@ impl Connection {
             let _ = write!(self.message, "{e}");
             return Err(ErrorCode::BadField);
         }
-        let verdict = decide(event, &shard.decision);
+        let rules = shard.rules.borrow();
+        let mut names = recycle(std::mem::take(&mut self.names));
+        let verdict = decide(
+            event,
+            &rules,
+            &mut shard.velocity.borrow_mut(),
+            &mut self.outcome,
+            &mut names,
+        );
         let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
-        let view = verdict.view(event, shard.index, server_ns);
-        self.encoder
-            .push(
-                &mut self.out,
-                Kind::Evaluate.response_byte(),
-                at.header.id,
-                &view,
-            )
-            .map_err(|_| self.internal("decision"))?;
+        let view = verdict.view(event, &names, shard.index, server_ns);
+        let pushed = self.encoder.push(
+            &mut self.out,
+            Kind::Evaluate.response_byte(),
+            at.header.id,
+            &view,
+        );
+        self.names = recycle(names);
+        pushed.map_err(|_| self.internal("decision"))?;
         shard.stats.borrow_mut().events += 1;
         Ok(())
     }
@@ -323,11 +346,20 @@ impl Connection {
                 return Err(ErrorCode::BadField);
             }
         }
-        let mut views = reuse(&mut self.views);
-        for event in batch.events.iter() {
-            let verdict = decide(event, &shard.decision);
-            let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
-            views.push(verdict.view(event, shard.index, server_ns));
+        let rules = shard.rules.borrow();
+        let mut names = recycle(std::mem::take(&mut self.names));
+        self.verdicts.clear();
+        {
+            let mut velocity = shard.velocity.borrow_mut();
+            for event in batch.events.iter() {
+                let verdict = decide(event, &rules, &mut velocity, &mut self.outcome, &mut names);
+                self.verdicts.push(verdict);
+            }
+        }
+        let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
+        let mut views = recycle(std::mem::take(&mut self.views));
+        for (event, verdict) in batch.events.iter().zip(&self.verdicts) {
+            views.push(verdict.view(event, &names, shard.index, server_ns));
         }
         let reply = DecisionBatchView {
             decisions: SliceView(&views),
@@ -338,7 +370,8 @@ impl Connection {
             at.header.id,
             &reply,
         );
-        self.views = give_back(views);
+        self.views = recycle(views);
+        self.names = recycle(names);
         pushed.map_err(|_| self.internal("decision batch"))?;
         let mut s = shard.stats.borrow_mut();
         s.events += n as u64;
@@ -374,6 +407,69 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Hands a reload to the control thread and waits for its answer; this connection's
+    /// later requests wait too (they are answered in order), other connections do not.
+    async fn reload(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
+        let payload = self.recv.payload(at);
+        let Ok(request) = rkyv::access::<ArchivedReloadRequest, rancor::Failure>(payload) else {
+            return Err(explain_invalid::<ArchivedReloadRequest>(
+                payload,
+                &mut self.message,
+                "ReloadRequest",
+            ));
+        };
+        let rules_path = request.rules_path.as_str();
+        if rules_path.len() > RULES_PATH_LEN_MAX_BYTES {
+            self.message.clear();
+            let _ = write!(
+                self.message,
+                "rules_path: longer than {RULES_PATH_LEN_MAX_BYTES} bytes"
+            );
+            return Err(ErrorCode::BadField);
+        }
+        let (reply, answer) = flume::bounded(1);
+        let asked = shard.control.send(ShardEvent::Reload {
+            rules_path: rules_path.to_string(),
+            reply,
+        });
+        if asked.is_err() {
+            self.message.clear();
+            self.message
+                .push_str("reload: the control thread has stopped");
+            return Err(ErrorCode::Unavailable);
+        }
+        let timeout = Duration::from_millis(shard.limits.reload_timeout_ms);
+        let answered = future::or(async { answer.recv_async().await.ok() }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        let Some(reply) = answered else {
+            self.message.clear();
+            let _ = write!(
+                self.message,
+                "reload: no answer within {} ms (limits.reload_timeout_ms); the current epoch stays unless it publishes later",
+                shard.limits.reload_timeout_ms
+            );
+            return Err(ErrorCode::Unavailable);
+        };
+        // A reload is a boundary between requests: later requests here see the new epoch.
+        shard.refresh_rules();
+        self.encoder
+            .push(
+                &mut self.out,
+                Kind::Reload.response_byte(),
+                at.header.id,
+                &reply,
+            )
+            .map_err(|_| self.internal("reload reply"))
+    }
+}
+
+/// Longest `rules_path` a reload request may carry.
+const RULES_PATH_LEN_MAX_BYTES: usize = 4096;
+
 /// Explains why `payload` is not a valid `T` (error path only: this allocates).
 fn explain_invalid<T>(payload: &[u8], message: &mut String, what: &str) -> ErrorCode
 where
@@ -388,19 +484,12 @@ where
     ErrorCode::InvalidPayload
 }
 
-/// Reuses an empty vector's allocation for views of another lifetime (same layout, so the
-/// in-place collect keeps the allocation and no element is ever converted).
-fn reuse<'a>(spare: &mut Vec<DecisionView<'static>>) -> Vec<DecisionView<'a>> {
-    debug_assert!(spare.is_empty());
-    std::mem::take(spare)
-        .into_iter()
-        .map(|_| unreachable!("spare is empty"))
-        .collect()
-}
-
-fn give_back(mut views: Vec<DecisionView<'_>>) -> Vec<DecisionView<'static>> {
-    views.clear();
-    views.into_iter().map(|_| unreachable!("cleared")).collect()
+/// Empties `v` and keeps its allocation for elements of another lifetime (same layout, so
+/// the in-place collect reuses the buffer and no element is ever converted).
+fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
+    const { assert!(size_of::<A>() == size_of::<B>() && align_of::<A>() == align_of::<B>()) };
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 /// Writes one error frame and closes: for connections refused before they are served.

@@ -1,35 +1,60 @@
-//! From a validated event to a verdict. Pure: no I/O, no clock, no allocation.
+//! From a validated event to a verdict. Pure: no I/O, no clock; allocation-free once the
+//! caller's scratch buffers have grown to the rule set's size.
 //!
-//! Until the rules issue lands there is no rule set: every event gets the configured
-//! `[decision] default_action` with score 0 at rule epoch 0, no rules fired and no model
-//! scores. This is exactly that and claims nothing more.
+//! The rule set decides (rules, velocity, policy); this module ties the outcome to the event
+//! and to the names the decision reports, borrowed straight from the rule set so the
+//! response copies them without a heap allocation.
+
+use std::ops::Range;
 
 use verdict_net::{Action, ArchivedEvent, DecisionView, SliceView, StrView};
+use verdict_rules::{Outcome, RuleSet, VelocityState};
 
-use crate::config::DecisionConfig;
-
-/// The outcome for one event, before it is tied to the event's id and timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The outcome for one event, before it is tied to the event's id and timing. The names of
+/// the rules that fired are `names[fired]` and `names[shadow]` of the buffer `decide` filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub action: Action,
     pub score: i32,
     pub epoch: u64,
+    pub fired: Range<usize>,
+    pub shadow: Range<usize>,
 }
 
-/// Decides one event.
-pub fn decide(_event: &ArchivedEvent, config: &DecisionConfig) -> Verdict {
+/// Decides one event under `rules`, recording it in this core's velocity `state`, and
+/// appends the names of the rules that fired (then the shadow rules) to `names`.
+pub fn decide<'r>(
+    event: &ArchivedEvent,
+    rules: &'r RuleSet,
+    state: &mut VelocityState,
+    outcome: &mut Outcome,
+    names: &mut Vec<StrView<'r>>,
+) -> Verdict {
+    rules.evaluate(event, state, &[], outcome);
+    let start = names.len();
+    names.extend(outcome.fired.iter().map(|&i| StrView(rules.rule_name(i))));
+    let middle = names.len();
+    names.extend(
+        outcome
+            .shadow_fired
+            .iter()
+            .map(|&i| StrView(rules.rule_name(i))),
+    );
     Verdict {
-        action: config.default_action,
-        score: 0,
-        epoch: 0,
+        action: outcome.action(),
+        score: outcome.score,
+        epoch: rules.epoch,
+        fired: start..middle,
+        shadow: middle..names.len(),
     }
 }
 
 impl Verdict {
-    /// The decision to serialize for `event`.
+    /// The decision to serialize for `event`; `names` is the buffer `decide` filled.
     pub fn view<'a>(
         &self,
         event: &'a ArchivedEvent,
+        names: &'a [StrView<'a>],
         shard: u32,
         server_ns: u64,
     ) -> DecisionView<'a> {
@@ -37,8 +62,8 @@ impl Verdict {
             event_id: StrView(event.event_id.as_str()),
             action: self.action,
             score: self.score,
-            rules: SliceView(&[]),
-            shadow_rules: SliceView(&[]),
+            rules: SliceView(&names[self.fired.clone()]),
+            shadow_rules: SliceView(&names[self.shadow.clone()]),
             models: SliceView(&[]),
             epoch: self.epoch,
             shard,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use verdict_engine::cli;
 use verdict_engine::config::TopologyConfig;
+use verdict_engine::runtime::RulesSource;
 
 #[derive(Parser)]
 #[command(name = "verdict", version, about = "Real-time risk decision engine")]
@@ -31,6 +32,25 @@ enum Command {
         /// Override [listen] shard_port_base (0 = every shard picks a free port).
         #[arg(long)]
         shard_port_base: Option<u16>,
+        /// Rules file, or a directory whose .rules files form one rule set. Default: the
+        /// shipped rules/default.rules and its lists, built into the binary.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Check a rules file or directory: every error with file:line:col; exit 1 if any.
+    Check {
+        path: PathBuf,
+        /// Topology whose [decision] and [limits] apply (default as for `serve`).
+        #[arg(long)]
+        shards: Option<PathBuf>,
+    },
+    /// Ask a running engine to recompile its rules and publish them as the next epoch.
+    Reload {
+        #[arg(long, default_value = cli::DEFAULT_ADDR)]
+        addr: String,
+        /// Rules file or directory to load instead of the one being served.
+        #[arg(long)]
+        rules: Option<PathBuf>,
     },
     /// Print this machine's hardware and the shard map, or write a topology for it.
     Topology {
@@ -92,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             address,
             port,
             shard_port_base,
+            rules,
         } => {
             let (mut config, source) = load_topology(shards)?;
             if let Some(a) = address {
@@ -106,13 +127,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             config
                 .check()
                 .context("after applying command-line overrides")?;
-            verdict_engine::runtime::serve(config, &source)?;
+            let rules = match rules {
+                Some(path) => RulesSource::Path(path),
+                None => RulesSource::Default,
+            };
+            verdict_engine::runtime::serve(config, &source, rules)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology { shards, write } => {
             let (config, source) = load_topology(shards)?;
             cli::topology::run(&config, &source, write.as_deref())
         }
+        Command::Check { path, shards } => {
+            let (config, _) = load_topology(shards)?;
+            cli::rules::check(&path, &config)
+        }
+        Command::Reload { addr, rules } => cli::rules::reload(&addr, rules.as_deref()),
         Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),
         Command::Stats { addr, json } => cli::stats::run(&addr, json),
         Command::Ping { addr, count } => cli::ping(&addr, count),

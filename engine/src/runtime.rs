@@ -1,9 +1,11 @@
 //! `verdict serve`: the control thread. It checks the machine (io_uring, hardware, locked
-//! memory), starts one pinned glommio executor per shard, publishes the shard map once every
-//! shard has bound its ports, prints the ready line, then waits for SIGINT/SIGTERM (or a
-//! shard dying) and drains.
+//! memory), compiles the rule set (epoch 1), starts one pinned glommio executor per shard,
+//! publishes the shard map once every shard has bound its ports, prints the ready line, then
+//! serves reload requests (compiling off the data cores, publishing through the epoch cell)
+//! until SIGINT/SIGTERM (or a shard dying), and drains.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
@@ -11,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use glommio::{LocalExecutorBuilder, Placement};
-use log::{error, info};
+use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
-use verdict_net::TopologyReply;
 use verdict_net::routing::ROUTING_NAME;
+use verdict_net::{ReloadReply, TopologyReply};
+use verdict_rules::{EpochCell, RuleSet};
 
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
@@ -64,8 +67,44 @@ fn reserve_shared_port(config: &TopologyConfig) -> anyhow::Result<(u16, Option<S
     Ok((port, Some(socket)))
 }
 
+/// Where the rule set comes from: a file or directory, or the shipped default built in.
+#[derive(Debug, Clone)]
+pub enum RulesSource {
+    Path(PathBuf),
+    Default,
+}
+
+impl RulesSource {
+    pub fn describe(&self) -> String {
+        match self {
+            RulesSource::Path(p) => p.display().to_string(),
+            RulesSource::Default => format!("{} (built in)", verdict_rules::DEFAULT_RULES_PATH),
+        }
+    }
+
+    /// Reads, checks and compiles the rule set.
+    pub fn load(&self, options: &verdict_rules::Options) -> Result<RuleSet, verdict_rules::Report> {
+        match self {
+            RulesSource::Path(p) => verdict_rules::load(p, &verdict_rules::Disk, options),
+            RulesSource::Default => verdict_rules::load_default(options),
+        }
+    }
+}
+
+/// What the rules are checked and compiled against in this engine.
+pub fn rules_options(config: &TopologyConfig) -> verdict_rules::Options {
+    verdict_rules::Options {
+        default_action: config.decision.default_action,
+        ..Default::default()
+    }
+}
+
 /// Serves until SIGINT/SIGTERM; returns after every shard has drained.
-pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
+pub fn serve(
+    config: TopologyConfig,
+    source: &str,
+    rules_source: RulesSource,
+) -> anyhow::Result<()> {
     // Install signal handlers first: a signal before this would kill the process outright.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let report = uring::probe()?;
@@ -85,6 +124,21 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
         io.bytes_per_executor / 1024,
         io.reason
     );
+    let options = rules_options(&config);
+    let first = rules_source.load(&options).map_err(|report| {
+        anyhow::anyhow!(
+            "the rule set {} does not compile:\n{report}",
+            rules_source.describe()
+        )
+    })?;
+    info!(
+        "rules from {}: {} rules, {} velocity functions, digest {} (epoch 1)",
+        rules_source.describe(),
+        first.rule_count(),
+        first.program().velocity.len(),
+        first.digest
+    );
+    let rules = Arc::new(EpochCell::new(first));
     let (shared_port, reservation) = reserve_shared_port(&config)?;
     let config = Arc::new(config);
     let mesh = (shard_count > 1)
@@ -105,6 +159,7 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             events: events_tx.clone(),
             shard_map: shard_map.clone(),
+            rules: rules.clone(),
             exit: ExitNotice {
                 shard: i as u32,
                 events: events_tx.clone(),
@@ -152,6 +207,9 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
                 stop(handles);
                 bail!("shard {shard} stopped during startup");
             }
+            Ok(ShardEvent::Reload { rules_path, reply }) => {
+                let _ = reply.send(reload(&rules, &rules_source, &rules_path, &options));
+            }
             Err(_) => {
                 stop(handles);
                 bail!("shards did not start within {STARTUP_TIMEOUT:?}");
@@ -176,10 +234,8 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
         ports.join(",")
     );
     info!(
-        "serving on {address}:{shared_port} (shared) and shard ports {}; decisions: default action \
-         `{}` at epoch 0 (no rule set yet)",
-        ports.join(","),
-        config.decision.default_action.as_str()
+        "serving on {address}:{shared_port} (shared) and shard ports {}",
+        ports.join(",")
     );
 
     let mut failed = None;
@@ -193,6 +249,9 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
                 error!("shard {shard} stopped unexpectedly; shutting the engine down");
                 failed = Some(shard);
                 break 'wait;
+            }
+            Ok(ShardEvent::Reload { rules_path, reply }) => {
+                let _ = reply.send(reload(&rules, &rules_source, &rules_path, &options));
             }
             Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -209,6 +268,60 @@ pub fn serve(config: TopologyConfig, source: &str) -> anyhow::Result<()> {
         None => {
             info!("all shards drained; bye");
             Ok(())
+        }
+    }
+}
+
+/// Compiles `rules_path` (empty: the source being served) and publishes it as the next
+/// epoch; on any error the current epoch stays and the errors go back to the caller.
+/// Runs on the control thread, never on a data core.
+fn reload(
+    cell: &EpochCell,
+    serving: &RulesSource,
+    rules_path: &str,
+    options: &verdict_rules::Options,
+) -> ReloadReply {
+    let source = if rules_path.is_empty() {
+        serving.clone()
+    } else {
+        RulesSource::Path(PathBuf::from(rules_path))
+    };
+    let started = Instant::now();
+    let loaded = source.load(options);
+    let compile_us = started.elapsed().as_micros() as u64;
+    let rules_path = source.describe();
+    match loaded {
+        Ok(set) => {
+            let (count, digest) = (set.rule_count() as u32, set.digest.clone());
+            let epoch = cell.publish(set);
+            info!(
+                "reload: {rules_path}: {count} rules, digest {digest}, compiled in {compile_us} us; epoch {epoch} published"
+            );
+            ReloadReply {
+                ok: true,
+                epoch,
+                rules_path,
+                rules: count,
+                digest,
+                compile_us,
+                errors: Vec::new(),
+            }
+        }
+        Err(report) => {
+            let epoch = cell.epoch();
+            warn!(
+                "reload: {rules_path}: {} errors; epoch {epoch} stays",
+                report.errors.len()
+            );
+            ReloadReply {
+                ok: false,
+                epoch,
+                rules_path,
+                rules: 0,
+                digest: String::new(),
+                compile_us,
+                errors: report.errors.into_iter().map(|e| e.rendered).collect(),
+            }
         }
     }
 }

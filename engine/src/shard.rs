@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use log::{info, warn};
-use verdict_net::{ErrorCode, TopologyReply};
+use verdict_net::{ErrorCode, ReloadReply, TopologyReply};
+use verdict_rules::{EpochCell, RuleSet, VelocityState};
 
-use crate::config::{DecisionConfig, Limits, TopologyConfig};
+use crate::config::{Limits, TopologyConfig};
 use crate::conn;
 use crate::drain::Drain;
 use crate::mesh::{Mesh, MeshPort};
@@ -38,6 +39,8 @@ pub struct ShardContext {
     pub events: Sender<ShardEvent>,
     /// Set by the control thread once every shard has bound its ports.
     pub shard_map: Arc<OnceLock<TopologyReply>>,
+    /// The rule epoch: the one pointer shared by every shard.
+    pub rules: Arc<EpochCell>,
     /// Tells the control thread when this shard is gone, however that happens, including an
     /// executor that never started (the context is then dropped without `run` running).
     pub exit: ExitNotice,
@@ -46,9 +49,23 @@ pub struct ShardContext {
 /// What a shard tells the control thread.
 #[derive(Debug)]
 pub enum ShardEvent {
-    Bound { shard: u32, shard_port: u16 },
-    Failed { shard: u32, message: String },
-    Exited { shard: u32 },
+    Bound {
+        shard: u32,
+        shard_port: u16,
+    },
+    Failed {
+        shard: u32,
+        message: String,
+    },
+    Exited {
+        shard: u32,
+    },
+    /// A client asked for a reload: compile `rules_path` (empty: the path being served) off
+    /// the data cores, publish it if it compiles, and answer on `reply`.
+    Reload {
+        rules_path: String,
+        reply: flume::Sender<ReloadReply>,
+    },
 }
 
 /// Sends `ShardEvent::Exited` when dropped.
@@ -68,9 +85,16 @@ pub struct Shard {
     pub index: u32,
     pub cpu: u32,
     pub limits: Limits,
-    pub decision: DecisionConfig,
-    /// The rule epoch this shard decides with (0 until a rule set exists).
+    /// The epoch of `rules`.
     pub epoch: Cell<u64>,
+    /// The shared epoch cell, checked once per batch and every tick.
+    pub epochs: Arc<EpochCell>,
+    /// The rule set this shard decides with: its own handle on the current epoch.
+    pub rules: RefCell<Arc<RuleSet>>,
+    /// This shard's velocity windows (per-core, never shared).
+    pub velocity: RefCell<VelocityState>,
+    /// Where reload requests go (the control thread).
+    pub control: Sender<ShardEvent>,
     pub stats: RefCell<CoreStats>,
     pub clock: quanta::Clock,
     pub mesh: Option<Rc<MeshPort>>,
@@ -80,6 +104,21 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Takes the current rule set if the epoch moved: between batches, never inside one.
+    /// One atomic load when nothing changed.
+    pub fn refresh_rules(&self) {
+        if self.epochs.epoch() == self.epoch.get() {
+            return;
+        }
+        let next = self.epochs.load();
+        self.velocity
+            .borrow_mut()
+            .prepare(next.uid(), &next.program().velocity);
+        self.epoch.set(next.epoch);
+        // The previous set is freed here if this was the last shard holding it.
+        *self.rules.borrow_mut() = next;
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.stats
             .borrow()
@@ -189,12 +228,18 @@ pub async fn run(ctx: ShardContext) {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     };
     topology.shard = ctx.index;
+    let rules = ctx.rules.load();
+    let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
+    velocity.prepare(rules.uid(), &rules.program().velocity);
     let shard = Rc::new(Shard {
         index: ctx.index,
         cpu: ctx.cpu,
         limits: config.limits.clone(),
-        decision: config.decision.clone(),
-        epoch: Cell::new(0),
+        epoch: Cell::new(rules.epoch),
+        epochs: ctx.rules.clone(),
+        rules: RefCell::new(rules),
+        velocity: RefCell::new(velocity),
+        control: ctx.events.clone(),
         stats: RefCell::new(CoreStats::new()),
         clock: quanta::Clock::new(),
         mesh,
@@ -206,7 +251,11 @@ pub async fn run(ctx: ShardContext) {
     glommio::spawn_local(accept_loop(shard.clone(), shared)).detach();
     glommio::spawn_local(accept_loop(shard.clone(), own)).detach();
 
-    shutdown_requested(&ctx.shutdown, tick).await;
+    // Idle or not, a shard takes a new epoch within a tick, so stats show it everywhere.
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(tick).await;
+        shard.refresh_rules();
+    }
     shard.drain.start();
     let deadline = Instant::now() + Duration::from_millis(shard.limits.shutdown_drain_ms);
     while shard.stats.borrow().connections_open > 0 && Instant::now() < deadline {

@@ -30,29 +30,41 @@ fn ping_answers_on_the_shared_port_and_on_every_shard_port() {
 }
 
 #[test]
-fn evaluate_returns_the_default_decision_from_the_shard_that_decided() {
+fn evaluate_decides_with_the_shipped_rules_at_epoch_1_on_the_shard_that_decided() {
     let server = Server::start();
     for shard in 0..2 {
         let mut c = client(&server.shard_addr(shard));
         let d = c.evaluate(&event(7)).unwrap();
         assert_eq!(d.event_id, "evt-7");
+        // The test event's IP, 203.0.113.9, is in the shipped rules' risky_networks list
+        // (score 30): under the policy's review threshold of 40.
         assert_eq!(d.action, Action::Allow);
-        assert_eq!((d.score, d.epoch, d.shard), (0, 0, shard as u32));
-        assert!(d.rules.is_empty() && d.shadow_rules.is_empty() && d.models.is_empty());
+        assert_eq!((d.score, d.epoch, d.shard), (30, 1, shard as u32));
+        assert_eq!(d.rules, vec!["risky_network".to_string()]);
+        assert!(d.shadow_rules.is_empty() && d.models.is_empty());
         assert!(d.server_ns > 0);
     }
 }
 
 #[test]
-fn the_configured_default_action_is_what_decides() {
+fn without_a_policy_the_configured_default_action_decides_when_no_rule_acts() {
     let toml = format!(
         "{}\n[decision]\ndefault_action = \"review\"\n",
         topology(&[0], "")
     );
-    let server = Server::with_topology(&toml);
+    let rules = "rule huge { when amount > 1000000 action deny }\n\
+                 rule tiny { when amount < 1 score 5 }\n";
+    let server = Server::with_rules(&toml, &[("only.rules", rules)]);
+    let mut c = server.client();
+    let d = c.evaluate(&event(1)).unwrap();
+    assert_eq!((d.action, d.score), (Action::Review, 0));
+    assert!(d.rules.is_empty());
+    let mut big = event(2);
+    big.amount_minor = 200_000_000;
+    let d = c.evaluate(&big).unwrap();
     assert_eq!(
-        server.client().evaluate(&event(1)).unwrap().action,
-        Action::Review
+        (d.action, d.rules),
+        (Action::Deny, vec!["huge".to_string()])
     );
 }
 

@@ -22,7 +22,8 @@ use crate::frame::{
     PayloadSerializer, RecvBuffer, Scan,
 };
 use crate::schema::{
-    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, StatsReply, TopologyReply,
+    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, ReloadReply, ReloadRequest,
+    StatsReply, TopologyReply,
 };
 
 /// What went wrong talking to a server.
@@ -324,6 +325,20 @@ impl Client {
 
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         self.call_empty(Kind::Stats)?.decode()
+    }
+
+    /// Asks the engine to recompile its rules (from `rules_path` on the server, or the path
+    /// it serves when empty). Compilation takes as long as it takes: no read timeout applies
+    /// beyond the one set on the client.
+    pub fn reload(&mut self, rules_path: &str) -> Result<ReloadReply, ClientError> {
+        let id = self.send(
+            Kind::Reload,
+            &ReloadRequest {
+                rules_path: rules_path.to_string(),
+            },
+        )?;
+        self.flush()?;
+        self.recv()?.expect(Kind::Reload, id)?.decode()
     }
 
     pub fn topology(&mut self) -> Result<TopologyReply, ClientError> {

@@ -45,6 +45,9 @@ pub enum Kind {
     Stats = 0x04,
     /// Empty payload in, archived `TopologyReply` out.
     Topology = 0x05,
+    /// Archived `ReloadRequest` in, archived `ReloadReply` out: recompile the rule set from
+    /// disk and publish it as the next epoch.
+    Reload = 0x06,
 }
 
 impl Kind {
@@ -56,6 +59,7 @@ impl Kind {
             0x03 => Some(Kind::EvaluateBatch),
             0x04 => Some(Kind::Stats),
             0x05 => Some(Kind::Topology),
+            0x06 => Some(Kind::Reload),
             _ => None,
         }
     }

@@ -234,6 +234,35 @@ pub struct TopologyReply {
     pub cpus: Vec<u32>,
 }
 
+/// The payload of a reload request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ReloadRequest {
+    /// The rules file or directory to compile, as a path on the server (absolute, or
+    /// relative to the server's working directory). Empty: the one the engine serves.
+    pub rules_path: String,
+}
+
+/// The answer to a reload: the new epoch, or why the current one stays.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ReloadReply {
+    /// Whether a new rule set was published.
+    pub ok: bool,
+    /// The epoch now current (the new one when `ok`, the kept one otherwise).
+    pub epoch: u64,
+    /// The rules file or directory compiled.
+    pub rules_path: String,
+    /// Rules in the published set (0 when not `ok`).
+    pub rules: u32,
+    /// Digest of every file the set was built from.
+    pub digest: String,
+    /// Time spent reading, checking and compiling, microseconds.
+    pub compile_us: u64,
+    /// Every error, rendered as `file:line:col: error: message` with the line and a caret.
+    pub errors: Vec<String>,
+}
+
 // ---- Borrowed views: serialize to the same archives as the owned types. ----
 
 /// A borrowed string that archives as an [`ArchivedString`].

@@ -202,11 +202,20 @@ pub fn check_path(
             ast,
         });
     }
-    if !errors.is_empty() {
-        return Err(Report { errors });
+    // Check what parsed even when something did not, so one run reports every error.
+    let checked = check::check(&files, loader, &options.models, &options.limits);
+    match checked {
+        Ok(done) if errors.is_empty() => Ok(done),
+        Ok(_) => Err(Report { errors }),
+        Err(more) => {
+            errors.extend(more);
+            // File order as given (list files after the rules files), then position.
+            let order = |file: &str| paths.iter().position(|p| p.display().to_string() == file);
+            errors.sort_by_key(|e| (order(&e.file).unwrap_or(usize::MAX), e.line, e.column));
+            errors.dedup();
+            Err(Report { errors })
+        }
     }
-    check::check(&files, loader, &options.models, &options.limits)
-        .map_err(|errors| Report { errors })
 }
 
 /// [`check_path`], then compile. The rule set's `digest` covers every file it read.

@@ -1,5 +1,7 @@
-//! The subcommands that talk to a running engine as clients, plus `verdict topology`.
+//! The subcommands that talk to a running engine as clients, plus `verdict topology` and
+//! `verdict check`.
 
+pub mod rules;
 pub mod send;
 pub mod stats;
 pub mod topology;

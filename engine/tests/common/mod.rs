@@ -64,9 +64,35 @@ impl Server {
 
     /// Starts `prefix... verdict serve --shards FILE` (e.g. a privilege-dropping wrapper).
     pub fn launch(prefix: &[&str], toml: &str) -> Server {
+        Server::launch_with(prefix, toml, &[], &[])
+    }
+
+    /// Serves the rule set made of `files` (relative path, text), written to the server's
+    /// directory; the first file is passed as `--rules`.
+    pub fn with_rules(toml: &str, files: &[(&str, &str)]) -> Server {
+        Server::launch_with(&[], toml, files, &[])
+    }
+
+    /// The directory the server's files live in (rules written by `with_rules`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
+    /// `prefix... verdict serve --shards FILE [--rules FIRST_FILE] ARGS...`.
+    pub fn launch_with(
+        prefix: &[&str],
+        toml: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let dir = tempdir::Dir::new("serve");
         let path = dir.0.join("shards.toml");
         std::fs::write(&path, toml).unwrap();
+        for (name, text) in files {
+            let file = dir.0.join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        }
         let bin = env!("CARGO_BIN_EXE_verdict");
         let mut command = match prefix.split_first() {
             None => Command::new(bin),
@@ -76,9 +102,12 @@ impl Server {
                 c
             }
         };
+        command.args(["serve", "--shards"]).arg(&path);
+        if let Some((first, _)) = files.first() {
+            command.arg("--rules").arg(dir.0.join(first));
+        }
         let mut child = command
-            .args(["serve", "--shards"])
-            .arg(&path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
