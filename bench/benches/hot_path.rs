@@ -1,6 +1,7 @@
 //! The engine's per-request work, piece by piece, each beside a reference in the same run:
 //! - validate + decode an event frame (bytecheck) vs the unchecked access it guards;
-//! - the full decision for one event (validate, decide, encode the response);
+//! - the full decision for one event under the shipped rule set (validate, decide with the
+//!   rules and this core's velocity state, encode the response);
 //! - encoding a decision response vs copying a fixed response of the same size (what the
 //!   reference echo server does).
 //!
@@ -11,11 +12,11 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rkyv::util::AlignedVec;
 use verdict_bench::events::{EventGen, encode_events};
-use verdict_engine::config::DecisionConfig;
 use verdict_engine::decide::decide;
-use verdict_net::ArchivedEvent;
 use verdict_net::frame::{FrameEncoder, HEADER_LEN, Scan, scan};
 use verdict_net::validate::validate_event;
+use verdict_net::{ArchivedEvent, StrView};
+use verdict_rules::{Options, VelocityState, load_default};
 
 fn frames() -> Vec<Vec<u8>> {
     let mut g = EventGen::new(42);
@@ -38,7 +39,10 @@ fn payload(frame: &AlignedVec<16>) -> &[u8] {
 
 fn bench(c: &mut Criterion) {
     let frames: Vec<AlignedVec<16>> = frames().iter().map(|f| aligned(f)).collect();
-    let config = DecisionConfig::default();
+    let rules = load_default(&Options::default()).expect("the shipped rules compile");
+    let mut velocity = VelocityState::new(65_536);
+    let mut outcome = rules.outcome();
+    let mut names: Vec<StrView> = Vec::with_capacity(rules.rule_count());
 
     let mut g = c.benchmark_group("decode");
     let mut i = 0;
@@ -74,26 +78,28 @@ fn bench(c: &mut Criterion) {
             let p = payload(&frames[i]);
             let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
             validate_event(e).unwrap();
-            let view = decide(e, &config).view(e, 0, 1234);
+            names.clear();
+            let verdict = decide(e, &rules, &mut velocity, &mut outcome, &mut names);
+            let view = verdict.view(e, &names, 0, 1234);
             enc.push(&mut out, 0x82, i as u64, &view).unwrap();
         })
     });
     g.finish();
 
+    let first = payload(&frames[0]);
+    let first = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(first).unwrap();
+    names.clear();
+    let verdict = decide(first, &rules, &mut velocity, &mut outcome, &mut names);
     let sample = {
-        let p = payload(&frames[0]);
-        let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
         let mut o = AlignedVec::<16>::new();
         FrameEncoder::new()
-            .push(&mut o, 0x82, 1, &decide(e, &config).view(e, 0, 1))
+            .push(&mut o, 0x82, 1, &verdict.view(first, &names, 0, 1))
             .unwrap();
         o.to_vec()
     };
     let mut g = c.benchmark_group("response");
     g.bench_function("encode a decision frame", |b| {
-        let p = payload(&frames[0]);
-        let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
-        let view = decide(e, &config).view(e, 0, 1);
+        let view = verdict.view(first, &names, 0, 1);
         b.iter(|| {
             if out.len() > (1 << 19) {
                 out.clear();

@@ -89,7 +89,7 @@ pub fn check(
             ),
         );
     }
-    c.load_unused_lists(files);
+    c.load_unused_lists();
     if !c.errors.is_empty() {
         let mut errors = std::mem::take(&mut c.errors);
         errors.sort_by_key(|(f, d)| (*f, d.span.start));
@@ -904,11 +904,19 @@ impl Checker<'_> {
         Some(i as u32)
     }
 
-    fn load_unused_lists(&mut self, _files: &[ParsedFile]) {
+    /// Lists no rule uses are still loaded, so their mistakes show: an inline list as the
+    /// type of its first member, a file as strings.
+    fn load_unused_lists(&mut self) {
         for i in 0..self.lists.len() {
             if self.lists[i].ty.is_none() {
-                self.lists[i].ty = Some(Ty::Str);
-                self.load_list(i, Ty::Str);
+                let ty = match &self.lists[i].decl.source {
+                    ListSource::Inline(items) => {
+                        items.first().and_then(constant).map_or(Ty::Str, |c| c.ty())
+                    }
+                    ListSource::File { .. } => Ty::Str,
+                };
+                self.lists[i].ty = Some(ty);
+                self.load_list(i, ty);
             }
         }
     }
@@ -1212,6 +1220,8 @@ fn score_set(n: &Node) -> Option<Scores> {
 
 /// `score OP k` over whole scores.
 fn compare(op: CmpOp, k: f64) -> Scores {
+    // Beyond the i32 range every threshold behaves like one just past it.
+    let k = k.clamp(SCORE_MIN as f64 - 1.0, SCORE_MAX as f64 + 1.0);
     let (floor, ceil) = (k.floor() as i64, k.ceil() as i64);
     let whole = k.fract() == 0.0;
     match op {

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use verdict_net::{Action, ArchivedAttrValue, ArchivedEvent};
@@ -31,7 +32,7 @@ pub struct Ctx<'a> {
 
 type BoolFn = Box<dyn Fn(&Ctx) -> bool + Send + Sync>;
 type NumFn = Box<dyn Fn(&Ctx) -> f64 + Send + Sync>;
-type HashFn = Box<dyn Fn(&Ctx, &std::hash::RandomState) -> u64 + Send + Sync>;
+type HashFn = Box<dyn Fn(&Ctx, &foldhash::fast::RandomState) -> u64 + Send + Sync>;
 
 struct CompiledRule {
     when: BoolFn,
@@ -212,23 +213,29 @@ impl RuleSet {
         };
         out.velocity.clear();
         let ts = event.timestamp_ms.to_native();
+        // Each key is hashed once per event, however many functions count by it.
+        let mut hashes: [Option<Option<u64>>; 4] = [None; 4];
         for (i, v) in self.velocity.iter().enumerate() {
+            let hash = *hashes[v.key as usize].get_or_insert_with(|| match v.key {
+                VelocityKey::Account => state.key_hash(event.account_id.as_bytes()),
+                VelocityKey::Device => state.key_hash(event.device_id.as_bytes()),
+                VelocityKey::Merchant => state.key_hash(event.merchant_id.as_bytes()),
+                VelocityKey::Ip => match event::ip(event) {
+                    ip if ip.is_unspecified() => None,
+                    IpAddr::V4(v4) => state.key_hash(&v4.octets()),
+                    IpAddr::V6(v6) => state.key_hash(&v6.octets()),
+                },
+            });
+            let Some(hash) = hash else {
+                out.velocity.push(0.0);
+                continue;
+            };
             let sample = match &v.sample {
                 SampleFn::Count => Sample::Count,
                 SampleFn::Sum(f) => Sample::Sum(f(&ctx)),
                 SampleFn::Distinct(f) => Sample::Distinct(f(&ctx, state.value_hasher())),
             };
-            let value = match v.key {
-                VelocityKey::Account => state.record(i, event.account_id.as_bytes(), ts, sample),
-                VelocityKey::Device => state.record(i, event.device_id.as_bytes(), ts, sample),
-                VelocityKey::Merchant => state.record(i, event.merchant_id.as_bytes(), ts, sample),
-                VelocityKey::Ip => match event::ip(event) {
-                    ip if ip.is_unspecified() => 0.0,
-                    IpAddr::V4(v4) => state.record(i, &v4.octets(), ts, sample),
-                    IpAddr::V6(v6) => state.record(i, &v6.octets(), ts, sample),
-                },
-            };
-            out.velocity.push(value);
+            out.velocity.push(state.record_hashed(i, hash, ts, sample));
         }
         ctx.velocity = &out.velocity;
         out.fired.clear();
@@ -614,7 +621,10 @@ impl Compiler<'_> {
             },
             Ty::Str => {
                 let (l, r) = (self.str_leaf(lhs), self.str_leaf(rhs));
-                Box::new(move |c| op.same(l.get(c.event), r.get(c.event)))
+                let ne = op == CmpOp::Ne;
+                Box::new(move |c| {
+                    bytes_eq(l.get(c.event).as_bytes(), r.get(c.event).as_bytes()) != ne
+                })
             }
             Ty::Ip => {
                 let (l, r) = (self.ip_leaf(lhs), self.ip_leaf(rhs));
@@ -684,46 +694,91 @@ fn canonical_bits(x: f64) -> u64 {
 /// Sets up to this many members are scanned; larger ones are hashed.
 const SCAN_MEMBERS_MAX: usize = 8;
 
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// A set compiled for membership tests. Shared (`Arc`) between the closures that use it.
 #[derive(Clone)]
 enum CompiledSet {
-    StrScan(std::sync::Arc<[Box<str>]>),
-    StrHash(std::sync::Arc<HashSet<Box<str>>>),
-    NumScan(std::sync::Arc<[f64]>),
-    NumHash(std::sync::Arc<HashSet<u64>>),
-    /// Per prefix length (longest first), the masked network addresses.
-    Ip(std::sync::Arc<IpSet>),
+    Str(Arc<StrSet>),
+    NumScan(Arc<[f64]>),
+    NumHash(Arc<FastSet<u64>>),
+    Ip(Arc<IpSet>),
 }
 
-struct IpSet {
-    v4: Vec<(u8, HashSet<u128>)>,
-    v6: Vec<(u8, HashSet<u128>)>,
+/// Strings of up to 15 bytes are packed with their length into one `u128`, so testing a
+/// short code (`country in [...]`) is integer compares, not `memcmp` calls.
+struct StrSet {
+    packed: Vec<u128>,
+    long: Vec<Box<str>>,
+    /// Every member, hashed, when the set is large.
+    hashed: Option<FastSet<Box<str>>>,
+}
+
+#[inline(always)]
+fn pack(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() > 15 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..b.len()].copy_from_slice(b);
+    bytes[15] = b.len() as u8;
+    Some(u128::from_le_bytes(bytes))
+}
+
+impl StrSet {
+    fn new(members: &[Box<str>]) -> StrSet {
+        if members.len() > SCAN_MEMBERS_MAX {
+            return StrSet {
+                packed: Vec::new(),
+                long: Vec::new(),
+                hashed: Some(members.iter().cloned().collect()),
+            };
+        }
+        let (mut packed, mut long) = (Vec::new(), Vec::new());
+        for m in members {
+            match pack(m) {
+                Some(p) => packed.push(p),
+                None => long.push(m.clone()),
+            }
+        }
+        StrSet {
+            packed,
+            long,
+            hashed: None,
+        }
+    }
+
+    #[inline]
+    fn contains(&self, s: &str) -> bool {
+        if let Some(h) = &self.hashed {
+            return h.contains(s);
+        }
+        match pack(s) {
+            Some(p) => self.packed.contains(&p),
+            None => self.long.iter().any(|m| &**m == s),
+        }
+    }
 }
 
 impl CompiledSet {
     fn new(values: &SetValues) -> CompiledSet {
         match values {
-            SetValues::Str(v) if v.len() <= SCAN_MEMBERS_MAX => {
-                CompiledSet::StrScan(v.clone().into())
-            }
-            SetValues::Str(v) => {
-                CompiledSet::StrHash(std::sync::Arc::new(v.iter().cloned().collect()))
-            }
+            SetValues::Str(v) => CompiledSet::Str(Arc::new(StrSet::new(v))),
             SetValues::Num(v) if v.len() <= SCAN_MEMBERS_MAX => {
                 CompiledSet::NumScan(v.clone().into())
             }
-            SetValues::Num(v) => CompiledSet::NumHash(std::sync::Arc::new(
-                v.iter().map(|x| canonical_bits(*x)).collect(),
-            )),
-            SetValues::Ip(nets) => CompiledSet::Ip(std::sync::Arc::new(IpSet::new(nets))),
+            SetValues::Num(v) => {
+                CompiledSet::NumHash(Arc::new(v.iter().map(|x| canonical_bits(*x)).collect()))
+            }
+            SetValues::Ip(nets) => CompiledSet::Ip(Arc::new(IpSet::new(nets))),
         }
     }
 
     #[inline]
     fn has_str(&self, s: &str) -> bool {
         match self {
-            CompiledSet::StrScan(v) => v.iter().any(|m| &**m == s),
-            CompiledSet::StrHash(h) => h.contains(s),
+            CompiledSet::Str(set) => set.contains(s),
             _ => false,
         }
     }
@@ -746,40 +801,61 @@ impl CompiledSet {
     }
 }
 
+/// IP networks: a few are scanned (one mask and compare each); many are grouped by prefix
+/// length, one hash lookup per distinct length.
+enum IpSet {
+    Scan(Vec<(bool, u8, u128)>),
+    Hashed {
+        v4: Vec<(u8, FastSet<u128>)>,
+        v6: Vec<(u8, FastSet<u128>)>,
+    },
+}
+
 impl IpSet {
     fn new(nets: &[IpNet]) -> IpSet {
-        let mut set = IpSet {
-            v4: Vec::new(),
-            v6: Vec::new(),
-        };
+        let masked =
+            |net: &IpNet| event::mask(event::addr_bits(net.addr), net.addr.is_ipv4(), net.prefix);
+        if nets.len() <= SCAN_MEMBERS_MAX {
+            return IpSet::Scan(
+                nets.iter()
+                    .map(|n| (n.addr.is_ipv4(), n.prefix, masked(n)))
+                    .collect(),
+            );
+        }
+        type Tables = Vec<(u8, FastSet<u128>)>;
+        let (mut v4, mut v6): (Tables, Tables) = (Vec::new(), Vec::new());
         for net in nets {
-            let table = if net.addr.is_ipv4() {
-                &mut set.v4
-            } else {
-                &mut set.v6
-            };
-            let bits = event::mask(event::addr_bits(net.addr), net.addr.is_ipv4(), net.prefix);
+            let table = if net.addr.is_ipv4() { &mut v4 } else { &mut v6 };
             match table.iter_mut().find(|(p, _)| *p == net.prefix) {
                 Some((_, h)) => {
-                    h.insert(bits);
+                    h.insert(masked(net));
                 }
-                None => table.push((net.prefix, HashSet::from([bits]))),
+                None => {
+                    let mut h = FastSet::default();
+                    h.insert(masked(net));
+                    table.push((net.prefix, h));
+                }
             }
         }
-        set.v4.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
-        set.v6.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
-        set
+        v4.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+        v6.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+        IpSet::Hashed { v4, v6 }
     }
 
     #[inline]
     fn contains(&self, ip: IpAddr) -> bool {
-        let (table, v4) = match ip {
-            IpAddr::V4(_) => (&self.v4, true),
-            IpAddr::V6(_) => (&self.v6, false),
-        };
+        let v4 = ip.is_ipv4();
         let bits = event::addr_bits(ip);
-        table
-            .iter()
-            .any(|(prefix, h)| h.contains(&event::mask(bits, v4, *prefix)))
+        match self {
+            IpSet::Scan(nets) => nets
+                .iter()
+                .any(|&(is_v4, prefix, net)| is_v4 == v4 && event::mask(bits, v4, prefix) == net),
+            IpSet::Hashed { v4: t4, v6: t6 } => {
+                let table = if v4 { t4 } else { t6 };
+                table
+                    .iter()
+                    .any(|(prefix, h)| h.contains(&event::mask(bits, v4, *prefix)))
+            }
+        }
     }
 }

@@ -133,15 +133,47 @@ impl Field {
     }
 }
 
+/// Currencies whose minor unit is not 2 decimal places (ISO 4217).
+const EXPONENTS: [(&[u8; 3], i32); 26] = [
+    (b"BIF", 0),
+    (b"CLP", 0),
+    (b"DJF", 0),
+    (b"GNF", 0),
+    (b"ISK", 0),
+    (b"JPY", 0),
+    (b"KMF", 0),
+    (b"KRW", 0),
+    (b"PYG", 0),
+    (b"RWF", 0),
+    (b"UGX", 0),
+    (b"UYI", 0),
+    (b"VND", 0),
+    (b"VUV", 0),
+    (b"XAF", 0),
+    (b"XOF", 0),
+    (b"XPF", 0),
+    (b"BHD", 3),
+    (b"IQD", 3),
+    (b"JOD", 3),
+    (b"KWD", 3),
+    (b"LYD", 3),
+    (b"OMR", 3),
+    (b"TND", 3),
+    (b"CLF", 4),
+    (b"UYW", 4),
+];
+
 /// Decimal places of an ISO 4217 currency's minor unit (2 for codes not listed here).
+#[inline]
 pub fn currency_exponent(code: &str) -> i32 {
-    match code {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        "CLF" | "UYW" => 4,
-        _ => 2,
-    }
+    let &[a, b, c] = code.as_bytes() else {
+        return 2;
+    };
+    let key = u32::from_le_bytes([a, b, c, 0]);
+    EXPONENTS
+        .iter()
+        .find(|(code, _)| u32::from_le_bytes([code[0], code[1], code[2], 0]) == key)
+        .map_or(2, |(_, e)| *e)
 }
 
 /// `amount_minor` in major units. IEEE division is correctly rounded, so the result is the

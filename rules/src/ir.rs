@@ -117,13 +117,22 @@ pub enum StrOp {
 }
 
 impl StrOp {
+    #[inline]
     pub fn apply(self, a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
         match self {
-            StrOp::StartsWith => a.starts_with(b),
-            StrOp::EndsWith => a.ends_with(b),
-            StrOp::Contains => a.contains(b),
+            StrOp::StartsWith => a.len() >= b.len() && bytes_eq(&a[..b.len()], b),
+            StrOp::EndsWith => a.len() >= b.len() && bytes_eq(&a[a.len() - b.len()..], b),
+            StrOp::Contains => b.is_empty() || a.windows(b.len()).any(|w| bytes_eq(w, b)),
         }
     }
+}
+
+/// Byte equality written as a loop: the strings rules compare are short, and an inlined
+/// loop beats a call to `memcmp`.
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// The right side of `in`.

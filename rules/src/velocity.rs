@@ -17,14 +17,18 @@
 //! Memory is bounded: at most `entities_max` entities per store. A new entity in a full
 //! store evicts the least recently seen of [`EVICTION_SAMPLE`] random entities (sampled LRU,
 //! as Redis does), so the hot set stays and a flood of new keys cannot grow memory.
-//! Entities are identified by a 64-bit keyed hash of the key (random per process): two keys
+//! Entities are identified by a 64-bit seeded hash of the key (foldhash, seed random per
+//! process), computed once per key per event whatever the number of functions: two keys
 //! collide with probability about n²/2⁶⁵. Slots are reserved up front (virtual memory) and
-//! never reallocated on the hot path.
+//! never reallocated on the hot path. `count` and `sum` keep a running window total, so
+//! reading the window of an in-order event costs no loop over the buckets.
 //!
 //! State survives a rule reload: stores are matched by the function's canonical text.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use foldhash::fast::RandomState;
 
 use crate::ir::{Agg, VelocitySpec};
 
@@ -60,7 +64,7 @@ impl VelocityState {
         VelocityState {
             stores: Vec::new(),
             entities_max,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             rng: fastrand::Rng::with_seed(0x5EED_7E10),
             prepared_for: u64::MAX,
         }
@@ -91,10 +95,21 @@ impl VelocityState {
     /// An empty key is not tracked and reads 0.
     #[inline]
     pub fn record(&mut self, spec: usize, key: &[u8], ts_ms: u64, sample: Sample) -> f64 {
-        if key.is_empty() {
-            return 0.0;
+        match self.key_hash(key) {
+            Some(hash) => self.record_hashed(spec, hash, ts_ms, sample),
+            None => 0.0,
         }
-        let hash = self.hasher.hash_one(key);
+    }
+
+    /// The entity hash of `key`; `None` for an empty key (not tracked).
+    #[inline]
+    pub fn key_hash(&self, key: &[u8]) -> Option<u64> {
+        (!key.is_empty()).then(|| self.hasher.hash_one(key))
+    }
+
+    /// [`record`](Self::record) with the key already hashed by [`key_hash`](Self::key_hash).
+    #[inline]
+    pub fn record_hashed(&mut self, spec: usize, hash: u64, ts_ms: u64, sample: Sample) -> f64 {
         self.stores[spec].record(hash, ts_ms, sample, &mut self.rng)
     }
 
@@ -115,7 +130,7 @@ impl VelocityState {
     pub fn memory_bound_bytes(specs: &[VelocitySpec], entities_max: usize) -> usize {
         specs
             .iter()
-            .map(|s| entities_max * (Slots::slot_bytes(s.agg) + size_of::<Meta>() + 16))
+            .map(|s| entities_max * (Slots::slot_bytes(s.agg) + size_of::<Meta>() + 40))
             .sum()
     }
 }
@@ -177,7 +192,9 @@ impl Store {
         Store {
             id: spec.id.clone(),
             bucket_ms: spec.window_ms.div_ceil(BUCKETS as u64).max(1),
-            index: HashMap::with_capacity_and_hasher(entities_max, Default::default()),
+            // Twice the entities: evictions (remove + insert) leave tombstones, and hashbrown
+            // then rehashes in place, without allocating, only while at most half full.
+            index: HashMap::with_capacity_and_hasher(2 * entities_max + 8, Default::default()),
             meta: Vec::with_capacity(entities_max),
             slots,
             entities_max,
@@ -242,10 +259,12 @@ impl Store {
     }
 }
 
-/// A ring of per-bucket totals; `head` is the newest bucket number seen.
+/// A ring of per-bucket totals; `head` is the newest bucket number seen and `window` the
+/// total of the whole ring (the window ending at `head`).
 #[derive(Clone, Copy)]
 struct Buckets<T> {
     head: u64,
+    window: T,
     totals: [T; BUCKETS],
 }
 
@@ -262,6 +281,7 @@ impl Total for f64 {
 impl<T: Total> Buckets<T> {
     const EMPTY: Buckets<T> = Buckets {
         head: 0,
+        window: T::ZERO,
         totals: [T::ZERO; BUCKETS],
     };
 
@@ -276,15 +296,26 @@ impl<T: Total> Buckets<T> {
                 }
             }
             self.head = bucket;
+            // Recomputed (not decremented) so float sums never drift.
+            self.window = self.sum_ring(bucket);
         }
         if self.head - bucket < b {
             self.totals[(bucket % b) as usize] += x;
+            self.window += x;
         }
     }
 
     /// The window ending at `bucket`: buckets `bucket - BUCKETS + 1 ..= bucket` that are
     /// still in the ring.
+    #[inline]
     fn total(&self, bucket: u64) -> T {
+        if bucket == self.head {
+            return self.window;
+        }
+        self.sum_ring(bucket)
+    }
+
+    fn sum_ring(&self, bucket: u64) -> T {
         let b = BUCKETS as u64;
         let lo = bucket
             .saturating_sub(b - 1)
@@ -303,17 +334,24 @@ impl<T: Total> Buckets<T> {
 /// The distinct values of one entity with the bucket each was last seen in.
 #[derive(Clone, Copy)]
 struct DistinctSlot {
+    /// The newest bucket seen: an event older than the ring before it is not recorded.
+    head: u64,
     len: u8,
     values: [(u64, u64); DISTINCT_VALUES_MAX],
 }
 
 impl DistinctSlot {
     const EMPTY: DistinctSlot = DistinctSlot {
+        head: 0,
         len: 0,
         values: [(0, 0); DISTINCT_VALUES_MAX],
     };
 
     fn add(&mut self, bucket: u64, hash: u64) {
+        if bucket + (BUCKETS as u64) <= self.head {
+            return;
+        }
+        self.head = self.head.max(bucket);
         let live = &mut self.values[..self.len as usize];
         if let Some(v) = live.iter_mut().find(|v| v.0 == hash) {
             v.1 = v.1.max(bucket);
@@ -334,11 +372,13 @@ impl DistinctSlot {
         }
     }
 
+    /// Values last seen in the window ending at `bucket` (a value seen again later than a
+    /// late event counts at its latest time only).
     fn count(&self, bucket: u64) -> usize {
         let lo = bucket.saturating_sub(BUCKETS as u64 - 1);
         self.values[..self.len as usize]
             .iter()
-            .filter(|v| v.1 >= lo)
+            .filter(|v| (lo..=bucket).contains(&v.1))
             .count()
     }
 }

@@ -1,0 +1,180 @@
+//! Rule evaluation, ns per event, compiled closures beside the reference AST-walking
+//! interpreter in the same run:
+//! - the shipped rule set (rules/default.rules: lists, velocity, attributes, a policy);
+//! - a generated 200-rule set of the shapes real rule sets have (thresholds, country and
+//!   MCC sets, CIDR lists, string prefixes, hour ranges, arithmetic, velocity on four
+//!   windows, shadow rules, a three-arm policy).
+//!
+//! The compiled side also records every event in the velocity windows; the interpreter is
+//! handed the velocity values precomputed, so the comparison favours the interpreter.
+//!
+//! `cargo bench -p verdict-bench --bench rules`
+
+use std::hint::black_box;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rkyv::util::AlignedVec;
+use verdict_bench::events::EventGen;
+use verdict_net::ArchivedEvent;
+use verdict_rules::{Loader, Options, RuleSet, VelocityState, interp, load, load_default};
+
+/// A generated rule set, deterministic in `seed`.
+pub fn generated_rules(count: usize, seed: u64) -> String {
+    let mut r = fastrand::Rng::with_seed(seed);
+    let countries = [
+        "US", "GB", "DE", "FR", "JP", "BR", "NG", "IN", "CA", "MX", "RU", "CN",
+    ];
+    let pick = |r: &mut fastrand::Rng, n: usize| -> String {
+        let mut v: Vec<String> = (0..n)
+            .map(|_| format!("\"{}\"", countries[r.usize(..countries.len())]))
+            .collect();
+        v.dedup();
+        v.join(", ")
+    };
+    let windows = ["60s", "10m", "1h", "24h"];
+    let mut out = String::from("# generated\n");
+    for i in 0..count {
+        let when = match i % 10 {
+            0 => format!(
+                "amount > {}.00 and country in [{}]",
+                r.u32(50..20_000),
+                pick(&mut r, 4)
+            ),
+            1 => format!(
+                "mcc in [{}, {}, {}] and channel == \"web\"",
+                r.u32(4000..8000),
+                r.u32(4000..8000),
+                5411
+            ),
+            2 => format!("device starts_with \"d-{}\"", r.u32(1..999)),
+            3 => format!("ip in 198.51.{}.0/24", 100 + r.u32(0..4)),
+            4 => format!(
+                "count(account, {}) >= {}",
+                windows[r.usize(..windows.len())],
+                r.u32(3..50)
+            ),
+            5 => format!(
+                "sum(amount, account, {}) > {}.00",
+                windows[r.usize(..windows.len())],
+                r.u32(500..50_000)
+            ),
+            6 => format!(
+                "hour >= {} and hour < {} and amount > {}",
+                r.u32(0..12),
+                r.u32(12..24),
+                r.u32(10..5_000)
+            ),
+            7 => format!(
+                "(amount * 1.{} > {} or mcc == {}) and not (country == \"US\")",
+                r.u32(1..9),
+                r.u32(100..9_000),
+                r.u32(4000..8000)
+            ),
+            8 => format!(
+                "merchant ends_with \"{}\" and currency != \"USD\"",
+                r.u32(0..10)
+            ),
+            _ => format!(
+                "country not in [{}] and amount >= {}",
+                pick(&mut r, 3),
+                r.u32(1..1_000)
+            ),
+        };
+        let shadow = if i % 10 == 9 { "shadow " } else { "" };
+        let then = match r.u32(0..10) {
+            0 => "action deny".to_string(),
+            1 => "action review".to_string(),
+            _ => format!("score {}", r.u32(1..40)),
+        };
+        out.push_str(&format!("{shadow}rule r{i} {{ when {when}  {then} }}\n"));
+    }
+    out.push_str("policy { deny when score >= 120; review when score >= 60; otherwise allow }\n");
+    out
+}
+
+/// One in-memory rules file.
+struct Text(String);
+
+impl Loader for Text {
+    fn read(&self, _: &Path, _: u64) -> io::Result<String> {
+        Ok(self.0.clone())
+    }
+    fn rules_in(&self, _: &Path) -> io::Result<Option<Vec<PathBuf>>> {
+        Ok(None)
+    }
+}
+
+fn archived_events(n: usize) -> Vec<AlignedVec<16>> {
+    let mut g = EventGen::new(7);
+    (0..n)
+        .map(|_| {
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&g.next_event()).unwrap();
+            let mut v = AlignedVec::new();
+            v.extend_from_slice(&bytes);
+            v
+        })
+        .collect()
+}
+
+fn access(bytes: &AlignedVec<16>) -> &ArchivedEvent {
+    rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(bytes).unwrap()
+}
+
+fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<16>]) {
+    // Validated once here: the engine validates at the edge, before the rules see an event.
+    let events: Vec<&ArchivedEvent> = events.iter().map(access).collect();
+    let mut state = VelocityState::new(65_536);
+    let mut outcome = rules.outcome();
+    // Velocity values for the interpreter, from one compiled pass.
+    let mut warm = VelocityState::new(65_536);
+    let velocity: Vec<Vec<f64>> = events
+        .iter()
+        .map(|e| {
+            rules.evaluate(e, &mut warm, &[], &mut outcome);
+            outcome.velocity.clone()
+        })
+        .collect();
+    let mut g = c.benchmark_group(name);
+    let mut i = 0;
+    g.bench_function("compiled (with velocity recording)", |b| {
+        b.iter(|| {
+            i = (i + 1) % events.len();
+            rules.evaluate(events[i], &mut state, &[], &mut outcome);
+            black_box(outcome.score)
+        })
+    });
+    g.bench_function("reference: AST-walking interpreter", |b| {
+        b.iter(|| {
+            i = (i + 1) % events.len();
+            let d = interp::decide(
+                rules.program(),
+                rules.default_action(),
+                events[i],
+                &velocity[i],
+                &[],
+            );
+            black_box(d.score)
+        })
+    });
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let events = archived_events(1024);
+    let shipped = load_default(&Options::default()).expect("the shipped rules compile");
+    compare(c, "rules: shipped set", &shipped, &events);
+    let text = generated_rules(200, 42);
+    let generated = load(
+        Path::new("generated.rules"),
+        &Text(text),
+        &Options::default(),
+    )
+    .unwrap_or_else(|report| panic!("the generated rules compile:\n{report}"));
+    assert_eq!(generated.rule_count(), 200);
+    compare(c, "rules: 200 generated", &generated, &events);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
