@@ -103,7 +103,7 @@ pub fn rules_options(config: &TopologyConfig) -> verdict_rules::Options {
 pub fn serve(
     config: TopologyConfig,
     source: &str,
-    rules_source: RulesSource,
+    mut rules_source: RulesSource,
 ) -> anyhow::Result<()> {
     // Install signal handlers first: a signal before this would kill the process outright.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -208,7 +208,7 @@ pub fn serve(
                 bail!("shard {shard} stopped during startup");
             }
             Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &rules_source, &rules_path, &options));
+                let _ = reply.send(reload(&rules, &mut rules_source, &rules_path, &options));
             }
             Err(_) => {
                 stop(handles);
@@ -251,7 +251,7 @@ pub fn serve(
                 break 'wait;
             }
             Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &rules_source, &rules_path, &options));
+                let _ = reply.send(reload(&rules, &mut rules_source, &rules_path, &options));
             }
             Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -273,11 +273,11 @@ pub fn serve(
 }
 
 /// Compiles `rules_path` (empty: the source being served) and publishes it as the next
-/// epoch; on any error the current epoch stays and the errors go back to the caller.
-/// Runs on the control thread, never on a data core.
+/// epoch, which then is the source being served; on any error the current epoch stays and
+/// the errors go back to the caller. Runs on the control thread, never on a data core.
 fn reload(
     cell: &EpochCell,
-    serving: &RulesSource,
+    serving: &mut RulesSource,
     rules_path: &str,
     options: &verdict_rules::Options,
 ) -> ReloadReply {
@@ -294,6 +294,7 @@ fn reload(
         Ok(set) => {
             let (count, digest) = (set.rule_count() as u32, set.digest.clone());
             let epoch = cell.publish(set);
+            *serving = source;
             info!(
                 "reload: {rules_path}: {count} rules, digest {digest}, compiled in {compile_us} us; epoch {epoch} published"
             );

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::ast::{self, Action, AttrType, BinOp, Expr, ExprKind, Item, ListSource, UnOp};
+use crate::ast::{self, AttrType, BinOp, Expr, ExprKind, Item, ListSource, UnOp};
 use crate::diag::{Diagnostic, RuleError, Source, Span};
 use crate::event::{FIELDS, Field, IpNet, Ty};
 use crate::ir::*;
@@ -183,14 +183,14 @@ impl Checker<'_> {
             self.file = file;
             for item in &parsed.ast.items {
                 let (name, what) = match item {
-                    Item::List(l) => (&l.name, "list"),
-                    Item::Attribute(a) => (&a.name, "attribute"),
+                    Item::List(l) => (&l.name, "a list"),
+                    Item::Attribute(a) => (&a.name, "an attribute"),
                     _ => continue,
                 };
                 if let Some(why) = reserved(&name.name) {
                     self.error(
                         name.span,
-                        format!("`{}` {why} and cannot name a {what}", name.name),
+                        format!("`{}` {why} and cannot name {what}", name.name),
                     );
                     continue;
                 }
@@ -357,7 +357,7 @@ impl Checker<'_> {
         }
         Some(Policy {
             arms: arms.into_iter().map(|(a, n, _)| (a, n)).collect(),
-            otherwise: p.otherwise.map_or(Action::Allow, |(a, _)| a),
+            otherwise: p.otherwise.map(|(a, _)| a),
         })
     }
 
@@ -1024,8 +1024,6 @@ fn reserved(name: &str) -> Option<&'static str> {
         Some("is an event field")
     } else if name == "features" || name == "score" {
         Some("is built in")
-    } else if VelocityKey::lookup(name).is_some() {
-        Some("is a velocity key")
     } else {
         None
     }

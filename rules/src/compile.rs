@@ -138,7 +138,7 @@ impl RuleSet {
                 .iter()
                 .map(|(a, when)| (*a, c.bool(&fold(when))))
                 .collect();
-            (arms, p.otherwise)
+            (arms, p.otherwise.unwrap_or(default_action))
         });
         let names = program
             .rules

@@ -70,7 +70,7 @@ pub fn decide(
     let action = match &program.policy {
         None => action.unwrap_or(default_action),
         Some(policy) => {
-            let mut by_policy = policy.otherwise;
+            let mut by_policy = policy.otherwise.unwrap_or(default_action);
             for (a, when) in &policy.arms {
                 if env.eval(when) == Value::Bool(true) {
                     by_policy = *a;

@@ -257,7 +257,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub arms: Vec<(Action, Node)>,
-    pub otherwise: Action,
+    /// `None`: the engine's `[decision] default_action`.
+    pub otherwise: Option<Action>,
 }
 
 /// A whole checked rule set. Rules are in evaluation and report order: priority (highest

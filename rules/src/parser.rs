@@ -299,6 +299,18 @@ impl Parser {
                 Tok::Eof => return self.expected("`}` to close the rule"),
                 Tok::Ident(w) if CLAUSES.contains(&w.as_str()) => {
                     let clause_span = self.bump().span;
+                    let repeated = match w.as_str() {
+                        "when" => when.is_some(),
+                        "score" => score.is_some(),
+                        "priority" => priority.is_some(),
+                        _ => action.is_some(),
+                    };
+                    if repeated {
+                        let _ = self.error::<()>(
+                            clause_span,
+                            format!("a second `{w}` in rule `{}`: a rule has one", name.name),
+                        );
+                    }
                     let result = match w.as_str() {
                         "when" => self.expr().map(|e| when = Some(e)),
                         "score" => self
@@ -313,7 +325,6 @@ impl Parser {
                         failed.push(w.clone());
                         self.recover_clause(&CLAUSES);
                     }
-                    let _ = clause_span;
                 }
                 _ => {
                     let _ = self.expected::<()>("`when`, `score`, `action`, `priority` or `}`");
@@ -405,7 +416,10 @@ impl Parser {
                 }
                 Tok::Eof => return self.expected("`}` to close the policy"),
                 Tok::Ident(w) if w == "otherwise" => {
-                    self.bump();
+                    let at = self.bump().span;
+                    if otherwise.is_some() {
+                        let _ = self.error::<()>(at, "a second `otherwise`: a policy has one");
+                    }
                     match self.action_name() {
                         Ok(a) => otherwise = Some(a),
                         Err(Bail) => self.recover_clause(&[]),
@@ -672,5 +686,34 @@ fn binary(op: BinOp, lhs: Expr, rhs: Expr) -> Expr {
             rhs: Box::new(rhs),
         },
         span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(text: &str) -> Vec<String> {
+        parse(text).1.into_iter().map(|d| d.message).collect()
+    }
+
+    #[test]
+    fn a_repeated_clause_is_an_error_not_a_silent_override() {
+        assert_eq!(
+            messages("rule r { when amount > 1  when amount < 0  score 5 }"),
+            vec!["a second `when` in rule `r`: a rule has one"]
+        );
+        assert_eq!(
+            messages("rule r { when amount > 1  score 5  score 7 }"),
+            vec!["a second `score` in rule `r`: a rule has one"]
+        );
+    }
+
+    #[test]
+    fn a_second_otherwise_is_an_error() {
+        assert_eq!(
+            messages("policy { deny when score >= 80; otherwise review; otherwise allow }"),
+            vec!["a second `otherwise`: a policy has one"]
+        );
     }
 }

@@ -219,7 +219,7 @@ fn the_good_file_uses_every_feature_and_checks_cleanly() {
     let policy = p.policy.as_ref().expect("a policy");
     let arms: Vec<Action> = policy.arms.iter().map(|(a, _)| *a).collect();
     assert_eq!(arms, vec![Action::Deny, Action::Review]);
-    assert_eq!(policy.otherwise, Action::Allow);
+    assert_eq!(policy.otherwise, Some(Action::Allow));
 
     // Every file read: the rules file, then the list files in order of loading.
     let files: Vec<String> = rs

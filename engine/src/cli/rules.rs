@@ -66,7 +66,7 @@ pub fn check(path: &Path, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
         Some(policy) => println!(
             "  policy: {} arms, otherwise {}",
             policy.arms.len(),
-            policy.otherwise.as_str()
+            policy.otherwise.unwrap_or(set.default_action()).as_str()
         ),
         None => println!(
             "  policy: none (the strongest fired action decides, else {})",
