@@ -11,14 +11,13 @@
 //! `cargo bench -p verdict-bench --bench rules`
 
 use std::hint::black_box;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rkyv::util::AlignedVec;
 use verdict_bench::events::EventGen;
 use verdict_net::ArchivedEvent;
-use verdict_rules::{Loader, Options, RuleSet, VelocityState, interp, load, load_default};
+use verdict_rules::{Memory, Options, RuleSet, VelocityState, interp, load, load_default};
 
 /// A generated rule set, deterministic in `seed`.
 pub fn generated_rules(count: usize, seed: u64) -> String {
@@ -94,18 +93,6 @@ pub fn generated_rules(count: usize, seed: u64) -> String {
     out
 }
 
-/// One in-memory rules file.
-struct Text(String);
-
-impl Loader for Text {
-    fn read(&self, _: &Path, _: u64) -> io::Result<String> {
-        Ok(self.0.clone())
-    }
-    fn rules_in(&self, _: &Path) -> io::Result<Option<Vec<PathBuf>>> {
-        Ok(None)
-    }
-}
-
 fn archived_events(n: usize) -> Vec<AlignedVec<16>> {
     let mut g = EventGen::new(7);
     (0..n)
@@ -166,12 +153,9 @@ fn bench(c: &mut Criterion) {
     let shipped = load_default(&Options::default()).expect("the shipped rules compile");
     compare(c, "rules: shipped set", &shipped, &events);
     let text = generated_rules(200, 42);
-    let generated = load(
-        Path::new("generated.rules"),
-        &Text(text),
-        &Options::default(),
-    )
-    .unwrap_or_else(|report| panic!("the generated rules compile:\n{report}"));
+    let files = Memory(vec![(PathBuf::from("generated.rules"), text)]);
+    let generated = load(Path::new("generated.rules"), &files, &Options::default())
+        .unwrap_or_else(|report| panic!("the generated rules compile:\n{report}"));
     assert_eq!(generated.rule_count(), 200);
     compare(c, "rules: 200 generated", &generated, &events);
 }

@@ -5,19 +5,8 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use common::{Server, event, topology};
+use common::{Server, event, text, topology, verdict};
 use verdict_net::json::event_to_json;
-
-fn verdict(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn send_prints_one_line_per_input_line_in_order() {

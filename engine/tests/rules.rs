@@ -3,24 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, client, event, topology};
+use common::{Server, client, event, text, topology, verdict};
 use verdict_net::{Action, Decision, Kind};
-
-fn verdict(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Rule set A fires `a_rule` on every event; B fires `b_rule`. Both use a list file
 /// relative to the rules file.

@@ -106,6 +106,24 @@ impl Loader for Disk {
     }
 }
 
+/// Files held in memory, by path: rules kept somewhere other than a file system (tests,
+/// benches, a database).
+pub struct Memory(pub Vec<(PathBuf, String)>);
+
+impl Loader for Memory {
+    fn read(&self, path: &Path, _bytes_max: u64) -> io::Result<String> {
+        self.0
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, text)| text.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the files in memory"))
+    }
+
+    fn rules_in(&self, _path: &Path) -> io::Result<Option<Vec<PathBuf>>> {
+        Ok(None)
+    }
+}
+
 /// Files built into the binary, by path.
 pub struct Embedded(pub &'static [(&'static str, &'static str)]);
 

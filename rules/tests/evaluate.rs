@@ -5,33 +5,15 @@
 //! function means, how scores and actions combine (precedence, policy, default action,
 //! shadow rules, report order), and how velocity windows slide, key and evict.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use rkyv::util::AlignedVec;
 use verdict_net::{Action, ArchivedEvent, AttrValue, Attribute, Event};
 use verdict_rules::compile::fold;
 use verdict_rules::ir::NodeKind;
-use verdict_rules::{Loader, Options, Outcome, Report, RuleSet, VelocityState};
+use verdict_rules::{Memory, Options, Outcome, Report, RuleSet, VelocityState};
 
 // ---- building rule sets ----
-
-/// Serves files from memory: the rules file and any list files beside it.
-struct Mem(Vec<(PathBuf, String)>);
-
-impl Loader for Mem {
-    fn read(&self, path: &Path, _bytes_max: u64) -> io::Result<String> {
-        self.0
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, text)| text.clone())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in memory"))
-    }
-
-    fn rules_in(&self, _path: &Path) -> io::Result<Option<Vec<PathBuf>>> {
-        Ok(None)
-    }
-}
 
 const RULES_PATH: &str = "mem/test.rules";
 
@@ -41,7 +23,7 @@ fn try_compile(src: &str, lists: &[(&str, &str)], options: &Options) -> Result<R
     for (path, text) in lists {
         files.push((Path::new("mem").join(path), text.to_string()));
     }
-    verdict_rules::load(Path::new(RULES_PATH), &Mem(files), options)
+    verdict_rules::load(Path::new(RULES_PATH), &Memory(files), options)
 }
 
 fn compile_with(src: &str, lists: &[(&str, &str)], options: &Options) -> RuleSet {

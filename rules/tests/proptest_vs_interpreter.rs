@@ -12,7 +12,6 @@
 //! compiled set computed) agree on the action, the score, and the names of the fired and
 //! shadow rules.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -20,7 +19,7 @@ use proptest::sample::select;
 use proptest::strategy::BoxedStrategy;
 use proptest::test_runner::Config;
 use verdict_net::{ArchivedEvent, AttrValue, Attribute, Event};
-use verdict_rules::{Loader, Options, VelocityState, interp};
+use verdict_rules::{Memory, Options, VelocityState, interp};
 
 // ---- the rule set's fixed declarations ----
 
@@ -64,23 +63,6 @@ fn list_files() -> Vec<(PathBuf, String)> {
             "203.0.113.0/24\n2001:db8:bad::/48\n10.1.2.3\n172.16.0.0/12\n".into(),
         ),
     ]
-}
-
-/// Serves the generated rules file and the list files from memory.
-struct Mem(Vec<(PathBuf, String)>);
-
-impl Loader for Mem {
-    fn read(&self, path: &Path, _bytes_max: u64) -> io::Result<String> {
-        self.0
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, text)| text.clone())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in memory"))
-    }
-
-    fn rules_in(&self, _path: &Path) -> io::Result<Option<Vec<PathBuf>>> {
-        Ok(None)
-    }
 }
 
 // ---- expression generators, by type ----
@@ -503,7 +485,7 @@ proptest! {
         let mut files = list_files();
         files.push(("mem/p.rules".into(), source.clone()));
         let options = Options { models: vec!["m".into()], ..Options::default() };
-        let rs = match verdict_rules::load(Path::new("mem/p.rules"), &Mem(files), &options) {
+        let rs = match verdict_rules::load(Path::new("mem/p.rules"), &Memory(files), &options) {
             Ok(rs) => rs,
             Err(report) => {
                 // Only a set with too many distinct velocity functions may be refused.

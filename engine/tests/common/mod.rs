@@ -40,6 +40,19 @@ pub mod tempdir {
     }
 }
 
+/// Runs `verdict ARGS...` to completion, as a user would.
+pub fn verdict(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// A topology for `cpus` on free loopback ports, with extra `[limits]` lines.
 pub fn topology(cpus: &[u32], limits: &str) -> String {
     let mut t = String::from("[listen]\naddress = \"127.0.0.1\"\nport = 0\nshard_port_base = 0\n");
