@@ -76,8 +76,9 @@ pub struct Limits {
     pub mesh_queue_depth: u32,
     /// How long a shard waits for the others to answer a cross-shard request (stats).
     pub mesh_reply_timeout_ms: u64,
-    /// Entities (accounts, devices, IPs, merchants) each velocity function tracks per
-    /// shard; a new one past this evicts the least recently seen of a small sample.
+    /// Entities of each velocity key (accounts, devices, IPs, merchants) tracked per shard,
+    /// shared by the functions of that key; a new one past this evicts the least recently
+    /// seen of a small sample.
     pub velocity_entities_max: u32,
     /// How long a `reload` request waits for the control thread to compile and publish.
     pub reload_timeout_ms: u64,

@@ -15,6 +15,8 @@
 //! The language is documented in `rules/README.md`.
 
 pub mod ast;
+mod atoms;
+mod branch;
 pub mod check;
 pub mod compile;
 pub mod diag;
@@ -23,13 +25,15 @@ pub mod event;
 pub mod interp;
 pub mod ir;
 pub mod lexer;
+mod masks;
 pub mod parser;
+mod sets;
 pub mod velocity;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use compile::{Outcome, RuleSet};
+pub use compile::{Outcome, RuleSet, Shape};
 pub use diag::{Diagnostic, Report, RuleError, Source, Span};
 pub use epoch::EpochCell;
 pub use parser::parse;

@@ -1,8 +1,10 @@
 //! Per-core velocity state: `count`, `sum` and `distinct` over sliding windows, per entity.
 //!
-//! One *store* per distinct velocity function of the rule set (`sum(amount, account, 1h)`),
-//! owned by one core and never shared. A store maps an entity (the hashed account, device,
-//! IP or merchant) to a slot:
+//! One *entity table* per key the rule set counts by (account, device, IP, merchant) maps an
+//! entity (its hashed key) to an index, and one *store* per distinct velocity function
+//! (`sum(amount, account, 1h)`) holds a slot per entity of its key's table. All of it is
+//! owned by one core and never shared. An event looks each of its keys up once, however many
+//! functions count by it, then updates each function's slot:
 //! - time is the event's own `timestamp_ms` (deterministic, and what a replay needs);
 //! - a window of W is [`BUCKETS`] buckets of `ceil(W / BUCKETS)` ms. An earlier event counts
 //!   while its bucket is one of the last `BUCKETS` buckets up to the decided event's bucket:
@@ -14,23 +16,25 @@
 //! - an event older than the slot's window is evaluated but not recorded;
 //! - an empty key (no device id, IP `0.0.0.0` / `::`) is not tracked: its values are 0.
 //!
-//! Memory is bounded: at most `entities_max` entities per store. A new entity in a full
-//! store evicts the least recently seen of [`EVICTION_SAMPLE`] random entities (sampled LRU,
-//! as Redis does), so the hot set stays and a flood of new keys cannot grow memory.
+//! Memory is bounded: at most `entities_max` entities per key. A new entity in a full table
+//! evicts the least recently seen of [`EVICTION_SAMPLE`] random entities (sampled LRU, as
+//! Redis does), and with it the entity's slot in every function of that key, so the hot set
+//! stays and a flood of new keys cannot grow memory.
 //! Entities are identified by a 64-bit seeded hash of the key (foldhash, seed random per
 //! process), computed once per key per event whatever the number of functions: two keys
 //! collide with probability about n²/2⁶⁵. Slots are reserved up front (virtual memory) and
 //! never reallocated on the hot path. `count` and `sum` keep a running window total, so
 //! reading the window of an in-order event costs no loop over the buckets.
 //!
-//! State survives a rule reload: stores are matched by the function's canonical text.
+//! State survives a rule reload: stores are matched by the function's canonical text, and a
+//! key's table stays while any function counts by it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use foldhash::fast::RandomState;
 
-use crate::ir::{Agg, VelocitySpec};
+use crate::ir::{Agg, VelocityKey, VelocitySpec};
 
 /// Buckets per window.
 pub const BUCKETS: usize = 32;
@@ -50,6 +54,8 @@ pub enum Sample {
 
 /// The velocity state of one core.
 pub struct VelocityState {
+    /// Per [`VelocityKey`] (as `usize`), while some function counts by it.
+    tables: [Option<Table>; 4],
     stores: Vec<Store>,
     entities_max: usize,
     hasher: RandomState,
@@ -62,6 +68,7 @@ impl VelocityState {
     pub fn new(entities_max: usize) -> VelocityState {
         assert!(entities_max > 0 && entities_max <= u32::MAX as usize);
         VelocityState {
+            tables: [None, None, None, None],
             stores: Vec::new(),
             entities_max,
             hasher: RandomState::default(),
@@ -79,13 +86,27 @@ impl VelocityState {
     /// set also had keeps its state; new ones start empty; the rest are dropped. Allocates
     /// (new stores); called between batches, never per event.
     pub fn prepare(&mut self, uid: u64, specs: &[VelocitySpec]) {
+        let mut used = [false; 4];
+        for spec in specs {
+            used[spec.key as usize] = true;
+        }
+        for (table, used) in self.tables.iter_mut().zip(used) {
+            match (table.is_some(), used) {
+                (true, false) => *table = None,
+                (false, true) => *table = Some(Table::new(self.entities_max)),
+                _ => {}
+            }
+        }
         let mut old: HashMap<String, Store> =
             self.stores.drain(..).map(|s| (s.id.clone(), s)).collect();
+        let tables = &self.tables;
         self.stores = specs
             .iter()
             .map(|spec| {
-                old.remove(&spec.id)
-                    .unwrap_or_else(|| Store::new(spec, self.entities_max))
+                old.remove(&spec.id).unwrap_or_else(|| {
+                    let table = tables[spec.key as usize].as_ref().expect("made above");
+                    Store::new(spec, self.entities_max, table.meta.len())
+                })
             })
             .collect();
         self.prepared_for = uid;
@@ -96,7 +117,10 @@ impl VelocityState {
     #[inline]
     pub fn record(&mut self, spec: usize, key: &[u8], ts_ms: u64, sample: Sample) -> f64 {
         match self.key_hash(key) {
-            Some(hash) => self.record_hashed(spec, hash, ts_ms, sample),
+            Some(hash) => {
+                let entity = self.entity(self.stores[spec].key, hash, ts_ms);
+                self.record_at(spec, entity, ts_ms, sample)
+            }
             None => 0.0,
         }
     }
@@ -107,10 +131,49 @@ impl VelocityState {
         (!key.is_empty()).then(|| self.hasher.hash_one(key))
     }
 
-    /// [`record`](Self::record) with the key already hashed by [`key_hash`](Self::key_hash).
+    /// The index of the entity `hash` (from [`key_hash`](Self::key_hash)) in `key`'s table,
+    /// making room for it if it is new (evicting another, and clearing its slot in every
+    /// function of `key`, when the table is full). Look each key up once per event, then
+    /// [`record_at`](Self::record_at) each function.
     #[inline]
-    pub fn record_hashed(&mut self, spec: usize, hash: u64, ts_ms: u64, sample: Sample) -> f64 {
-        self.stores[spec].record(hash, ts_ms, sample, &mut self.rng)
+    pub fn entity(&mut self, key: VelocityKey, hash: u64, ts_ms: u64) -> u32 {
+        let table = self.tables[key as usize]
+            .as_mut()
+            .expect("prepared for a rule set counting by this key");
+        if let Some(&i) = table.index.get(&hash) {
+            let m = &mut table.meta[i as usize];
+            m.last_seen_ms = m.last_seen_ms.max(ts_ms);
+            return i;
+        }
+        let meta = Meta {
+            key: hash,
+            last_seen_ms: ts_ms,
+        };
+        let (i, new) = if table.meta.len() < self.entities_max {
+            table.meta.push(meta);
+            (table.meta.len() - 1, true)
+        } else {
+            let len = table.meta.len();
+            let victim = (0..EVICTION_SAMPLE)
+                .map(|_| self.rng.usize(..len))
+                .min_by_key(|&i| table.meta[i].last_seen_ms)
+                .expect("a sample of at least one");
+            table.index.remove(&table.meta[victim].key);
+            table.meta[victim] = meta;
+            (victim, false)
+        };
+        table.index.insert(hash, i as u32);
+        for store in self.stores.iter_mut().filter(|s| s.key == key) {
+            store.slots.clear(i, new);
+        }
+        i as u32
+    }
+
+    /// Records one event in store `spec` for `entity` (from [`entity`](Self::entity) with
+    /// the store's key) and returns the window's value for it.
+    #[inline]
+    pub fn record_at(&mut self, spec: usize, entity: u32, ts_ms: u64, sample: Sample) -> f64 {
+        self.stores[spec].record(entity as usize, ts_ms, sample)
     }
 
     /// The keyed hasher `distinct` hashes values with.
@@ -118,20 +181,28 @@ impl VelocityState {
         &self.hasher
     }
 
-    /// Entities tracked per store, for stats and tests.
+    /// Entities tracked per function (those of its key), for stats and tests.
     pub fn entities(&self) -> Vec<(String, usize)> {
         self.stores
             .iter()
-            .map(|s| (s.id.clone(), s.meta.len()))
+            .map(|s| {
+                let table = self.tables[s.key as usize].as_ref();
+                (s.id.clone(), table.map_or(0, |t| t.meta.len()))
+            })
             .collect()
     }
 
-    /// The most memory `specs` can take per core with `entities_max` entities per store.
+    /// The most memory `specs` can take per core with `entities_max` entities per key:
+    /// a slot per entity per function, and per key the entity table (its index is reserved
+    /// at twice the entities, 12 bytes an entry plus a control byte).
     pub fn memory_bound_bytes(specs: &[VelocitySpec], entities_max: usize) -> usize {
-        specs
-            .iter()
-            .map(|s| entities_max * (Slots::slot_bytes(s.agg) + size_of::<Meta>() + 40))
-            .sum()
+        let mut keys = [false; 4];
+        for s in specs {
+            keys[s.key as usize] = true;
+        }
+        let tables = keys.iter().filter(|&&k| k).count();
+        let slots: usize = specs.iter().map(|s| Slots::slot_bytes(s.agg)).sum();
+        entities_max * slots + tables * entities_max * (size_of::<Meta>() + 2 * 13)
     }
 }
 
@@ -157,13 +228,29 @@ struct Meta {
     last_seen_ms: u64,
 }
 
-struct Store {
-    id: String,
-    bucket_ms: u64,
+/// The entities of one key: hash -> index, and when each was last seen.
+struct Table {
     index: HashMap<u64, u32, BuildHasherDefault<Identity>>,
     meta: Vec<Meta>,
+}
+
+impl Table {
+    fn new(entities_max: usize) -> Table {
+        Table {
+            // Twice the entities: evictions (remove + insert) leave tombstones, and hashbrown
+            // then rehashes in place, without allocating, only while at most half full.
+            index: HashMap::with_capacity_and_hasher(2 * entities_max + 8, Default::default()),
+            meta: Vec::with_capacity(entities_max),
+        }
+    }
+}
+
+struct Store {
+    id: String,
+    key: VelocityKey,
+    bucket_ms: u64,
+    /// One slot per entity of the key's table, at the same index.
     slots: Slots,
-    entities_max: usize,
 }
 
 enum Slots {
@@ -180,29 +267,49 @@ impl Slots {
             Agg::Distinct => size_of::<DistinctSlot>(),
         }
     }
+
+    /// Empties slot `i`: a new entity's (`new`: appended) or an evicted one's.
+    fn clear(&mut self, i: usize, new: bool) {
+        fn put<T: Copy>(v: &mut Vec<T>, i: usize, new: bool, empty: T) {
+            if new {
+                debug_assert_eq!(v.len(), i, "slots follow the entity table");
+                v.push(empty);
+            } else {
+                v[i] = empty;
+            }
+        }
+        match self {
+            Slots::Count(s) => put(s, i, new, Buckets::EMPTY),
+            Slots::Sum(s) => put(s, i, new, Buckets::EMPTY),
+            Slots::Distinct(s) => put(s, i, new, DistinctSlot::EMPTY),
+        }
+    }
 }
 
 impl Store {
-    fn new(spec: &VelocitySpec, entities_max: usize) -> Store {
+    /// A store for `spec`, with an empty slot for each of the `entities` its key's table
+    /// already holds.
+    fn new(spec: &VelocitySpec, entities_max: usize, entities: usize) -> Store {
+        fn filled<T: Copy>(entities_max: usize, entities: usize, empty: T) -> Vec<T> {
+            let mut v = Vec::with_capacity(entities_max);
+            v.resize(entities, empty);
+            v
+        }
         let slots = match spec.agg {
-            Agg::Count => Slots::Count(Vec::with_capacity(entities_max)),
-            Agg::Sum => Slots::Sum(Vec::with_capacity(entities_max)),
-            Agg::Distinct => Slots::Distinct(Vec::with_capacity(entities_max)),
+            Agg::Count => Slots::Count(filled(entities_max, entities, Buckets::EMPTY)),
+            Agg::Sum => Slots::Sum(filled(entities_max, entities, Buckets::EMPTY)),
+            Agg::Distinct => Slots::Distinct(filled(entities_max, entities, DistinctSlot::EMPTY)),
         };
         Store {
             id: spec.id.clone(),
+            key: spec.key,
             bucket_ms: spec.window_ms.div_ceil(BUCKETS as u64).max(1),
-            // Twice the entities: evictions (remove + insert) leave tombstones, and hashbrown
-            // then rehashes in place, without allocating, only while at most half full.
-            index: HashMap::with_capacity_and_hasher(2 * entities_max + 8, Default::default()),
-            meta: Vec::with_capacity(entities_max),
             slots,
-            entities_max,
         }
     }
 
-    fn record(&mut self, key: u64, ts_ms: u64, sample: Sample, rng: &mut fastrand::Rng) -> f64 {
-        let slot = self.slot(key, ts_ms, rng);
+    #[inline]
+    fn record(&mut self, slot: usize, ts_ms: u64, sample: Sample) -> f64 {
         let bucket = ts_ms / self.bucket_ms;
         match (&mut self.slots, sample) {
             (Slots::Count(s), _) => {
@@ -220,43 +327,6 @@ impl Store {
             _ => unreachable!("the sample matches the store's function"),
         }
     }
-
-    /// The slot of `key`, making room for it if it is new.
-    fn slot(&mut self, key: u64, ts_ms: u64, rng: &mut fastrand::Rng) -> usize {
-        if let Some(&i) = self.index.get(&key) {
-            let m = &mut self.meta[i as usize];
-            m.last_seen_ms = m.last_seen_ms.max(ts_ms);
-            return i as usize;
-        }
-        let meta = Meta {
-            key,
-            last_seen_ms: ts_ms,
-        };
-        let i = if self.meta.len() < self.entities_max {
-            self.meta.push(meta);
-            match &mut self.slots {
-                Slots::Count(s) => s.push(Buckets::EMPTY),
-                Slots::Sum(s) => s.push(Buckets::EMPTY),
-                Slots::Distinct(s) => s.push(DistinctSlot::EMPTY),
-            }
-            self.meta.len() - 1
-        } else {
-            let victim = (0..EVICTION_SAMPLE)
-                .map(|_| rng.usize(..self.meta.len()))
-                .min_by_key(|&i| self.meta[i].last_seen_ms)
-                .expect("a sample of at least one");
-            self.index.remove(&self.meta[victim].key);
-            self.meta[victim] = meta;
-            match &mut self.slots {
-                Slots::Count(s) => s[victim] = Buckets::EMPTY,
-                Slots::Sum(s) => s[victim] = Buckets::EMPTY,
-                Slots::Distinct(s) => s[victim] = DistinctSlot::EMPTY,
-            }
-            victim
-        };
-        self.index.insert(key, i as u32);
-        i
-    }
 }
 
 /// A ring of per-bucket totals; `head` is the newest bucket number seen and `window` the
@@ -270,12 +340,28 @@ struct Buckets<T> {
 
 trait Total: Copy + Default + std::ops::AddAssign {
     const ZERO: Self;
+    /// The sum of a whole ring, in a fixed order.
+    fn sum(ring: &[Self; BUCKETS]) -> Self;
 }
 impl Total for u32 {
     const ZERO: u32 = 0;
+    fn sum(ring: &[u32; BUCKETS]) -> u32 {
+        ring.iter().sum()
+    }
 }
 impl Total for f64 {
     const ZERO: f64 = 0.0;
+    /// Four running sums, then combined: the same order every time (so deterministic),
+    /// without one 32-long chain of dependent additions.
+    fn sum(ring: &[f64; BUCKETS]) -> f64 {
+        let mut lanes = [0.0; 4];
+        for chunk in ring.chunks_exact(4) {
+            for (lane, x) in lanes.iter_mut().zip(chunk) {
+                *lane += x;
+            }
+        }
+        (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    }
 }
 
 impl<T: Total> Buckets<T> {
@@ -296,8 +382,10 @@ impl<T: Total> Buckets<T> {
                 }
             }
             self.head = bucket;
-            // Recomputed (not decremented) so float sums never drift.
-            self.window = self.sum_ring(bucket);
+            // Recomputed (not decremented) so float sums never drift. Every bucket in the
+            // ring is in the window ending at the new head (the rest were just cleared): a
+            // plain sum, no ring arithmetic.
+            self.window = T::sum(&self.totals);
         }
         if self.head - bucket < b {
             self.totals[(bucket % b) as usize] += x;
@@ -479,6 +567,49 @@ mod tests {
         assert_eq!(s.record(0, b"hot", 1_010_000, Sample::Count), 1_001.0);
         // A cold entity that was evicted starts over.
         assert_eq!(s.record(0, b"cold-0", 1_010_000, Sample::Count), 1.0);
+    }
+
+    #[test]
+    fn functions_of_one_key_share_its_entities_and_evictions() {
+        let count = spec(Agg::Count, 3_600_000);
+        let sum = spec(Agg::Sum, 3_600_000);
+        let mut s = state(&[count, sum], 2);
+        let entity = |s: &mut VelocityState, key: &[u8], ts| {
+            let h = s.key_hash(key).unwrap();
+            s.entity(VelocityKey::Account, h, ts)
+        };
+        let a = entity(&mut s, b"a", 0);
+        assert_eq!(s.record_at(0, a, 0, Sample::Count), 1.0);
+        assert_eq!(s.record_at(1, a, 0, Sample::Sum(7.0)), 7.0);
+        let b = entity(&mut s, b"b", 10);
+        s.record_at(0, b, 10, Sample::Count);
+        // The same entity, looked up again, is the same slot in both functions.
+        let a = entity(&mut s, b"a", 20);
+        assert_eq!(s.record_at(0, a, 20, Sample::Count), 2.0);
+        assert_eq!(s.record_at(1, a, 20, Sample::Sum(1.0)), 8.0);
+        // A third entity in a table of two evicts the least recently seen (b) and clears
+        // its slot in every function of the key.
+        let c = entity(&mut s, b"c", 30);
+        assert_eq!(c, b);
+        assert_eq!(s.record_at(0, c, 30, Sample::Count), 1.0);
+        assert_eq!(s.record_at(1, c, 30, Sample::Sum(2.0)), 2.0);
+        assert!(s.entities().iter().all(|(_, n)| *n == 2));
+    }
+
+    #[test]
+    fn a_function_added_by_a_reload_starts_empty_for_entities_already_tracked() {
+        let count = spec(Agg::Count, 60_000);
+        let mut s = state(std::slice::from_ref(&count), 10);
+        s.record(0, b"a", 0, Sample::Count);
+        s.record(0, b"b", 0, Sample::Count);
+        let distinct = spec(Agg::Distinct, 60_000);
+        s.prepare(2, &[count, distinct]);
+        assert_eq!(s.record(0, b"a", 1, Sample::Count), 2.0);
+        assert_eq!(s.record(1, b"a", 1, Sample::Distinct(9)), 1.0);
+        assert_eq!(s.record(1, b"b", 1, Sample::Distinct(9)), 1.0);
+        // A new entity gets a slot in both.
+        assert_eq!(s.record(1, b"z", 1, Sample::Distinct(3)), 1.0);
+        assert_eq!(s.record(0, b"z", 1, Sample::Count), 1.0);
     }
 
     #[test]

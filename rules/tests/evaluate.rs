@@ -1237,3 +1237,60 @@ fn velocity_state_survives_a_reload_for_functions_that_stay() {
     // The count continues; the new sum starts with this event.
     assert_eq!(out.velocity, [100.0, 3.0]);
 }
+
+#[test]
+fn shared_tests_and_wide_conditions_decide_like_single_rules() {
+    // Many rules over the same fields share their tests (atoms); a condition that expands
+    // to more than eight conjunctions runs as a branch program. Both must decide exactly as
+    // each rule alone would.
+    let wide = "(amount > 1 or country == \"ZZ\") and (mcc == 5411 or mcc == 1) \
+                and (channel == \"web\" or channel == \"app\") and (hour >= 0 or hour < 0) \
+                and (device starts_with \"d\" or device ends_with \"zz\")";
+    let conds = [
+        "amount > 10",
+        "amount > 10 and country == \"US\"",
+        "amount >= 10 and not (country in [\"US\", \"CA\"])",
+        "amount < 100000 or country != \"US\"",
+        "amount <= 10",
+        "amount != 12.5",
+        "mcc in [5411, 1] and channel == \"web\"",
+        "device starts_with \"d-\" and merchant ends_with \"-1\"",
+        "device starts_with \"x-\" or merchant ends_with \"1\"",
+        "amount * 2 > 20 and not (amount / 4 < 1)",
+        wide,
+    ];
+    let src: String = conds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("rule r{i} {{ when {c}  score 1 }}\n"))
+        .collect();
+    let rs = compile(&src);
+    let shape = rs.shape();
+    assert_eq!(shape.rules, conds.len());
+    assert_eq!(
+        shape.branch_rules, 1,
+        "the wide condition is a branch program"
+    );
+    // 27 leaf tests are written; `amount > 10`, `country == "US"` (also as `!=`) and
+    // `channel == "web"` are written twice each, and are one test each.
+    assert_eq!(shape.atoms, 24, "tests are shared: {shape}");
+    let mut all = Engine::new(rs);
+    for amount in [0, 999, 1_000, 1_001, 1_250, 50_000] {
+        for country in ["US", "CA", "FR"] {
+            let e = with(|e| {
+                e.amount_minor = amount;
+                e.country = country.into();
+            });
+            let fired = all.run(&e).fired;
+            for (i, c) in conds.iter().enumerate() {
+                let alone = fires_with(c, &[], &e);
+                let name = format!("r{i}");
+                assert_eq!(
+                    fired.contains(&name),
+                    alone,
+                    "{c} with amount_minor {amount} in {country}"
+                );
+            }
+        }
+    }
+}

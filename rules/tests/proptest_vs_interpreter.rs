@@ -78,8 +78,26 @@ const STR_FIELDS: &[&str] = &[
 ];
 const NUM_FIELDS: &[&str] = &["amount", "amount_minor", "mcc", "hour", "timestamp_ms"];
 const STR_LITERALS: &[&str] = &[
-    "US", "FR", "GB", "acct-1", "acct-2", "d-1", "", "web", "we", "-1", "acct", "m-1", "USD",
-    "JPY", "evt-1", "gold", "x1",
+    "US",
+    "FR",
+    "GB",
+    "acct-1",
+    "acct-2",
+    "d-1",
+    "",
+    "web",
+    "we",
+    "-1",
+    "acct",
+    "m-1",
+    "USD",
+    "JPY",
+    "evt-1",
+    "gold",
+    "x1",
+    "m-1-with-a-longer-name",
+    "caf\u{e9}",
+    "\u{e9}",
 ];
 const NETWORKS: &[&str] = &[
     "10.0.0.0/8",
@@ -468,7 +486,7 @@ fn events() -> BoxedStrategy<Vec<(Event, f64)>> {
 
 fn config() -> Config {
     Config {
-        cases: 128,
+        cases: 512,
         failure_persistence: None,
         ..Config::default()
     }

@@ -58,10 +58,11 @@ pub fn check(path: &Path, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
     if !p.velocity.is_empty() {
         let bytes = VelocityState::memory_bound_bytes(&p.velocity, entities);
         println!(
-            "  velocity memory: at most {:.1} MiB per shard ({entities} entities per function, limits.velocity_entities_max)",
+            "  velocity memory: at most {:.1} MiB per shard ({entities} entities per key, limits.velocity_entities_max)",
             bytes as f64 / (1 << 20) as f64
         );
     }
+    println!("  compiled: {}", set.shape());
     match &p.policy {
         Some(policy) => println!(
             "  policy: {} arms, otherwise {}",
