@@ -348,7 +348,7 @@ fn environment(server_cpu: usize, client_cpu: usize, epoch: u64) -> Vec<(String,
         ),
         (
             "rule epoch".into(),
-            format!("{epoch} (no rule set yet: default action)"),
+            format!("{epoch} (the shipped rules/default.rules: 8 rules, 4 velocity functions)"),
         ),
         ("models".into(), "none loaded (no model hashes yet)".into()),
     ]
