@@ -1,7 +1,8 @@
 //! The reference interpreter: walks the checked tree for every event, with dynamic values,
 //! no constant folding and sets scanned member by member. It is the language's semantics
-//! written as plainly as possible: property tests hold the compiled closures to it, and the
-//! benches measure the compiler against it. Never used to serve.
+//! written as plainly as possible: property tests hold the compiled rule set to it (velocity
+//! included: [`record_velocity`] records each function on its own), and the benches measure
+//! the compiler against it. Never used to serve.
 
 use std::net::IpAddr;
 
@@ -10,6 +11,7 @@ use verdict_net::{Action, ArchivedAttrValue, ArchivedEvent};
 use crate::compile::stronger;
 use crate::event::{self, Field};
 use crate::ir::*;
+use crate::velocity::{Sample, VelocityState};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Value<'a> {
@@ -86,6 +88,53 @@ pub fn decide(
         rules,
         shadow_rules,
     }
+}
+
+/// Records `event` in every velocity function of `program` the plain way, each function
+/// hashing its own key, and returns each function's value (what [`decide`] takes). `state`
+/// must be prepared for `program.velocity` and used for nothing else.
+pub fn record_velocity(
+    program: &Program,
+    event: &ArchivedEvent,
+    state: &mut VelocityState,
+) -> Vec<f64> {
+    use std::hash::BuildHasher;
+    let env = Env {
+        program,
+        event,
+        velocity: &[],
+        models: &[],
+        score: 0.0,
+    };
+    let ts = event.timestamp_ms.to_native();
+    let mut values = Vec::new();
+    for (i, spec) in program.velocity.iter().enumerate() {
+        let key: Vec<u8> = match spec.key {
+            VelocityKey::Account => event.account_id.as_bytes().to_vec(),
+            VelocityKey::Device => event.device_id.as_bytes().to_vec(),
+            VelocityKey::Merchant => event.merchant_id.as_bytes().to_vec(),
+            VelocityKey::Ip => match event::ip(event) {
+                ip if ip.is_unspecified() => Vec::new(),
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            },
+        };
+        let hasher = state.value_hasher();
+        let sample = match (spec.agg, &spec.field) {
+            (Agg::Count, _) => Sample::Count,
+            (Agg::Sum, Some(f)) => Sample::Sum(env.number(f)),
+            (Agg::Distinct, Some(f)) => Sample::Distinct(match env.eval(f) {
+                Value::Str(s) => hasher.hash_one(s),
+                // -0.0 and 0.0 are one value.
+                Value::Num(x) => hasher.hash_one(if x == 0.0 { 0 } else { x.to_bits() }),
+                Value::Ip(ip) => hasher.hash_one(ip),
+                Value::Bool(_) => unreachable!("checked: no booleans in velocity"),
+            }),
+            _ => unreachable!("checked: sum and distinct have a value"),
+        };
+        values.push(state.record(i, &key, ts, sample));
+    }
+    values
 }
 
 struct Env<'a> {

@@ -516,17 +516,25 @@ proptest! {
             }
         };
         let mut state = VelocityState::new(64);
+        // The interpreter keeps its own velocity state, recorded function by function.
+        let mut plain = VelocityState::new(64);
+        plain.prepare(u64::MAX - 1, &rs.program().velocity);
         let mut out = rs.outcome();
         for (i, (event, model)) in events.iter().enumerate() {
             let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap();
             let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
             let models = [*model];
             rs.evaluate(archived, &mut state, &models, &mut out);
+            let velocity = interp::record_velocity(rs.program(), archived, &mut plain);
+            // NaN (a sum reaching inf - inf) equals NaN here.
+            let same = out.velocity.len() == velocity.len()
+                && out.velocity.iter().zip(&velocity).all(|(a, b)| a == b || a.is_nan() && b.is_nan());
+            prop_assert!(same, "velocity {:?} vs {:?}; {}", out.velocity, velocity, source);
             let want = interp::decide(
                 rs.program(),
                 rs.default_action(),
                 archived,
-                &out.velocity,
+                &velocity,
                 &models,
             );
             let fired: Vec<String> =
