@@ -25,7 +25,7 @@ use std::ops::Range;
 use crate::branch::{Ctx, Op, Test, test};
 use crate::event::{self, Field, IpNet};
 use crate::ir::{CmpOp, StrOp};
-use crate::masks::Hits;
+use crate::masks::BitWriter;
 use crate::sets::{SCAN_MEMBERS_MAX, canonical_bits, pack, pack_bytes};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -126,81 +126,40 @@ enum Key {
     Ip(SetId),
 }
 
-enum Collected {
-    Num {
-        reg: u32,
-        op: CmpOp,
-        k: f64,
-    },
-    Str {
-        field: Field,
-        members: Vec<Box<str>>,
-    },
-    NumSet {
-        reg: u32,
-        members: Vec<f64>,
-    },
-    Affix {
-        field: Field,
-        op: StrOp,
-        k: Box<str>,
-    },
-    Ip {
-        nets: Vec<IpNet>,
-    },
-    Other(Test),
-}
-
 /// Collects a rule set's atoms while its conditions compile.
 #[derive(Default)]
 pub(crate) struct Collector {
-    atoms: Vec<Collected>,
+    atoms: Vec<Leaf>,
     seen: HashMap<Key, Provisional>,
 }
 
 impl Collector {
-    /// The literal `leaf` is, or `Err(b)` for a constant.
-    pub fn lit(&mut self, leaf: Leaf) -> Result<Lit, bool> {
-        let (key, collected, negated) = match leaf {
-            Leaf::Other(Test::Const(b)) => return Err(b),
-            Leaf::Num { reg, op, k } => {
-                // `x != k` is `not (x == k)`, NaN included.
-                let (op, negated) = match op {
-                    CmpOp::Ne => (CmpOp::Eq, true),
-                    op => (op, false),
-                };
-                let key = Key::Num(reg, op as u8, canonical_bits(k));
-                (Some(key), Collected::Num { reg, op, k }, negated)
-            }
+    /// The literal `leaf` is, or `Err(b)` for a constant. The atom is the test without its
+    /// negation (`not in`, `!=`), which the literal carries.
+    pub fn lit(&mut self, mut leaf: Leaf) -> Result<Lit, bool> {
+        // `x != k` is `not (x == k)`, NaN included.
+        let mut ne = false;
+        if let Leaf::Num { op, .. } = &mut leaf
+            && *op == CmpOp::Ne
+        {
+            *op = CmpOp::Eq;
+            ne = true;
+        }
+        let (key, negated) = match &leaf {
+            Leaf::Other(Test::Const(b)) => return Err(*b),
+            Leaf::Num { reg, op, k } => (Some(Key::Num(*reg, *op as u8, canonical_bits(*k))), ne),
             Leaf::Str {
                 field,
                 set,
-                members,
                 negated,
-            } => (
-                Some(Key::Str(field, set)),
-                Collected::Str { field, members },
-                negated,
-            ),
+                ..
+            } => (Some(Key::Str(*field, set.clone())), *negated),
             Leaf::NumSet {
-                reg,
-                set,
-                members,
-                negated,
-            } => (
-                Some(Key::NumSet(reg, set)),
-                Collected::NumSet { reg, members },
-                negated,
-            ),
-            Leaf::Affix { field, op, k } => (
-                Some(Key::Affix(field, op as u8, k.clone())),
-                Collected::Affix { field, op, k },
-                false,
-            ),
-            Leaf::Ip { set, nets, negated } => {
-                (Some(Key::Ip(set)), Collected::Ip { nets }, negated)
-            }
-            Leaf::Other(t) => (None, Collected::Other(t), false),
+                reg, set, negated, ..
+            } => (Some(Key::NumSet(*reg, set.clone())), *negated),
+            Leaf::Affix { field, op, k } => (Some(Key::Affix(*field, *op as u8, k.clone())), false),
+            Leaf::Ip { set, negated, .. } => (Some(Key::Ip(set.clone())), *negated),
+            Leaf::Other(_) => (None, false),
         };
         if let Some(key) = &key
             && let Some(&atom) = self.seen.get(key)
@@ -208,7 +167,7 @@ impl Collector {
             return Ok(Lit { atom, negated });
         }
         let atom = Provisional(self.atoms.len() as u32);
-        self.atoms.push(collected);
+        self.atoms.push(leaf);
         if let Some(key) = key {
             self.seen.insert(key, atom);
         }
@@ -230,7 +189,7 @@ impl Collector {
         let mut others: Vec<(Test, usize)> = Vec::new();
         for (p, atom) in self.atoms.into_iter().enumerate() {
             match atom {
-                Collected::Num { reg, op, k } => {
+                Leaf::Num { reg, op, k } => {
                     let side = match op {
                         CmpOp::Gt => Side::Gt,
                         CmpOp::Ge => Side::Ge,
@@ -240,22 +199,22 @@ impl Collector {
                     };
                     group(&mut num_sides, reg)[side as usize].push((k, p));
                 }
-                Collected::NumSet { reg, members } => group(&mut num_sets, reg)
+                Leaf::NumSet { reg, members, .. } => group(&mut num_sets, reg)
                     .extend(members.into_iter().map(|m| (canonical_bits(m), p))),
-                Collected::Str { field, members } => {
+                Leaf::Str { field, members, .. } => {
                     group(&mut strs, field).extend(members.into_iter().map(|m| (m, p)))
                 }
-                Collected::Affix { field, op, k } => {
+                Leaf::Affix { field, op, k } => {
                     group(&mut affixes, (field, op == StrOp::EndsWith)).push((k, p))
                 }
-                Collected::Ip { nets } => {
+                Leaf::Ip { nets, .. } => {
                     for net in nets {
                         let v4 = net.addr.is_ipv4();
                         let masked = event::mask(event::addr_bits(net.addr), v4, net.prefix);
                         group(&mut ip_nets, (v4, net.prefix)).push((masked, p));
                     }
                 }
-                Collected::Other(t) => others.push((t, p)),
+                Leaf::Other(t) => others.push((t, p)),
             }
         }
         // Thresholds first: their ids must follow their sorted constants.
@@ -560,7 +519,7 @@ impl Atoms {
                 g.set(&event::mask(c.ip, v4, prefix), bits);
             }
         }
-        let mut others = Hits::new(bits);
+        let mut others = BitWriter::new(bits);
         for (id, t) in &self.others {
             others.set(*id, test(ops, t, c));
         }

@@ -27,17 +27,17 @@ fn term(bits: &[u64], t: &Term) -> bool {
     bits[t.word as usize] & t.mask == t.want
 }
 
-/// Collects hits a word at a time in a register: `|=` straight into memory would chain
-/// every rule's store to the next one's load.
-pub(crate) struct Hits<'a> {
+/// Sets bits (rule hits, atom results) a word at a time in a register, in ascending order:
+/// `|=` straight into memory would chain every store to the next one's load.
+pub(crate) struct BitWriter<'a> {
     hits: &'a mut [u64],
     word: usize,
     acc: u64,
 }
 
-impl<'a> Hits<'a> {
-    pub fn new(hits: &'a mut [u64]) -> Hits<'a> {
-        Hits {
+impl<'a> BitWriter<'a> {
+    pub fn new(hits: &'a mut [u64]) -> BitWriter<'a> {
+        BitWriter {
             hits,
             word: 0,
             acc: 0,
@@ -56,7 +56,7 @@ impl<'a> Hits<'a> {
     }
 }
 
-impl Drop for Hits<'_> {
+impl Drop for BitWriter<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.hits.get_mut(self.word) {
             *w |= self.acc;
@@ -115,23 +115,23 @@ impl Masks {
     /// Sets each rule's bit in `hits` if its condition holds on the atoms' `bits`.
     #[inline]
     pub fn eval(&self, bits: &[u64], hits: &mut [u64]) {
-        let mut single = Hits::new(hits);
+        let mut single = BitWriter::new(hits);
         for (rule, t) in &self.single {
             single.set(*rule, term(bits, t));
         }
         drop(single);
-        let mut one = Hits::new(hits);
+        let mut one = BitWriter::new(hits);
         for (rule, [a, b]) in &self.one {
             one.set(*rule, term(bits, a) & term(bits, b));
         }
         drop(one);
-        let mut two = Hits::new(hits);
+        let mut two = BitWriter::new(hits);
         for (rule, [[a, b], [c, d]]) in &self.two {
             let holds = (term(bits, a) & term(bits, b)) | (term(bits, c) & term(bits, d));
             two.set(*rule, holds);
         }
         drop(two);
-        let mut other = Hits::new(hits);
+        let mut other = BitWriter::new(hits);
         for &(rule, from, to) in &self.other {
             let mut any = false;
             for &(start, end) in &self.conjunctions[from as usize..to as usize] {
