@@ -6,8 +6,9 @@ set -euo pipefail
 # Debian packages: hwloc + udev for hwlocality, a C toolchain and git for glommio's bundled
 # liburing, pkg-config to find them, clang for the eBPF probes, DejaVu for latency plots.
 VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang fonts-dejavu-core)
-# Rust components the scripts use.
+# Rust components the scripts use, and the target the example models are built for.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)
+VERDICT_RUST_TARGETS=(wasm32-unknown-unknown)
 
 verdict_setup() {
     local missing=()
@@ -35,7 +36,15 @@ verdict_setup() {
         for c in "${VERDICT_RUST_COMPONENTS[@]}"; do
             grep -q "^$c" <<<"$have" || rustup component add "$c" >&2
         done
+        have=$(rustup target list --installed 2>/dev/null || true)
+        for t in "${VERDICT_RUST_TARGETS[@]}"; do
+            grep -qx "$t" <<<"$have" || rustup target add "$t" >&2
+        done
     fi
 }
 
 verdict_setup
+
+# The example models as files beside their manifests, so `--models models/examples` works.
+# (The binary embeds its own copies; models/build.rs builds those.)
+bash "$(dirname "${BASH_SOURCE[0]}")/build-models.sh"

@@ -1,0 +1,12 @@
+//! The gradient-boosted tree example model, built for wasm32 (ABI v1).
+#![no_std]
+
+#[allow(dead_code)]
+#[path = "../math.rs"]
+mod math;
+
+#[path = "score.rs"]
+mod score;
+
+#[path = "../abi_v1.rs"]
+mod abi;
