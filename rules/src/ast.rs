@@ -15,6 +15,16 @@ pub enum Item {
     Attribute(AttrDecl),
     Rule(RuleDecl),
     Policy(Policy),
+    Fallback(FallbackDecl),
+}
+
+/// `fallback model("NAME") = NUMBER`: the score a model's events get when the model fails
+/// (trap, deadline, no ready instance). Without one it is 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackDecl {
+    pub model: Expr,
+    pub value: Expr,
+    pub span: Span,
 }
 
 #[derive(Debug, Clone, PartialEq)]

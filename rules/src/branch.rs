@@ -152,8 +152,10 @@ impl Layout {
 
     /// Fills the registers for `e`, all but velocity and the score: the caller records
     /// velocity (which reads the other registers), then runs the rules, then sets the score.
-    /// Allocates only the first time `regs` is used for this layout's size.
-    pub fn load(&self, e: &ArchivedEvent, models: &[f64], regs: &mut Vec<f64>) {
+    /// Model scores are set later ([`Layout::set_models`]): features are computed from these
+    /// registers before the models run. Allocates only the first time `regs` is used for this
+    /// layout's size.
+    pub fn load(&self, e: &ArchivedEvent, regs: &mut Vec<f64>) {
         regs.clear();
         regs.resize(self.len as usize, 0.0);
         regs[AMOUNT as usize] = event::amount(e);
@@ -161,9 +163,6 @@ impl Layout {
         regs[MCC as usize] = Field::Mcc.num(e);
         regs[HOUR as usize] = event::hour(e);
         regs[TIMESTAMP as usize] = Field::TimestampMs.num(e);
-        let n = models.len().min(self.model_count as usize);
-        let m = self.models as usize;
-        regs[m..m + n].copy_from_slice(&models[..n]);
         for a in &self.attrs {
             regs[a.reg as usize] = match (event::attribute(e, &a.name), a.bool) {
                 (Some(ArchivedAttrValue::Num(x)), false) => x.to_native(),
@@ -174,6 +173,13 @@ impl Layout {
         for &(i, reg) in &self.features {
             regs[reg as usize] = e.features.get(i as usize).map_or(0.0, |x| x.to_native());
         }
+    }
+
+    /// Puts the event's model scores in their registers (missing ones stay 0).
+    pub fn set_models(&self, models: &[f64], regs: &mut [f64]) {
+        let n = models.len().min(self.model_count as usize);
+        let m = self.models as usize;
+        regs[m..m + n].copy_from_slice(&models[..n]);
     }
 
     /// The velocity values in `regs`.

@@ -14,7 +14,7 @@ use crate::ast::{self, AttrType, BinOp, Expr, ExprKind, Item, ListSource, UnOp};
 use crate::diag::{Diagnostic, RuleError, Source, Span};
 use crate::event::{FIELDS, Field, IpNet, Ty};
 use crate::ir::*;
-use crate::{Limits, Loader};
+use crate::{Limits, Loader, ModelInput};
 
 /// One parsed rules file and the directory its list paths are relative to.
 pub struct ParsedFile {
@@ -28,7 +28,7 @@ pub struct ParsedFile {
 pub fn check(
     files: &[ParsedFile],
     loader: &dyn Loader,
-    models: &[String],
+    models: &[ModelInput],
     limits: &Limits,
 ) -> Result<(Program, Vec<Source>), Vec<RuleError>> {
     let mut c = Checker {
@@ -49,6 +49,7 @@ pub fn check(
     let mut rules = Vec::new();
     let mut policy = None;
     let mut rule_names: HashMap<String, (usize, Span)> = HashMap::new();
+    let mut fallbacks: HashMap<String, (f64, usize, Span)> = HashMap::new();
     for (file, parsed) in files.iter().enumerate() {
         c.file = file;
         for item in &parsed.ast.items {
@@ -74,10 +75,17 @@ pub fn check(
                     }
                     policy = Some(c.policy(p));
                 }
+                Item::Fallback(f) => c.fallback(f, &mut fallbacks),
                 Item::List(_) | Item::Attribute(_) => {}
             }
         }
     }
+    let model_features = c.model_features();
+    let model_fallbacks = c
+        .models
+        .iter()
+        .map(|m| fallbacks.get(m).map_or(0.0, |f| f.0))
+        .collect();
     if rules.len() > limits.rules_max {
         c.file = 0;
         c.error(
@@ -117,6 +125,8 @@ pub fn check(
         attributes: c.attrs,
         velocity: c.velocity,
         models: c.models,
+        model_features,
+        model_fallbacks,
         policy: policy.flatten(),
     };
     Ok((program, sources))
@@ -129,6 +139,8 @@ enum Scope {
     Policy,
     /// The value argument of `sum` / `distinct`: no nested velocity, models or score.
     VelocityField,
+    /// A model's feature (from its manifest): no models or score.
+    Feature,
 }
 
 struct ListEntry {
@@ -149,7 +161,7 @@ struct Checker<'a> {
     /// The file being checked (an index into `sources`).
     file: usize,
     loader: &'a dyn Loader,
-    known_models: &'a [String],
+    known_models: &'a [ModelInput],
     limits: &'a Limits,
     lists: Vec<ListEntry>,
     attrs: Vec<Attribute>,
@@ -691,13 +703,11 @@ impl Checker<'_> {
             );
             return None;
         }
-        if !self.known_models.iter().any(|m| m == name) {
-            let known = if self.known_models.is_empty() {
-                "no models are loaded".to_string()
-            } else {
-                format!("loaded: {}", self.known_models.join(", "))
-            };
-            self.error(args[0].span, format!("unknown model `{name}` ({known})"));
+        if self.scope == Scope::Feature {
+            self.error(span, "a model's feature cannot read a model's score");
+            return None;
+        }
+        if !self.known_model(name, args[0].span) {
             return None;
         }
         let index = match self.models.iter().position(|m| m == name) {
@@ -712,6 +722,149 @@ impl Checker<'_> {
             ty: Ty::Num,
             span,
         })
+    }
+
+    /// Whether `name` is a loaded model; if not, says so at `span`.
+    fn known_model(&mut self, name: &str, span: Span) -> bool {
+        if self.known_models.iter().any(|m| m.name == name) {
+            return true;
+        }
+        let known = if self.known_models.is_empty() {
+            "no models are loaded".to_string()
+        } else {
+            let names: Vec<&str> = self.known_models.iter().map(|m| m.name.as_str()).collect();
+            format!("loaded: {}", names.join(", "))
+        };
+        self.error(span, format!("unknown model `{name}` ({known})"));
+        false
+    }
+
+    /// `fallback model("NAME") = NUMBER`.
+    fn fallback(&mut self, f: &ast::FallbackDecl, seen: &mut HashMap<String, (f64, usize, Span)>) {
+        let name = match &f.model.kind {
+            ExprKind::Call { func, args } if func.name == "model" => match args.as_slice() {
+                [
+                    Expr {
+                        kind: ExprKind::Str(name),
+                        span,
+                    },
+                ] => Some((name.clone(), *span)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((name, name_span)) = name else {
+            self.error(
+                f.model.span,
+                "`fallback` names one model: fallback model(\"fraud_gbdt\") = 0.5",
+            );
+            return;
+        };
+        if !self.known_model(&name, name_span) {
+            return;
+        }
+        let value = match constant(&f.value) {
+            Some(Const::Num(x)) => x,
+            _ => {
+                self.error(
+                    f.value.span,
+                    "a fallback score is a number: fallback model(\"fraud_gbdt\") = 0.5",
+                );
+                return;
+            }
+        };
+        if let Some(&(_, file, at)) = seen.get(&name) {
+            let where_ = self.position(file, at);
+            self.error(
+                f.span,
+                format!("model `{name}` already has a fallback at {where_}"),
+            );
+            return;
+        }
+        seen.insert(name, (value, self.file, f.span));
+    }
+
+    /// The features of every model the rules use, checked where the manifest writes them.
+    fn model_features(&mut self) -> Vec<Vec<Node>> {
+        let outer = (self.scope, self.file);
+        self.scope = Scope::Feature;
+        let used = self.models.clone();
+        let features = used
+            .iter()
+            .map(|name| {
+                let Some(input) = self.known_models.iter().find(|m| &m.name == name) else {
+                    return Vec::new();
+                };
+                let mut nodes = Vec::new();
+                for (i, f) in input.features.iter().enumerate() {
+                    let (file, text) = self.feature_source(input, i, f);
+                    self.file = file;
+                    let (expr, errors) = crate::parser::parse_expr(&text);
+                    self.errors.extend(errors.into_iter().map(|d| (file, d)));
+                    let Some(node) = expr.and_then(|e| self.expr(&e)) else {
+                        continue;
+                    };
+                    if matches!(node.ty, Ty::Num | Ty::Bool) {
+                        nodes.push(node);
+                    } else {
+                        self.error(
+                            node.span,
+                            format!(
+                                "a model's feature is a number or a bool; this is {}",
+                                node.ty.name()
+                            ),
+                        );
+                    }
+                }
+                nodes
+            })
+            .collect();
+        (self.scope, self.file) = outer;
+        features
+    }
+
+    /// The file a feature's errors point into, and the text to parse: the manifest up to the
+    /// feature's end with everything but the feature blanked (so spans are the manifest's own), or, when the
+    /// feature is not written verbatim, the feature alone under a name that says where.
+    fn feature_source(
+        &mut self,
+        input: &ModelInput,
+        i: usize,
+        f: &crate::FeatureInput,
+    ) -> (usize, String) {
+        if let (Some(at), Some(manifest)) = (f.offset, &input.manifest)
+            && manifest.text.get(at..at + f.expr.len()) == Some(f.expr.as_str())
+        {
+            let file = match self.sources.iter().position(|s| s.path == manifest.path) {
+                Some(file) => file,
+                None => {
+                    self.sources.push(manifest.clone());
+                    self.sources.len() - 1
+                }
+            };
+            let range = at..at + f.expr.len();
+            // Cut at the feature's end, so "unexpected end" points just after it.
+            let masked: Vec<u8> = manifest.text.as_bytes()[..range.end]
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(j, b)| {
+                    if range.contains(&j) || b == b'\n' {
+                        b
+                    } else {
+                        b' '
+                    }
+                })
+                .collect();
+            let masked = String::from_utf8(masked).expect("ASCII blanks keep UTF-8 whole");
+            return (file, masked);
+        }
+        let place = match &input.manifest {
+            Some(m) => format!("{} features[{i}]", m.path),
+            None => format!("model {} features[{i}]", input.name),
+        };
+        self.sources.push(Source::new(place, f.expr.clone()));
+        (self.sources.len() - 1, f.expr.clone())
     }
 
     fn binary(&mut self, op: BinOp, lhs: &Expr, rhs: &Expr, span: Span) -> Option<Node> {

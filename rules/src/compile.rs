@@ -19,6 +19,7 @@ use verdict_net::{Action, ArchivedEvent};
 
 use crate::atoms::Atoms;
 use crate::branch::{self, Builder, Ctx, Dnf, HashFn, Layout, NumFn, Op, SCORE};
+use crate::event::Ty;
 use crate::ir::*;
 use crate::masks::{self, Masks};
 use crate::velocity::{Sample, VelocityState};
@@ -40,6 +41,12 @@ struct CompiledVelocity {
     sample: SampleFn,
 }
 
+/// One model feature: a number expression, or a condition (1 or 0).
+enum FeatureFn {
+    Num(NumFn),
+    Cond(u32),
+}
+
 /// A compiled, immutable rule set: what one epoch decides with. Shared by every core
 /// (`Arc<RuleSet>`); evaluation takes the core's own velocity state and scratch space.
 pub struct RuleSet {
@@ -54,6 +61,8 @@ pub struct RuleSet {
     rules: Vec<CompiledRule>,
     names: Vec<Box<str>>,
     velocity: Vec<CompiledVelocity>,
+    /// Each used model's features, in its manifest's order.
+    features: Vec<Vec<FeatureFn>>,
     /// Each arm's action and entry, and the `otherwise` action.
     policy: Option<(Vec<(Action, u32)>, Action)>,
     default_action: Action,
@@ -181,6 +190,19 @@ impl RuleSet {
                 .collect();
             (arms, p.otherwise.unwrap_or(default_action))
         });
+        let features = program
+            .model_features
+            .iter()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| match n.ty {
+                        Ty::Bool => FeatureFn::Cond(b.condition(&fold(n))),
+                        _ => FeatureFn::Num(b.num(&fold(n))),
+                    })
+                    .collect()
+            })
+            .collect();
         let names = program
             .rules
             .iter()
@@ -196,6 +218,7 @@ impl RuleSet {
             rules,
             names,
             velocity,
+            features,
             policy,
             default_action,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
@@ -252,8 +275,8 @@ impl RuleSet {
         }
     }
 
-    /// Decides one event: records it in the velocity state (prepared for this set), runs
-    /// every rule, then the policy. `models` holds this event's model scores.
+    /// Decides one event: [`RuleSet::prepare`] then [`RuleSet::decide`]. `models` holds the
+    /// event's score for each of [`RuleSet::models`].
     pub fn evaluate(
         &self,
         event: &ArchivedEvent,
@@ -261,14 +284,48 @@ impl RuleSet {
         models: &[f64],
         out: &mut Outcome,
     ) {
+        self.prepare(event, state, out);
+        self.decide(event, models, out);
+    }
+
+    /// The models the rules use, in the order their scores are passed to `decide`.
+    pub fn models(&self) -> &[String] {
+        &self.program.models
+    }
+
+    /// The score model `i` stands at when it fails for an event.
+    pub fn model_fallback(&self, i: usize) -> f64 {
+        self.program.model_fallbacks[i]
+    }
+
+    /// First half of a decision: reads the event into `out` and records it in the velocity
+    /// state (prepared for this set). Model features can be read from `out` after it.
+    pub fn prepare(&self, event: &ArchivedEvent, state: &mut VelocityState, out: &mut Outcome) {
         if state.prepared_for() != self.uid {
             state.prepare(self.uid, &self.program.velocity);
         }
-        self.layout.load(event, models, &mut out.regs);
+        self.layout.load(event, &mut out.regs);
         self.record_velocity(event, state, &mut out.regs);
         out.velocity.clear();
         out.velocity
             .extend_from_slice(self.layout.velocity(&out.regs));
+    }
+
+    /// Model `model`'s features for the event `out` was prepared for, into `row` (one value
+    /// per feature; a bool is 1 or 0).
+    pub fn features(&self, event: &ArchivedEvent, model: usize, out: &Outcome, row: &mut [f32]) {
+        let ctx = Ctx::new(event, &out.regs);
+        for (f, x) in self.features[model].iter().zip(row.iter_mut()) {
+            *x = match f {
+                FeatureFn::Num(f) => f(&ctx) as f32,
+                FeatureFn::Cond(entry) => f32::from(u8::from(branch::run(&self.ops, *entry, &ctx))),
+            };
+        }
+    }
+
+    /// Second half: runs every rule, then the policy, with the event's model scores.
+    pub fn decide(&self, event: &ArchivedEvent, models: &[f64], out: &mut Outcome) {
+        self.layout.set_models(models, &mut out.regs);
         out.fired.clear();
         out.shadow_fired.clear();
         let ctx = Ctx::new(event, &out.regs);

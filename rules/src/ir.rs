@@ -269,8 +269,12 @@ pub struct Program {
     pub lists: Vec<List>,
     pub attributes: Vec<Attribute>,
     pub velocity: Vec<VelocitySpec>,
-    /// Model names in the order `NodeKind::Model` indexes them.
+    /// Model names in the order `NodeKind::Model` indexes them: the models the rules use.
     pub models: Vec<String>,
+    /// Each used model's features (numbers or bools), in its manifest's order.
+    pub model_features: Vec<Vec<Node>>,
+    /// Each used model's fallback score (`fallback model("x") = N`, else 0).
+    pub model_fallbacks: Vec<f64>,
     /// `None` when no file has a `policy`: then the rules' actions decide, and the default
     /// action when none fired.
     pub policy: Option<Policy>,

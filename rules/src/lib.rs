@@ -163,11 +163,40 @@ pub static DEFAULT_FILES: Embedded = Embedded(&[
     ),
 ]);
 
+/// A model the rules may call, as its manifest describes it.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    pub name: String,
+    /// The manifest (path and text): errors in a feature point into it.
+    pub manifest: Option<Source>,
+    /// The features the engine computes for each event the model scores.
+    pub features: Vec<FeatureInput>,
+}
+
+/// One feature: a rules-language expression (a number or a bool).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureInput {
+    pub expr: String,
+    /// Byte offset of `expr` in the manifest's text, when written there verbatim.
+    pub offset: Option<usize>,
+}
+
+impl ModelInput {
+    /// A model known by name only (no features): scores come from the caller.
+    pub fn named(name: &str) -> ModelInput {
+        ModelInput {
+            name: name.to_string(),
+            manifest: None,
+            features: Vec::new(),
+        }
+    }
+}
+
 /// What a rule set is checked and compiled against.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Names of the models `model("...")` may use.
-    pub models: Vec<String>,
+    /// The models `model("...")` may use.
+    pub models: Vec<ModelInput>,
     /// The action when there is no policy and no fired rule has one.
     pub default_action: Action,
     pub limits: Limits,

@@ -37,6 +37,28 @@ pub const KEYWORDS: [&str; 18] = [
 /// recognised only in operator position.
 const CONTAINS: &str = "contains";
 
+/// Parses one expression that must fill `text` (a model's feature). Spans are offsets in
+/// `text`.
+pub fn parse_expr(text: &str) -> (Option<Expr>, Vec<Diagnostic>) {
+    let (tokens, mut errors) = lex(text);
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        errors: Vec::new(),
+    };
+    let expr = match p.expr() {
+        Ok(e) if *p.peek() == Tok::Eof => Some(e),
+        Ok(_) => {
+            let _ = p.expected::<()>("the end of the expression");
+            None
+        }
+        Err(Bail) => None,
+    };
+    errors.append(&mut p.errors);
+    errors.sort_by_key(|d| d.span.start);
+    (expr, errors)
+}
+
 /// Parses a whole file: the tree of everything that parsed, and every error.
 pub fn parse(text: &str) -> (File, Vec<Diagnostic>) {
     let (tokens, mut errors) = lex(text);
@@ -155,7 +177,7 @@ impl Parser {
                     if depth <= 0
                         && matches!(
                             w.as_str(),
-                            "rule" | "shadow" | "list" | "attribute" | "policy"
+                            "rule" | "shadow" | "list" | "attribute" | "policy" | "fallback"
                         ) =>
                 {
                     return;
@@ -181,7 +203,7 @@ impl Parser {
                 Tok::Ident(w)
                     if matches!(
                         w.as_str(),
-                        "rule" | "shadow" | "list" | "attribute" | "policy"
+                        "rule" | "shadow" | "list" | "attribute" | "policy" | "fallback"
                     ) =>
                 {
                     return;
@@ -204,8 +226,10 @@ impl Parser {
                 self.rule().map(Item::Rule)
             } else if self.is_word("policy") {
                 self.policy().map(Item::Policy)
+            } else if self.is_word("fallback") {
+                self.fallback().map(Item::Fallback)
             } else {
-                self.expected("`rule`, `shadow rule`, `list`, `attribute` or `policy`")
+                self.expected("`rule`, `shadow rule`, `list`, `attribute`, `fallback` or `policy`")
             };
             match item {
                 Ok(item) => items.push(item),
@@ -244,6 +268,18 @@ impl Parser {
         Ok(ListDecl {
             name,
             source,
+            span: start.to(self.prev_span()),
+        })
+    }
+
+    fn fallback(&mut self) -> PResult<FallbackDecl> {
+        let start = self.bump().span; // `fallback`
+        let model = self.primary()?;
+        self.expect(Tok::Assign, "`=` and a score after the model")?;
+        let value = self.expr()?;
+        Ok(FallbackDecl {
+            model,
+            value,
             span: start.to(self.prev_span()),
         })
     }

@@ -773,7 +773,10 @@ fn attributes_read_their_value_or_their_default() {
 #[test]
 fn models_read_the_scores_passed_in() {
     let options = Options {
-        models: vec!["fraud".into(), "aml".into()],
+        models: vec![
+            verdict_rules::ModelInput::named("fraud"),
+            verdict_rules::ModelInput::named("aml"),
+        ],
         ..Options::default()
     };
     let src = "rule fraud { when model(\"fraud\") > 0.5  score 1 }\n\
@@ -785,6 +788,107 @@ fn models_read_the_scores_passed_in() {
     assert_eq!(engine.run(&event()).fired, ["fraud"]);
     engine.models = vec![0.1, 0.7];
     assert_eq!(engine.run(&event()).fired, ["aml"]);
+}
+
+/// A model `m` whose manifest (at `m/manifest.toml`) lists `features`, each written verbatim
+/// in a TOML literal string.
+fn model_with(features: &[&str]) -> verdict_rules::ModelInput {
+    let quoted: Vec<String> = features.iter().map(|f| format!("'{f}'")).collect();
+    let text = format!(
+        "name = \"m\"\nfeatures = [\n    {},\n]\n",
+        quoted.join(",\n    ")
+    );
+    let features = features
+        .iter()
+        .map(|f| verdict_rules::FeatureInput {
+            expr: f.to_string(),
+            offset: Some(text.find(&format!("'{f}'")).unwrap() + 1),
+        })
+        .collect();
+    verdict_rules::ModelInput {
+        name: "m".into(),
+        manifest: Some(verdict_rules::Source::new("m/manifest.toml", text)),
+        features,
+    }
+}
+
+#[test]
+fn model_features_are_computed_from_the_prepared_event() {
+    let options = Options {
+        models: vec![model_with(&[
+            "amount * 2",
+            "count(account, 1h)",
+            "country == \"FR\"",
+            "features[1]",
+            "hour",
+        ])],
+        ..Options::default()
+    };
+    let src = "fallback model(\"m\") = 0.25\nrule risky { when model(\"m\") > 0.5  score 10 }\n";
+    let rs = compile_with(src, &[], &options);
+    assert_eq!(rs.models(), ["m"]);
+    assert_eq!(rs.model_fallback(0), 0.25);
+    assert_eq!(
+        rs.shape().velocity_functions,
+        1,
+        "a feature's velocity is recorded"
+    );
+    let mut state = VelocityState::new(16);
+    let mut out = rs.outcome();
+    let mut row = [0f32; 5];
+    for (i, country) in ["US", "FR"].into_iter().enumerate() {
+        let e = with(|e| {
+            e.country = country.into();
+            e.features = vec![0.5, -3.0];
+            e.timestamp_ms = T0 + i as u64 * 1000;
+        });
+        let bytes = archive(&e);
+        rs.prepare(access(&bytes), &mut state, &mut out);
+        rs.features(access(&bytes), 0, &out, &mut row);
+        let hour = ((T0 / 3_600_000) % 24) as f32;
+        assert_eq!(row, [200.0, (i + 1) as f32, i as f32, -3.0, hour]);
+        rs.decide(access(&bytes), &[0.75], &mut out);
+        assert_eq!(out.fired, [0]);
+    }
+}
+
+#[test]
+fn feature_and_fallback_mistakes_are_reported_where_they_are_written() {
+    let options = Options {
+        models: vec![model_with(&[
+            "amount",
+            "cuont(account, 1h)",
+            "country",
+            "model(\"m\") * 2",
+            "amount >",
+        ])],
+        ..Options::default()
+    };
+    let src = "fallback model(\"m\") = 0.5\n\
+               fallback model(\"m\") = 0.1\n\
+               fallback model(\"x\") = 0.1\n\
+               fallback model(\"m\") = \"high\"\n\
+               fallback amount = 1\n\
+               rule r { when model(\"m\") > 0.5  score 1 }\n";
+    let report = try_compile(src, &[], &options).err().expect("errors");
+    let got: Vec<String> = report
+        .errors
+        .iter()
+        .map(|e| e.rendered.lines().next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "mem/test.rules:2:1: error: model `m` already has a fallback at mem/test.rules:1:1",
+            "mem/test.rules:3:16: error: unknown model `x` (loaded: m)",
+            "mem/test.rules:4:23: error: a fallback score is a number: fallback model(\"fraud_gbdt\") = 0.5",
+            "mem/test.rules:5:10: error: `fallback` names one model: fallback model(\"fraud_gbdt\") = 0.5",
+            "m/manifest.toml:4:6: error: unknown function `cuont`: expected count, sum, distinct or model",
+            "m/manifest.toml:5:6: error: a model's feature is a number or a bool; this is a string",
+            "m/manifest.toml:6:6: error: a model's feature cannot read a model's score",
+            "m/manifest.toml:7:14: error: expected a value (field, number, string, list, `(`), found end of file",
+        ]
+    );
 }
 
 // ---- scores, actions, policy, shadow rules ----

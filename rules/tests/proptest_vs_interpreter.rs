@@ -502,7 +502,7 @@ proptest! {
     ) {
         let mut files = list_files();
         files.push(("mem/p.rules".into(), source.clone()));
-        let options = Options { models: vec!["m".into()], ..Options::default() };
+        let options = Options { models: vec![verdict_rules::ModelInput::named("m")], ..Options::default() };
         let rs = match verdict_rules::load(Path::new("mem/p.rules"), &Memory(files), &options) {
             Ok(rs) => rs,
             Err(report) => {
