@@ -1,8 +1,8 @@
 //! The engine's per-request work, piece by piece, each beside a reference in the same run:
 //! - validate + decode an event frame (bytecheck) vs the unchecked access it guards;
 //! - the full decision for one event under the shipped rule set (validate, decide with the
-//!   rules and this core's velocity state, encode the response), event time moving forward
-//!   10 ms per event as in live traffic;
+//!   rules, this core's velocity state and the shipped `fraud_lr` model in wasm, encode the
+//!   response), event time moving forward 10 ms per event as in live traffic;
 //! - encoding a decision response vs copying a fixed response of the same size (what the
 //!   reference echo server does).
 //!
@@ -12,11 +12,15 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rkyv::util::AlignedVec;
+use std::sync::Arc;
 use verdict_bench::events::{EventGen, encode_events};
-use verdict_engine::decide::decide;
+
+use verdict_engine::decide::{Decided, Scratch, decide};
+use verdict_engine::scoring::{CoreModels, Published, model_inputs};
+use verdict_models::{Runtime, RuntimeConfig};
+use verdict_net::ArchivedEvent;
 use verdict_net::frame::{FrameEncoder, HEADER_LEN, Scan, scan};
 use verdict_net::validate::validate_event;
-use verdict_net::{ArchivedEvent, StrView};
 use verdict_rules::{Options, VelocityState, load_default};
 
 fn frames() -> Vec<Vec<u8>> {
@@ -49,10 +53,19 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let mut now_ms: u64 = 1_700_000_000_000;
-    let rules = load_default(&Options::default()).expect("the shipped rules compile");
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("a wasm engine");
+    let models = Arc::new(runtime.load_examples().expect("the shipped models load"));
+    let options = Options {
+        models: model_inputs(&models),
+        ..Options::default()
+    };
+    let rules = load_default(&options).expect("the shipped rules compile");
+    let published = Published::new(rules, models);
+    let mut core_models = CoreModels::new(&published);
+    let clock = quanta::Clock::new();
     let mut velocity = VelocityState::new(65_536);
-    let mut outcome = rules.outcome();
-    let mut names: Vec<StrView> = Vec::with_capacity(rules.rule_count());
+    let mut scratch = Scratch::default();
+    let mut decided = Decided::default();
 
     let mut g = c.benchmark_group("decode");
     let mut i = 0;
@@ -90,9 +103,10 @@ fn bench(c: &mut Criterion) {
             let p = payload(&frames[i]);
             let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
             validate_event(e).unwrap();
-            names.clear();
-            let verdict = decide(e, &rules, &mut velocity, &mut outcome, &mut names);
-            let view = verdict.view(e, &names, 0, 1234);
+            let events = std::slice::from_ref(e);
+            let (v, m) = (&mut velocity, &mut core_models);
+            decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
+            let view = decided.verdicts[0].view(e, &decided, 0, 1234);
             enc.push(&mut out, 0x82, i as u64, &view).unwrap();
         })
     });
@@ -100,18 +114,20 @@ fn bench(c: &mut Criterion) {
 
     let first = payload(&frames[0]);
     let first = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(first).unwrap();
-    names.clear();
-    let verdict = decide(first, &rules, &mut velocity, &mut outcome, &mut names);
+    let events = std::slice::from_ref(first);
+    let (v, m) = (&mut velocity, &mut core_models);
+    decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
+    let verdict = decided.verdicts[0].clone();
     let sample = {
         let mut o = AlignedVec::<16>::new();
         FrameEncoder::new()
-            .push(&mut o, 0x82, 1, &verdict.view(first, &names, 0, 1))
+            .push(&mut o, 0x82, 1, &verdict.view(first, &decided, 0, 1))
             .unwrap();
         o.to_vec()
     };
     let mut g = c.benchmark_group("response");
     g.bench_function("encode a decision frame", |b| {
-        let view = verdict.view(first, &names, 0, 1);
+        let view = verdict.view(first, &decided, 0, 1);
         b.iter(|| {
             if out.len() > (1 << 19) {
                 out.clear();

@@ -201,7 +201,7 @@ fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<
 
 fn bench(c: &mut Criterion) {
     let events = archived_events(1024);
-    let shipped = load_default(&Options::default()).expect("the shipped rules compile");
+    let shipped = load_default(&Options::shipped()).expect("the shipped rules compile");
     compare(c, "rules: shipped set", &shipped, &events);
     let text = generated_rules(200, 42);
     let files = Memory(vec![(PathBuf::from("generated.rules"), text)]);

@@ -22,6 +22,59 @@ pub struct TopologyConfig {
     pub decision: DecisionConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub models: ModelsConfig,
+}
+
+/// `[models]`: the wasm runtime the models run in.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Where precompiled modules are cached. "" = `$XDG_CACHE_HOME/verdict/models` (else
+    /// `$HOME/.cache/verdict/models`); "off" = compile in memory every time.
+    pub cache_dir: String,
+    /// How often the deadline clock ticks, microseconds: a call is cut between its
+    /// `deadline_us` and one tick later.
+    pub epoch_tick_us: u64,
+    /// Largest linear memory one model instance may have, bytes.
+    pub memory_bytes_max: u64,
+    /// Most rows one model call scores; larger batches are split. Every model must accept it.
+    pub rows_per_call_max: u32,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            cache_dir: String::new(),
+            epoch_tick_us: 100,
+            memory_bytes_max: 64 << 20,
+            rows_per_call_max: 64,
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// The runtime settings, with the cache directory resolved.
+    pub fn runtime(&self, instance_slots: u32) -> verdict_models::RuntimeConfig {
+        let cache_dir = match self.cache_dir.as_str() {
+            "off" => None,
+            "" => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache"))
+                })
+                .map(|c| c.join("verdict").join("models")),
+            dir => Some(dir.into()),
+        };
+        verdict_models::RuntimeConfig {
+            cache_dir,
+            epoch_tick_us: self.epoch_tick_us,
+            memory_bytes_max: self.memory_bytes_max,
+            rows_per_call_max: self.rows_per_call_max,
+            instance_slots,
+        }
+    }
 }
 
 /// `[listen]`: where clients connect.
@@ -197,6 +250,7 @@ impl TopologyConfig {
                 shard_port_base: 7410,
             },
             shards: cpus.iter().map(|&cpu| ShardSpec { cpu }).collect(),
+            models: ModelsConfig::default(),
             limits: Limits::default(),
             decision: DecisionConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -263,6 +317,19 @@ impl TopologyConfig {
                 "runtime.spin_before_park_us",
                 "must be at most 1000000",
             ));
+        }
+        let m = &self.models;
+        if !(10..=100_000).contains(&m.epoch_tick_us) {
+            return Err(invalid("models.epoch_tick_us", "must be 10..=100000"));
+        }
+        if !((1 << 16)..=(4u64 << 30)).contains(&m.memory_bytes_max) {
+            return Err(invalid(
+                "models.memory_bytes_max",
+                "must be 65536..=4294967296 (one wasm page to 4 GiB)",
+            ));
+        }
+        if !(1..=4096).contains(&m.rows_per_call_max) {
+            return Err(invalid("models.rows_per_call_max", "must be 1..=4096"));
         }
         Ok(())
     }
@@ -414,7 +481,25 @@ tick_ms = {tick}
 # An idle shard polls this long (us) before parking in the kernel; 0 = park at once.
 # Spinning burns an idle core to save the wake-up interrupt on the next request.
 spin_before_park_us = {spin}
+
+[models]
+# Where compiled models are cached (a reload of an unchanged module then maps the cached
+# code instead of compiling). "" = $XDG_CACHE_HOME/verdict/models or ~/.cache/verdict/models;
+# "off" = compile in memory every time.
+cache_dir = {cache:?}
+# The deadline clock's tick (us): a model call is cut between its deadline_us and one tick
+# later. A shorter tick wakes the ticker thread more often.
+epoch_tick_us = {etick}
+# Largest linear memory one model instance may grow to (bytes).
+memory_bytes_max = {wmem}
+# Most rows (events) one model call scores; larger batches are split. Every model must accept
+# a batch this large (checked when it loads).
+rows_per_call_max = {rows}
 "#,
+        cache = config.models.cache_dir,
+        etick = config.models.epoch_tick_us,
+        wmem = config.models.memory_bytes_max,
+        rows = config.models.rows_per_call_max,
         frame = l.frame_len_max_bytes,
         conns = l.connections_per_shard_max,
         depth = l.pipeline_depth_max,

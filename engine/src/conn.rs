@@ -19,6 +19,11 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::decide::{Decided, Scratch, decide, recycle};
+use crate::drain::Waiter;
+use crate::mesh::MeshError;
+use crate::shard::{ConnectionSlot, Shard, ShardEvent};
+use crate::stats;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use rkyv::{rancor, util::AlignedVec};
@@ -28,13 +33,6 @@ use verdict_net::{
     ArchivedEvaluateBatch, ArchivedEvent, ArchivedReloadRequest, DecisionBatchView, DecisionView,
     ErrorCode, ErrorReplyView, FrameEncoder, Kind, SliceView, StrView,
 };
-use verdict_rules::Outcome;
-
-use crate::decide::{Verdict, decide};
-use crate::drain::Waiter;
-use crate::mesh::MeshError;
-use crate::shard::{ConnectionSlot, Shard, ShardEvent};
-use crate::stats;
 
 /// Whether the connection goes on after a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +50,11 @@ struct Connection {
     message: String,
     /// Capacity for evaluate-batch decision views, kept between requests.
     views: Vec<DecisionView<'static>>,
-    /// Capacity for the names of fired rules (borrowed from the rule set per batch).
-    names: Vec<StrView<'static>>,
-    /// Per-event verdicts of an evaluate-batch, kept between requests.
-    verdicts: Vec<Verdict>,
-    /// Scratch for one event's evaluation.
-    outcome: Outcome,
+    /// Capacity for a batch's verdicts and the names and scores they report (borrowed from
+    /// the epoch per batch).
+    decided: Decided<'static>,
+    /// Scratch for a batch's evaluation.
+    scratch: Scratch,
     /// Clock reading when the last read completed: when the frames it finished arrived.
     read_at: u64,
 }
@@ -78,9 +75,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
         encoder: FrameEncoder::new(),
         message: String::with_capacity(256),
         views: Vec::new(),
-        names: Vec::new(),
-        verdicts: Vec::new(),
-        outcome: shard.rules.borrow().outcome(),
+        decided: Decided::default(),
+        scratch: Scratch::default(),
         read_at: 0,
     };
     loop {
@@ -211,6 +207,9 @@ impl Connection {
             s.record_latency_ns(shard.clock.delta_as_nanos(self.read_at, done));
         }
         shard.stats.borrow_mut().record_batch_requests(handled);
+        // Instances lost to a failing model this batch are replaced now, not on an event's
+        // path.
+        shard.models.borrow_mut().refill();
         flow
     }
 
@@ -297,24 +296,26 @@ impl Connection {
             let _ = write!(self.message, "{e}");
             return Err(ErrorCode::BadField);
         }
-        let rules = shard.rules.borrow();
-        let mut names = recycle(std::mem::take(&mut self.names));
-        let verdict = decide(
-            event,
-            &rules,
+        let published = shard.rules.borrow();
+        let mut decided = std::mem::take(&mut self.decided).recycle();
+        decide(
+            std::slice::from_ref(event),
+            &published,
             &mut shard.velocity.borrow_mut(),
-            &mut self.outcome,
-            &mut names,
+            &mut shard.models.borrow_mut(),
+            &shard.clock,
+            &mut self.scratch,
+            &mut decided,
         );
         let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
-        let view = verdict.view(event, &names, shard.index, server_ns);
+        let view = decided.verdicts[0].view(event, &decided, shard.index, server_ns);
         let pushed = self.encoder.push(
             &mut self.out,
             Kind::Evaluate.response_byte(),
             at.header.id,
             &view,
         );
-        self.names = recycle(names);
+        self.decided = decided.recycle();
         pushed.map_err(|_| self.internal("decision"))?;
         shard.stats.borrow_mut().events += 1;
         Ok(())
@@ -346,20 +347,21 @@ impl Connection {
                 return Err(ErrorCode::BadField);
             }
         }
-        let rules = shard.rules.borrow();
-        let mut names = recycle(std::mem::take(&mut self.names));
-        self.verdicts.clear();
-        {
-            let mut velocity = shard.velocity.borrow_mut();
-            for event in batch.events.iter() {
-                let verdict = decide(event, &rules, &mut velocity, &mut self.outcome, &mut names);
-                self.verdicts.push(verdict);
-            }
-        }
+        let published = shard.rules.borrow();
+        let mut decided = std::mem::take(&mut self.decided).recycle();
+        decide(
+            batch.events.as_slice(),
+            &published,
+            &mut shard.velocity.borrow_mut(),
+            &mut shard.models.borrow_mut(),
+            &shard.clock,
+            &mut self.scratch,
+            &mut decided,
+        );
         let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
         let mut views = recycle(std::mem::take(&mut self.views));
-        for (event, verdict) in batch.events.iter().zip(&self.verdicts) {
-            views.push(verdict.view(event, &names, shard.index, server_ns));
+        for (event, verdict) in batch.events.iter().zip(&decided.verdicts) {
+            views.push(verdict.view(event, &decided, shard.index, server_ns));
         }
         let reply = DecisionBatchView {
             decisions: SliceView(&views),
@@ -371,7 +373,7 @@ impl Connection {
             &reply,
         );
         self.views = recycle(views);
-        self.names = recycle(names);
+        self.decided = decided.recycle();
         pushed.map_err(|_| self.internal("decision batch"))?;
         let mut s = shard.stats.borrow_mut();
         s.events += n as u64;
@@ -482,14 +484,6 @@ where
         .map_or_else(|| "unknown".to_string(), |e| e.to_string());
     let _ = write!(message, "payload is not a valid {what}: {why}");
     ErrorCode::InvalidPayload
-}
-
-/// Empties `v` and keeps its allocation for elements of another lifetime (same layout, so
-/// the in-place collect reuses the buffer and no element is ever converted).
-fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
-    const { assert!(size_of::<A>() == size_of::<B>() && align_of::<A>() == align_of::<B>()) };
-    v.clear();
-    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 /// Writes one error frame and closes: for connections refused before they are served.

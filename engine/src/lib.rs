@@ -21,6 +21,7 @@ pub mod hardware;
 pub mod memlock;
 pub mod mesh;
 pub mod runtime;
+pub mod scoring;
 pub mod shard;
 pub mod stats;
 pub mod uring;

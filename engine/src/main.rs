@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use verdict_engine::cli;
 use verdict_engine::config::TopologyConfig;
 use verdict_engine::runtime::RulesSource;
+use verdict_engine::scoring::ModelsSource;
 
 #[derive(Parser)]
 #[command(name = "verdict", version, about = "Real-time risk decision engine")]
@@ -36,13 +37,21 @@ enum Command {
         /// shipped rules/default.rules and its lists, built into the binary.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Directory of model manifests (*.toml, */manifest.toml). Default: the shipped
+        /// example models (models/examples), built into the binary.
+        #[arg(long)]
+        models: Option<PathBuf>,
     },
-    /// Check a rules file or directory: every error with file:line:col; exit 1 if any.
+    /// Check a rules file or directory (and the models it calls): every error with
+    /// file:line:col; exit 1 if any.
     Check {
         path: PathBuf,
-        /// Topology whose [decision] and [limits] apply (default as for `serve`).
+        /// Topology whose [decision], [limits] and [models] apply (default as for `serve`).
         #[arg(long)]
         shards: Option<PathBuf>,
+        /// Directory of model manifests to check with the rules (default as for `serve`).
+        #[arg(long)]
+        models: Option<PathBuf>,
     },
     /// Ask a running engine to recompile its rules and publish them as the next epoch.
     Reload {
@@ -105,6 +114,13 @@ fn load_topology(shards: Option<PathBuf>) -> anyhow::Result<(TopologyConfig, Str
     ))
 }
 
+fn models_source(dir: Option<PathBuf>) -> ModelsSource {
+    match dir {
+        Some(dir) => ModelsSource::Dir(dir),
+        None => ModelsSource::Default,
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve {
@@ -113,6 +129,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             port,
             shard_port_base,
             rules,
+            models,
         } => {
             let (mut config, source) = load_topology(shards)?;
             if let Some(a) = address {
@@ -131,16 +148,20 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(path) => RulesSource::Path(path),
                 None => RulesSource::Default,
             };
-            verdict_engine::runtime::serve(config, &source, rules)?;
+            verdict_engine::runtime::serve(config, &source, rules, models_source(models))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology { shards, write } => {
             let (config, source) = load_topology(shards)?;
             cli::topology::run(&config, &source, write.as_deref())
         }
-        Command::Check { path, shards } => {
+        Command::Check {
+            path,
+            shards,
+            models,
+        } => {
             let (config, _) = load_topology(shards)?;
-            cli::rules::check(&path, &config)
+            cli::rules::check(&path, &config, &models_source(models))
         }
         Command::Reload { addr, rules } => cli::rules::reload(&addr, rules.as_deref()),
         Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,12 +16,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
+use verdict_models::{ModelSet, Runtime};
 use verdict_net::routing::ROUTING_NAME;
 use verdict_net::{ReloadReply, TopologyReply};
 use verdict_rules::{EpochCell, RuleSet};
 
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
+use crate::scoring::{self, ModelsSource, Published};
 use crate::shard::{self, ExitNotice, ShardContext, ShardEvent};
 use crate::{memlock, mesh, uring};
 
@@ -91,11 +93,49 @@ impl RulesSource {
     }
 }
 
-/// What the rules are checked and compiled against in this engine.
-pub fn rules_options(config: &TopologyConfig) -> verdict_rules::Options {
+/// What the rules are checked and compiled against in this engine, with `models` loaded.
+pub fn rules_options(config: &TopologyConfig, models: &ModelSet) -> verdict_rules::Options {
     verdict_rules::Options {
         default_action: config.decision.default_action,
+        models: scoring::model_inputs(models),
         ..Default::default()
+    }
+}
+
+/// The wasm runtime for `config`, sized for every shard's pools.
+pub fn model_runtime(config: &TopologyConfig) -> anyhow::Result<Runtime> {
+    // Pools of every epoch a shard may briefly hold at once, with room to spare.
+    let slots = (config.shards.len() as u32 * 256).max(1000);
+    Runtime::new(config.models.runtime(slots)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Where an epoch comes from, and the runtime models are compiled with: the control
+/// thread's state.
+pub struct Sources {
+    pub rules: RulesSource,
+    pub models: ModelsSource,
+    pub runtime: Runtime,
+}
+
+impl Sources {
+    /// Loads the models, then checks and compiles the rules against them. `previous`: the
+    /// models of the epoch being replaced (unchanged ones are kept, warm). Every error is
+    /// rendered.
+    pub fn load(
+        &self,
+        config: &TopologyConfig,
+        rules: &RulesSource,
+        previous: Option<&ModelSet>,
+    ) -> Result<Published, Vec<String>> {
+        let models = self
+            .models
+            .load(&self.runtime, previous)
+            .map_err(|e| scoring::render_errors(&e))?;
+        let options = rules_options(config, &models);
+        let set = rules
+            .load(&options)
+            .map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
+        Ok(Published::new(set, Arc::new(models)))
     }
 }
 
@@ -103,7 +143,8 @@ pub fn rules_options(config: &TopologyConfig) -> verdict_rules::Options {
 pub fn serve(
     config: TopologyConfig,
     source: &str,
-    mut rules_source: RulesSource,
+    rules_source: RulesSource,
+    models_source: ModelsSource,
 ) -> anyhow::Result<()> {
     // Install signal handlers first: a signal before this would kill the process outright.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -124,21 +165,39 @@ pub fn serve(
         io.bytes_per_executor / 1024,
         io.reason
     );
-    let options = rules_options(&config);
-    let first = rules_source.load(&options).map_err(|report| {
-        anyhow::anyhow!(
-            "the rule set {} does not compile:\n{report}",
-            rules_source.describe()
-        )
-    })?;
+    let runtime = model_runtime(&config)?;
+    let mut sources = Sources {
+        rules: rules_source,
+        models: models_source,
+        runtime,
+    };
+    let first = sources
+        .load(&config, &sources.rules, None)
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "the rule set {} with the models of {} does not load:\n{}",
+                sources.rules.describe(),
+                sources.models.describe(),
+                errors.join("\n")
+            )
+        })?;
     info!(
-        "rules from {}: {} rules, {} velocity functions, digest {} (epoch 1)",
-        rules_source.describe(),
-        first.rule_count(),
-        first.program().velocity.len(),
-        first.digest
+        "models from {} ({} instances): {}",
+        sources.models.describe(),
+        sources.runtime.allocator,
+        first.describe_models().join(", ")
+    );
+    info!(
+        "rules from {}: {} rules, {} velocity functions, {} models called, digest {} (epoch 1)",
+        sources.rules.describe(),
+        first.rules.rule_count(),
+        first.rules.program().velocity.len(),
+        first.used.len(),
+        first.rules.digest
     );
     let rules = Arc::new(EpochCell::new(first));
+    let taken: Arc<Vec<AtomicU64>> =
+        Arc::new((0..shard_count).map(|_| AtomicU64::new(0)).collect());
     let (shared_port, reservation) = reserve_shared_port(&config)?;
     let config = Arc::new(config);
     let mesh = (shard_count > 1)
@@ -160,6 +219,7 @@ pub fn serve(
             events: events_tx.clone(),
             shard_map: shard_map.clone(),
             rules: rules.clone(),
+            taken: taken.clone(),
             exit: ExitNotice {
                 shard: i as u32,
                 events: events_tx.clone(),
@@ -208,7 +268,7 @@ pub fn serve(
                 bail!("shard {shard} stopped during startup");
             }
             Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &mut rules_source, &rules_path, &options));
+                let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
             }
             Err(_) => {
                 stop(handles);
@@ -251,7 +311,7 @@ pub fn serve(
                 break 'wait;
             }
             Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &mut rules_source, &rules_path, &options));
+                let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
             }
             Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -276,27 +336,34 @@ pub fn serve(
 /// epoch, which then is the source being served; on any error the current epoch stays and
 /// the errors go back to the caller. Runs on the control thread, never on a data core.
 fn reload(
-    cell: &EpochCell,
-    serving: &mut RulesSource,
+    cell: &EpochCell<Published>,
+    taken: &[AtomicU64],
+    sources: &mut Sources,
+    config: &TopologyConfig,
     rules_path: &str,
-    options: &verdict_rules::Options,
 ) -> ReloadReply {
     let source = if rules_path.is_empty() {
-        serving.clone()
+        sources.rules.clone()
     } else {
         RulesSource::Path(PathBuf::from(rules_path))
     };
     let started = Instant::now();
-    let loaded = source.load(options);
+    let previous = cell.load();
+    let loaded = sources.load(config, &source, Some(&previous.models));
+    drop(previous);
     let compile_us = started.elapsed().as_micros() as u64;
     let rules_path = source.describe();
     match loaded {
-        Ok(set) => {
-            let (count, digest) = (set.rule_count() as u32, set.digest.clone());
-            let epoch = cell.publish(set);
-            *serving = source;
+        Ok(next) => {
+            let (count, digest) = (next.rules.rule_count() as u32, next.rules.digest.clone());
+            let models = next.describe_models();
+            let published_at = Instant::now();
+            let epoch = cell.publish(next);
+            let swap_us = wait_taken(taken, epoch, published_at);
+            sources.rules = source;
             info!(
-                "reload: {rules_path}: {count} rules, digest {digest}, compiled in {compile_us} us; epoch {epoch} published"
+                "reload: {rules_path}: {count} rules, digest {digest}, models {}, compiled in {compile_us} us; epoch {epoch} published, on every shard after {swap_us} us",
+                models.join(", ")
             );
             ReloadReply {
                 ok: true,
@@ -306,13 +373,15 @@ fn reload(
                 digest,
                 compile_us,
                 errors: Vec::new(),
+                models,
+                swap_us,
             }
         }
-        Err(report) => {
+        Err(errors) => {
             let epoch = cell.epoch();
             warn!(
                 "reload: {rules_path}: {} errors; epoch {epoch} stays",
-                report.errors.len()
+                errors.len()
             );
             ReloadReply {
                 ok: false,
@@ -321,8 +390,28 @@ fn reload(
                 rules: 0,
                 digest: String::new(),
                 compile_us,
-                errors: report.errors.into_iter().map(|e| e.rendered).collect(),
+                errors,
+                models: Vec::new(),
+                swap_us: 0,
             }
         }
+    }
+}
+
+/// Longest the control thread waits for every shard to take a new epoch before answering a
+/// reload (an idle shard takes it within `runtime.tick_ms`).
+const SWAP_WAIT: Duration = Duration::from_secs(2);
+
+/// Microseconds from `since` until every shard has taken `epoch`; 0 if one has not within
+/// [`SWAP_WAIT`] (the reply still says the epoch was published: it was).
+fn wait_taken(taken: &[AtomicU64], epoch: u64, since: Instant) -> u64 {
+    loop {
+        if taken.iter().all(|t| t.load(Ordering::Acquire) >= epoch) {
+            return (since.elapsed().as_micros() as u64).max(1);
+        }
+        if since.elapsed() > SWAP_WAIT {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_micros(20));
     }
 }

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,12 +18,13 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use log::{info, warn};
 use verdict_net::{ErrorCode, ReloadReply, TopologyReply};
-use verdict_rules::{EpochCell, RuleSet, VelocityState};
+use verdict_rules::{EpochCell, VelocityState};
 
 use crate::config::{Limits, TopologyConfig};
 use crate::conn;
 use crate::drain::Drain;
 use crate::mesh::{Mesh, MeshPort};
+use crate::scoring::{CoreModels, Published};
 use crate::stats::{CoreStats, Snapshot};
 
 /// What the control thread hands a shard thread (all `Send`).
@@ -40,7 +41,10 @@ pub struct ShardContext {
     /// Set by the control thread once every shard has bound its ports.
     pub shard_map: Arc<OnceLock<TopologyReply>>,
     /// The rule epoch: the one pointer shared by every shard.
-    pub rules: Arc<EpochCell>,
+    pub rules: Arc<EpochCell<Published>>,
+    /// `taken[i]`: the epoch shard i last took, stored once per swap (never per request) so
+    /// the control thread can time a reload to the last core.
+    pub taken: Arc<Vec<AtomicU64>>,
     /// Tells the control thread when this shard is gone, however that happens, including an
     /// executor that never started (the context is then dropped without `run` running).
     pub exit: ExitNotice,
@@ -88,9 +92,12 @@ pub struct Shard {
     /// The epoch of `rules`.
     pub epoch: Cell<u64>,
     /// The shared epoch cell, checked once per batch and every tick.
-    pub epochs: Arc<EpochCell>,
-    /// The rule set this shard decides with: its own handle on the current epoch.
-    pub rules: RefCell<Arc<RuleSet>>,
+    pub epochs: Arc<EpochCell<Published>>,
+    pub taken: Arc<Vec<AtomicU64>>,
+    /// The rules and models this shard decides with: its own handle on the current epoch.
+    pub rules: RefCell<Arc<Published>>,
+    /// This shard's model instance pools (per-core, never shared).
+    pub models: RefCell<CoreModels>,
     /// This shard's velocity windows (per-core, never shared).
     pub velocity: RefCell<VelocityState>,
     /// Where reload requests go (the control thread).
@@ -113,16 +120,21 @@ impl Shard {
         let next = self.epochs.load();
         self.velocity
             .borrow_mut()
-            .prepare(next.uid(), &next.program().velocity);
-        self.epoch.set(next.epoch);
+            .prepare(next.rules.uid(), &next.rules.program().velocity);
+        self.models.borrow_mut().swap(&next);
+        self.epoch.set(next.rules.epoch);
+        self.taken[self.index as usize].store(next.rules.epoch, Ordering::Release);
         // The previous set is freed here if this was the last shard holding it.
         *self.rules.borrow_mut() = next;
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.stats
-            .borrow()
-            .snapshot(self.index, self.cpu, self.epoch.get())
+        self.stats.borrow().snapshot(
+            self.index,
+            self.cpu,
+            self.epoch.get(),
+            self.models.borrow().stats(),
+        )
     }
 }
 
@@ -182,7 +194,7 @@ pub async fn run(ctx: ShardContext) {
             let (index, cpu) = (ctx.index, ctx.cpu);
             let join = MeshPort::join(m.clone(), move || match cell.borrow().as_ref() {
                 Some(shard) => shard.snapshot(),
-                None => CoreStats::new().snapshot(index, cpu, 0),
+                None => CoreStats::new().snapshot(index, cpu, 0, Vec::new()),
             });
             let joined = future::or(async { Some(join.await) }, async {
                 shutdown_requested(&ctx.shutdown, tick).await;
@@ -230,13 +242,16 @@ pub async fn run(ctx: ShardContext) {
     topology.shard = ctx.index;
     let rules = ctx.rules.load();
     let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
-    velocity.prepare(rules.uid(), &rules.program().velocity);
+    velocity.prepare(rules.rules.uid(), &rules.rules.program().velocity);
+    ctx.taken[ctx.index as usize].store(rules.rules.epoch, Ordering::Release);
     let shard = Rc::new(Shard {
         index: ctx.index,
         cpu: ctx.cpu,
         limits: config.limits.clone(),
-        epoch: Cell::new(rules.epoch),
+        epoch: Cell::new(rules.rules.epoch),
         epochs: ctx.rules.clone(),
+        taken: ctx.taken.clone(),
+        models: RefCell::new(CoreModels::new(&rules)),
         rules: RefCell::new(rules),
         velocity: RefCell::new(velocity),
         control: ctx.events.clone(),

@@ -3,7 +3,7 @@
 //! and merges histograms (percentiles are never averaged).
 
 use hdrhistogram::Histogram;
-use verdict_net::{ErrorCode, ErrorCount, Percentiles, ShardStats, StatsReply};
+use verdict_net::{ErrorCode, ErrorCount, ModelStats, Percentiles, ShardStats, StatsReply};
 
 /// Highest latency the histogram tracks exactly, ns (larger values saturate here).
 const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -73,8 +73,15 @@ impl CoreStats {
         self.batch_events.saturating_record(events.max(1));
     }
 
-    /// A copy to send to another shard.
-    pub fn snapshot(&self, shard: u32, cpu: u32, epoch: u64) -> Snapshot {
+    /// A copy to send to another shard, with each model's stats and call-time histogram.
+    pub fn snapshot(
+        &self,
+        shard: u32,
+        cpu: u32,
+        epoch: u64,
+        models: Vec<(ModelStats, Histogram<u64>)>,
+    ) -> Snapshot {
+        let (models, call_ns): (Vec<_>, Vec<_>) = models.into_iter().unzip();
         let errors_by_code = ErrorCode::ALL
             .into_iter()
             .map(|c| ErrorCount {
@@ -101,10 +108,12 @@ impl CoreStats {
                 batch_requests: percentiles(&self.batch_requests),
                 batch_events: percentiles(&self.batch_events),
                 latency_ns: percentiles(&self.latency_ns),
+                models,
             },
             batch_requests: self.batch_requests.clone(),
             batch_events: self.batch_events.clone(),
             latency_ns: self.latency_ns.clone(),
+            call_ns,
         }
     }
 }
@@ -116,6 +125,8 @@ pub struct Snapshot {
     batch_requests: Histogram<u64>,
     batch_events: Histogram<u64>,
     latency_ns: Histogram<u64>,
+    /// Per model, aligned with `stats.models`.
+    call_ns: Vec<Histogram<u64>>,
 }
 
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -144,7 +155,33 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         ..ShardStats::default()
     };
     let mut errors = [0u64; ERROR_SLOTS];
+    // Per model name: the summed row and the merged call-time histogram.
+    let mut models: Vec<(ModelStats, Histogram<u64>)> = Vec::new();
     for s in &snaps {
+        for (m, h) in s.stats.models.iter().zip(&s.call_ns) {
+            let at = match models.iter().position(|(t, _)| t.name == m.name) {
+                Some(at) => at,
+                None => {
+                    let row = ModelStats {
+                        name: m.name.clone(),
+                        version: m.version.clone(),
+                        ..ModelStats::default()
+                    };
+                    models.push((row, Histogram::new_from(h)));
+                    models.len() - 1
+                }
+            };
+            let (t, th) = &mut models[at];
+            t.calls += m.calls;
+            t.rows += m.rows;
+            t.traps += m.traps;
+            t.timeouts += m.timeouts;
+            t.errors += m.errors;
+            t.exhausted_rows += m.exhausted_rows;
+            t.instances_ready += m.instances_ready;
+            // Histograms of one model have the same bounds everywhere.
+            let _ = th.add(h);
+        }
         let t = &mut total;
         let x = &s.stats;
         t.epoch = t.epoch.max(x.epoch);
@@ -176,6 +213,14 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
     total.batch_requests = percentiles(&batch_requests);
     total.batch_events = percentiles(&batch_events);
     total.latency_ns = percentiles(&latency_ns);
+    models.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    total.models = models
+        .into_iter()
+        .map(|(mut m, h)| {
+            m.call_ns = percentiles(&h);
+            m
+        })
+        .collect();
     StatsReply {
         shards: snaps.into_iter().map(|s| s.stats).collect(),
         total,
@@ -201,7 +246,10 @@ mod tests {
         fast.record_error(ErrorCode::BadField);
         slow.record_error(ErrorCode::BadField);
         slow.record_error(ErrorCode::Overloaded);
-        let reply = merge(vec![slow.snapshot(1, 1, 0), fast.snapshot(0, 0, 0)]);
+        let reply = merge(vec![
+            slow.snapshot(1, 1, 0, Vec::new()),
+            fast.snapshot(0, 0, 0, Vec::new()),
+        ]);
         assert_eq!(reply.shards[0].shard, 0, "sorted by shard");
         assert_eq!(reply.total.requests, 1000);
         assert_eq!(reply.total.latency_ns.count, 1000);

@@ -67,7 +67,7 @@ fn check_reports_every_error_with_a_caret_and_exits_non_zero() {
         "rule a { when amout > 5 score 1 }\n\
          rule b { when country > 5 score 1 }\n\
          rule c { when count(account, 45d) > 1 score 1 }\n\
-         rule d { when model(\"fraud_gbdt\") > 0.5 score 1 }\n\
+         rule d { when model(\"fraud_xgb\") > 0.5 score 1 }\n\
          policy { deny when score >= 40; review when score >= 80; otherwise allow }\n",
     )
     .unwrap();
@@ -79,7 +79,11 @@ fn check_reports_every_error_with_a_caret_and_exits_non_zero() {
         (1, 15, "unknown field `amout`; did you mean `amount`?"),
         (2, 15, "type mismatch: `>` needs numbers on both sides"),
         (3, 30, "bad window `45d`"),
-        (4, 21, "unknown model `fraud_gbdt` (no models are loaded)"),
+        (
+            4,
+            21,
+            "unknown model `fraud_xgb` (loaded: exposure_var, fraud_gbdt, fraud_lr)",
+        ),
         (5, 33, "this arm can never be reached"),
     ] {
         let head = format!("{shown}:{line}:{col}: error: {message}");

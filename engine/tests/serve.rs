@@ -41,7 +41,10 @@ fn evaluate_decides_with_the_shipped_rules_at_epoch_1_on_the_shard_that_decided(
         assert_eq!(d.action, Action::Allow);
         assert_eq!((d.score, d.epoch, d.shard), (30, 1, shard as u32));
         assert_eq!(d.rules, vec!["risky_network".to_string()]);
-        assert!(d.shadow_rules.is_empty() && d.models.is_empty());
+        assert!(d.shadow_rules.is_empty());
+        // The shipped model scores it, low: `model_risk` does not fire.
+        assert_eq!(d.models.len(), 1);
+        assert!(d.models[0].name == "fraud_lr" && d.models[0].score < 0.8);
         assert!(d.server_ns > 0);
     }
 }

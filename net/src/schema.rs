@@ -206,6 +206,31 @@ pub struct ShardStats {
     pub batch_events: Percentiles,
     /// Server-side latency in ns: frame complete -> response queued.
     pub latency_ns: Percentiles,
+    /// Per model this shard scores with (sorted by name).
+    pub models: Vec<ModelStats>,
+}
+
+/// One model's calls on one shard (or, in the total, on all of them).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ModelStats {
+    pub name: String,
+    pub version: String,
+    /// Calls made (one per batch and model, split at `rows_per_call_max`).
+    pub calls: u64,
+    /// Events scored.
+    pub rows: u64,
+    pub traps: u64,
+    /// Calls cut by the deadline.
+    pub timeouts: u64,
+    /// Error codes, addresses out of bounds, non-finite scores.
+    pub errors: u64,
+    /// Events given the fallback because no instance was ready.
+    pub exhausted_rows: u64,
+    /// Instances ready now (summed in the total).
+    pub instances_ready: u64,
+    /// Time per call, ns.
+    pub call_ns: Percentiles,
 }
 
 /// The payload of a stats response: every shard, then the total.
@@ -261,6 +286,11 @@ pub struct ReloadReply {
     pub compile_us: u64,
     /// Every error, rendered as `file:line:col: error: message` with the line and a caret.
     pub errors: Vec<String>,
+    /// The models published with the rules, `name@version (sha256 prefix)`.
+    pub models: Vec<String>,
+    /// From publishing to the last shard deciding with the new epoch, microseconds (0 when
+    /// nothing was published or a shard did not take it within the wait).
+    pub swap_us: u64,
 }
 
 // ---- Borrowed views: serialize to the same archives as the owned types. ----

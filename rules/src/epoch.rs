@@ -1,7 +1,8 @@
 //! The rule epoch: the one pointer every core shares. The control thread compiles the next
-//! [`RuleSet`] off the data cores and publishes it with one atomic store; each core compares
-//! the epoch number once per batch (one atomic load) and, when it moved, takes the new set
-//! between batches. An old set is freed when the last core lets go of it.
+//! [`RuleSet`] (or whatever the engine publishes with it, e.g. rules plus models) off the data
+//! cores and publishes it with one atomic store; each core compares the epoch number once per
+//! batch (one atomic load) and, when it moved, takes the new set between batches. An old set
+//! is freed when the last core lets go of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,19 @@ use arc_swap::ArcSwap;
 
 use crate::RuleSet;
 
-pub struct EpochCell {
-    current: ArcSwap<RuleSet>,
+/// What an epoch cell publishes: it is told its epoch number when published.
+pub trait Epoch {
+    fn set_epoch(&mut self, epoch: u64);
+}
+
+impl Epoch for RuleSet {
+    fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+}
+
+pub struct EpochCell<T = RuleSet> {
+    current: ArcSwap<T>,
     /// The current set's epoch: stored after the pointer, so a core that reads the new number
     /// then loads the new set.
     epoch: AtomicU64,
@@ -19,10 +31,10 @@ pub struct EpochCell {
     publishing: Mutex<()>,
 }
 
-impl EpochCell {
+impl<T: Epoch> EpochCell<T> {
     /// Starts at epoch 1 with `first`.
-    pub fn new(mut first: RuleSet) -> EpochCell {
-        first.epoch = 1;
+    pub fn new(mut first: T) -> EpochCell<T> {
+        first.set_epoch(1);
         EpochCell {
             current: ArcSwap::from_pointee(first),
             epoch: AtomicU64::new(1),
@@ -37,18 +49,18 @@ impl EpochCell {
     }
 
     /// The current rule set.
-    pub fn load(&self) -> Arc<RuleSet> {
+    pub fn load(&self) -> Arc<T> {
         self.current.load_full()
     }
 
     /// Makes `next` current under the next epoch number, which it returns.
-    pub fn publish(&self, mut next: RuleSet) -> u64 {
+    pub fn publish(&self, mut next: T) -> u64 {
         let _one_at_a_time = self
             .publishing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let epoch = self.epoch.load(Ordering::Relaxed) + 1;
-        next.epoch = epoch;
+        next.set_epoch(epoch);
         self.current.store(Arc::new(next));
         self.epoch.store(epoch, Ordering::Release);
         epoch
@@ -62,11 +74,11 @@ mod tests {
 
     #[test]
     fn publishing_moves_the_epoch_and_the_pointer_together() {
-        let cell = EpochCell::new(load_default(&Options::default()).unwrap());
+        let cell = EpochCell::new(load_default(&Options::shipped()).unwrap());
         assert_eq!(cell.epoch(), 1);
         let first = cell.load();
         assert_eq!(first.epoch, 1);
-        let e = cell.publish(load_default(&Options::default()).unwrap());
+        let e = cell.publish(load_default(&Options::shipped()).unwrap());
         assert_eq!(e, 2);
         assert_eq!(cell.epoch(), 2);
         assert_eq!(cell.load().epoch, 2);

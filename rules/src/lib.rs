@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 pub use compile::{Outcome, RuleSet, Shape};
 pub use diag::{Diagnostic, Report, RuleError, Source, Span};
-pub use epoch::EpochCell;
+pub use epoch::{Epoch, EpochCell};
 pub use parser::parse;
 pub use velocity::VelocityState;
 use verdict_net::Action;
@@ -147,6 +147,9 @@ impl Loader for Embedded {
 
 /// The shipped rule set, `rules/default.rules` and its lists, as embedded in the binary.
 pub const DEFAULT_RULES_PATH: &str = "rules/default.rules";
+/// The models the shipped rule set calls (verdict-models ships them). Without models, pass
+/// these by name ([`ModelInput::named`]) to check the shipped rules.
+pub const DEFAULT_RULES_MODELS: [&str; 1] = ["fraud_lr"];
 pub static DEFAULT_FILES: Embedded = Embedded(&[
     ("rules/default.rules", include_str!("../default.rules")),
     (
@@ -200,6 +203,16 @@ pub struct Options {
     /// The action when there is no policy and no fired rule has one.
     pub default_action: Action,
     pub limits: Limits,
+}
+
+impl Options {
+    /// The default options, with the models the shipped rule set calls known by name.
+    pub fn shipped() -> Options {
+        Options {
+            models: DEFAULT_RULES_MODELS.map(ModelInput::named).to_vec(),
+            ..Options::default()
+        }
+    }
 }
 
 impl Default for Options {

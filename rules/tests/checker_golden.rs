@@ -370,9 +370,9 @@ fn a_zero_window_is_rejected_by_the_lexer() {
 fn the_shipped_rules_load_from_disk_and_embedded_alike() {
     let path = Path::new(manifest_dir()).join("default.rules");
     let disk =
-        verdict_rules::load(&path, &Disk, &Options::default()).unwrap_or_else(|r| panic!("{r}"));
+        verdict_rules::load(&path, &Disk, &Options::shipped()).unwrap_or_else(|r| panic!("{r}"));
     let embedded =
-        verdict_rules::load_default(&Options::default()).unwrap_or_else(|r| panic!("{r}"));
+        verdict_rules::load_default(&Options::shipped()).unwrap_or_else(|r| panic!("{r}"));
     let names = |rs: &RuleSet| -> Vec<String> {
         (0..rs.rule_count() as u32)
             .map(|i| rs.rule_name(i).to_string())
@@ -389,6 +389,7 @@ fn the_shipped_rules_load_from_disk_and_embedded_alike() {
             "high_risk_merchant",
             "many_devices",
             "new_unverified_account",
+            "model_risk",
             "candidate_tighter_burst",
         ]
     );

@@ -137,7 +137,7 @@ fn run(
 }
 
 fn default_rules() -> RuleSet {
-    verdict_rules::load_default(&Options::default()).unwrap_or_else(|r| panic!("{r}"))
+    verdict_rules::load_default(&Options::shipped()).unwrap_or_else(|r| panic!("{r}"))
 }
 
 #[test]

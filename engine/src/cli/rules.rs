@@ -9,12 +9,28 @@ use verdict_rules::{Disk, VelocityState};
 
 use super::connect;
 use crate::config::TopologyConfig;
-use crate::runtime::rules_options;
+use crate::runtime::{model_runtime, rules_options};
+use crate::scoring::{ModelsSource, render_errors};
 
-/// `verdict check PATH`: every error with file:line:col and a caret, exit 1 if any; else a
-/// summary of what the rule set holds.
-pub fn check(path: &Path, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
-    let options = rules_options(config);
+/// `verdict check PATH`: every error with file:line:col and a caret (in the rules, the
+/// model manifests and modules), exit 1 if any; else a summary of what the rule set holds.
+pub fn check(
+    path: &Path,
+    config: &TopologyConfig,
+    models: &ModelsSource,
+) -> anyhow::Result<ExitCode> {
+    let runtime = model_runtime(config)?;
+    let models = match models.load(&runtime, None) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in render_errors(&errors) {
+                eprintln!("{e}");
+            }
+            eprintln!("{} model errors in {}", errors.len(), models.describe());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let options = rules_options(config, &models);
     let set = match verdict_rules::load(path, &Disk, &options) {
         Ok(set) => set,
         Err(report) => {
@@ -62,6 +78,23 @@ pub fn check(path: &Path, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
             bytes as f64 / (1 << 20) as f64
         );
     }
+    for m in &models.models {
+        let used = if p.models.contains(&m.manifest.name) {
+            "called"
+        } else {
+            "not called"
+        };
+        println!(
+            "  model {} ({used}): {} features, deadline {} us, {} instances per core, {} ({} us{})",
+            m.describe(),
+            m.cols(),
+            m.manifest.deadline_us,
+            m.manifest.instances_per_core,
+            m.manifest.path.display(),
+            m.load_us,
+            if m.cached { ", from the cache" } else { "" }
+        );
+    }
     println!("  compiled: {}", set.shape());
     match &p.policy {
         Some(policy) => println!(
@@ -92,9 +125,17 @@ pub fn reload(addr: &str, rules: Option<&Path>) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reload {addr}"))?;
     if reply.ok {
         println!(
-            "epoch {} published: {} rules from {} (digest {}, compiled in {} us)",
-            reply.epoch, reply.rules, reply.rules_path, reply.digest, reply.compile_us
+            "epoch {} published: {} rules from {} (digest {}, compiled in {} us); every shard deciding with it {} us after publishing",
+            reply.epoch,
+            reply.rules,
+            reply.rules_path,
+            reply.digest,
+            reply.compile_us,
+            reply.swap_us
         );
+        if !reply.models.is_empty() {
+            println!("  models: {}", reply.models.join(", "));
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         for e in &reply.errors {

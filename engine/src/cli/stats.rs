@@ -41,6 +41,12 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),
+        "models": s.models.iter().map(|m| json!({
+            "name": m.name, "version": m.version, "calls": m.calls, "rows": m.rows,
+            "traps": m.traps, "timeouts": m.timeouts, "errors": m.errors,
+            "exhausted_rows": m.exhausted_rows, "instances_ready": m.instances_ready,
+            "call_ns": percentiles_json(&m.call_ns),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -119,5 +125,47 @@ pub fn table(reply: &StatsReply) -> String {
     out.push_str(
         "latency: server side, frame complete -> response queued; batch: requests per read (p50)\n",
     );
+    let with_models: Vec<&ShardStats> = reply
+        .shards
+        .iter()
+        .filter(|s| !s.models.is_empty())
+        .collect();
+    if !with_models.is_empty() {
+        out.push_str(&format!(
+            "\n{:>5} {:<16} {:>10} {:>10} {:>6} {:>8} {:>6} {:>9} {:>5} {:>8} {:>8}\n",
+            "shard",
+            "model",
+            "calls",
+            "rows",
+            "traps",
+            "timeouts",
+            "errors",
+            "exhausted",
+            "ready",
+            "p50 us",
+            "p99 us"
+        ));
+        let rows = with_models
+            .iter()
+            .flat_map(|s| s.models.iter().map(move |m| (s.shard.to_string(), m)))
+            .chain(reply.total.models.iter().map(|m| ("total".to_string(), m)));
+        for (shard, m) in rows {
+            out.push_str(&format!(
+                "{:>5} {:<16} {:>10} {:>10} {:>6} {:>8} {:>6} {:>9} {:>5} {:>8} {:>8}\n",
+                shard,
+                m.name,
+                m.calls,
+                m.rows,
+                m.traps,
+                m.timeouts,
+                m.errors,
+                m.exhausted_rows,
+                m.instances_ready,
+                us(m.call_ns.p50),
+                us(m.call_ns.p99)
+            ));
+        }
+        out.push_str("models: one call scores a batch's events; exhausted: events given the fallback with no instance ready\n");
+    }
     out
 }
