@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use verdict_rules::{EpochCell, RuleSet};
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
 use crate::scoring::{self, ModelsSource, Published};
-use crate::shard::{self, ExitNotice, ShardContext, ShardEvent};
+use crate::shard::{self, ExitNotice, ShardContext, ShardEvent, Takeover};
 use crate::{memlock, mesh, uring};
 
 /// How long shards get to bind their ports at start.
@@ -196,8 +196,7 @@ pub fn serve(
         first.rules.digest
     );
     let rules = Arc::new(EpochCell::new(first));
-    let taken: Arc<Vec<AtomicU64>> =
-        Arc::new((0..shard_count).map(|_| AtomicU64::new(0)).collect());
+    let taken = Arc::new(Takeover::new(shard_count));
     let (shared_port, reservation) = reserve_shared_port(&config)?;
     let config = Arc::new(config);
     let mesh = (shard_count > 1)
@@ -337,7 +336,7 @@ pub fn serve(
 /// the errors go back to the caller. Runs on the control thread, never on a data core.
 fn reload(
     cell: &EpochCell<Published>,
-    taken: &[AtomicU64],
+    taken: &Takeover,
     sources: &mut Sources,
     config: &TopologyConfig,
     rules_path: &str,
@@ -357,7 +356,7 @@ fn reload(
         Ok(next) => {
             let (count, digest) = (next.rules.rule_count() as u32, next.rules.digest.clone());
             let models = next.describe_models();
-            let published_at = Instant::now();
+            let published_at = taken.now_ns();
             let epoch = cell.publish(next);
             let swap_us = wait_taken(taken, epoch, published_at);
             sources.rules = source;
@@ -402,14 +401,15 @@ fn reload(
 /// reload (an idle shard takes it within `runtime.tick_ms`).
 const SWAP_WAIT: Duration = Duration::from_secs(2);
 
-/// Microseconds from `since` until every shard has taken `epoch`; 0 if one has not within
-/// [`SWAP_WAIT`] (the reply still says the epoch was published: it was).
-fn wait_taken(taken: &[AtomicU64], epoch: u64, since: Instant) -> u64 {
+/// Microseconds from `published_ns` until every shard had taken `epoch` (as the shards
+/// stamped it); 0 if one has not within [`SWAP_WAIT`] (the epoch is published all the same).
+fn wait_taken(taken: &Takeover, epoch: u64, published_ns: u64) -> u64 {
+    let waiting = Instant::now();
     loop {
-        if taken.iter().all(|t| t.load(Ordering::Acquire) >= epoch) {
-            return (since.elapsed().as_micros() as u64).max(1);
+        if let Some(last_ns) = taken.all_took(epoch) {
+            return (last_ns.saturating_sub(published_ns) / 1000).max(1);
         }
-        if since.elapsed() > SWAP_WAIT {
+        if waiting.elapsed() > SWAP_WAIT {
             return 0;
         }
         std::thread::sleep(Duration::from_micros(20));

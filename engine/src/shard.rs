@@ -42,9 +42,8 @@ pub struct ShardContext {
     pub shard_map: Arc<OnceLock<TopologyReply>>,
     /// The rule epoch: the one pointer shared by every shard.
     pub rules: Arc<EpochCell<Published>>,
-    /// `taken[i]`: the epoch shard i last took, stored once per swap (never per request) so
-    /// the control thread can time a reload to the last core.
-    pub taken: Arc<Vec<AtomicU64>>,
+    /// When each shard took which epoch (written once per swap, never per request).
+    pub taken: Arc<Takeover>,
     /// Tells the control thread when this shard is gone, however that happens, including an
     /// executor that never started (the context is then dropped without `run` running).
     pub exit: ExitNotice,
@@ -72,6 +71,49 @@ pub enum ShardEvent {
     },
 }
 
+/// When each shard took which epoch, on one monotonic clock: a shard writes its slot once per
+/// swap; the control thread reads them to time a reload to the last core, so its own
+/// wake-ups (on a machine whose cores the shards keep busy) do not count.
+pub struct Takeover {
+    base: Instant,
+    /// Per shard: (epoch taken, ns after `base` it was taken).
+    shards: Vec<(AtomicU64, AtomicU64)>,
+}
+
+impl Takeover {
+    pub fn new(shards: usize) -> Takeover {
+        Takeover {
+            base: Instant::now(),
+            shards: (0..shards)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Now, in ns after the base.
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    pub fn took(&self, shard: u32, epoch: u64) {
+        let (e, at) = &self.shards[shard as usize];
+        at.store(self.now_ns(), Ordering::Relaxed);
+        e.store(epoch, Ordering::Release);
+    }
+
+    /// When the last shard took `epoch` (or a later one); `None` while one has not.
+    pub fn all_took(&self, epoch: u64) -> Option<u64> {
+        let mut last = 0;
+        for (e, at) in &self.shards {
+            if e.load(Ordering::Acquire) < epoch {
+                return None;
+            }
+            last = last.max(at.load(Ordering::Relaxed));
+        }
+        Some(last)
+    }
+}
+
 /// Sends `ShardEvent::Exited` when dropped.
 pub struct ExitNotice {
     pub shard: u32,
@@ -93,7 +135,7 @@ pub struct Shard {
     pub epoch: Cell<u64>,
     /// The shared epoch cell, checked once per batch and every tick.
     pub epochs: Arc<EpochCell<Published>>,
-    pub taken: Arc<Vec<AtomicU64>>,
+    pub taken: Arc<Takeover>,
     /// The rules and models this shard decides with: its own handle on the current epoch.
     pub rules: RefCell<Arc<Published>>,
     /// This shard's model instance pools (per-core, never shared).
@@ -123,7 +165,7 @@ impl Shard {
             .prepare(next.rules.uid(), &next.rules.program().velocity);
         self.models.borrow_mut().swap(&next);
         self.epoch.set(next.rules.epoch);
-        self.taken[self.index as usize].store(next.rules.epoch, Ordering::Release);
+        self.taken.took(self.index, next.rules.epoch);
         // The previous set is freed here if this was the last shard holding it.
         *self.rules.borrow_mut() = next;
     }
@@ -243,7 +285,7 @@ pub async fn run(ctx: ShardContext) {
     let rules = ctx.rules.load();
     let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
     velocity.prepare(rules.rules.uid(), &rules.rules.program().velocity);
-    ctx.taken[ctx.index as usize].store(rules.rules.epoch, Ordering::Release);
+    ctx.taken.took(ctx.index, rules.rules.epoch);
     let shard = Rc::new(Shard {
         index: ctx.index,
         cpu: ctx.cpu,
