@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
             let p = payload(&frames[i]);
             let e = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(p).unwrap();
             validate_event(e).unwrap();
-            let events = std::slice::from_ref(e);
+            let events = &[e];
             let (v, m) = (&mut velocity, &mut core_models);
             decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
             let view = decided.verdicts[0].view(e, &decided, 0, 1234);
@@ -114,7 +114,7 @@ fn bench(c: &mut Criterion) {
 
     let first = payload(&frames[0]);
     let first = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(first).unwrap();
-    let events = std::slice::from_ref(first);
+    let events = &[first];
     let (v, m) = (&mut velocity, &mut core_models);
     decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
     let verdict = decided.verdicts[0].clone();

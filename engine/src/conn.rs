@@ -55,6 +55,9 @@ struct Connection {
     decided: Decided<'static>,
     /// Scratch for a batch's evaluation.
     scratch: Scratch,
+    /// The frames of a run of evaluates, and their events (borrowed per run).
+    run: Vec<FrameAt>,
+    run_events: Vec<&'static ArchivedEvent>,
     /// Clock reading when the last read completed: when the frames it finished arrived.
     read_at: u64,
 }
@@ -77,6 +80,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
         views: Vec::new(),
         decided: Decided::default(),
         scratch: Scratch::default(),
+        run: Vec::new(),
+        run_events: Vec::new(),
         read_at: 0,
     };
     loop {
@@ -198,13 +203,32 @@ impl Connection {
                 }
                 Scan::Frame(at) => at,
             };
-            handled += 1;
-            self.answer(shard, &at).await;
-            self.recv.consume(at.frame_len);
+            // A run of evaluate frames is decided as one batch (one model call for all).
+            let (frames, bytes) = if at.header.kind == Kind::Evaluate.request_byte() {
+                let max = (u64::from(limits.pipeline_depth_max) - handled) as usize;
+                match self.evaluate_run(shard, &at, max) {
+                    Ok((frames, bytes)) => {
+                        shard.stats.borrow_mut().responses += frames;
+                        (frames, bytes)
+                    }
+                    Err(code) => {
+                        self.push_error(shard, at.header.id, code);
+                        (1, at.frame_len)
+                    }
+                }
+            } else {
+                self.answer(shard, &at).await;
+                (1, at.frame_len)
+            };
+            handled += frames;
+            self.recv.consume(bytes);
             let done = shard.clock.raw();
+            let latency = shard.clock.delta_as_nanos(self.read_at, done);
             let mut s = shard.stats.borrow_mut();
-            s.requests += 1;
-            s.record_latency_ns(shard.clock.delta_as_nanos(self.read_at, done));
+            s.requests += frames;
+            for _ in 0..frames {
+                s.record_latency_ns(latency);
+            }
         }
         shard.stats.borrow_mut().record_batch_requests(handled);
         // Instances lost to a failing model this batch are replaced now, not on an event's
@@ -283,23 +307,53 @@ impl Connection {
     }
 
     fn evaluate(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
-        let payload = self.recv.payload(at);
-        let Ok(event) = rkyv::access::<ArchivedEvent, rancor::Failure>(payload) else {
-            return Err(explain_invalid::<ArchivedEvent>(
-                payload,
-                &mut self.message,
-                "Event",
-            ));
-        };
-        if let Err(e) = validate_event(event) {
-            self.message.clear();
-            let _ = write!(self.message, "{e}");
-            return Err(ErrorCode::BadField);
+        self.evaluate_run(shard, at, 1).map(|_| ())
+    }
+
+    /// Answers the run of valid evaluate frames that starts with `first` (at most `max`
+    /// frames, each answered in order), deciding them as one batch so each model scores them
+    /// in one call. Returns the frames and bytes answered; an error (for `first` only, whose
+    /// response the caller writes) if `first` itself is not a valid event. A later frame that
+    /// is not a valid evaluate ends the run and is answered on its own.
+    fn evaluate_run(
+        &mut self,
+        shard: &Shard,
+        first: &FrameAt,
+        max: usize,
+    ) -> Result<(u64, usize), ErrorCode> {
+        let len_max = shard.limits.frame_len_max_bytes;
+        let mut frames = std::mem::take(&mut self.run);
+        frames.clear();
+        let mut events: Vec<&ArchivedEvent> = recycle(std::mem::take(&mut self.run_events));
+        let (mut at, mut bytes) = (*first, 0);
+        loop {
+            let payload = self.recv.payload(&at);
+            let Ok(event) = rkyv::access::<ArchivedEvent, rancor::Failure>(payload) else {
+                break;
+            };
+            if validate_event(event).is_err() {
+                break;
+            }
+            frames.push(at);
+            events.push(event);
+            bytes += at.frame_len;
+            if frames.len() >= max {
+                break;
+            }
+            match self.recv.at(bytes, len_max) {
+                Scan::Frame(next) if next.header.kind == Kind::Evaluate.request_byte() => at = next,
+                _ => break,
+            }
+        }
+        if events.is_empty() {
+            self.run = frames;
+            self.run_events = recycle(events);
+            return Err(self.explain_event(first));
         }
         let published = shard.rules.borrow();
         let mut decided = std::mem::take(&mut self.decided).recycle();
         decide(
-            std::slice::from_ref(event),
+            &events,
             &published,
             &mut shard.velocity.borrow_mut(),
             &mut shard.models.borrow_mut(),
@@ -308,17 +362,45 @@ impl Connection {
             &mut decided,
         );
         let server_ns = shard.clock.delta_as_nanos(self.read_at, shard.clock.raw());
-        let view = decided.verdicts[0].view(event, &decided, shard.index, server_ns);
-        let pushed = self.encoder.push(
-            &mut self.out,
-            Kind::Evaluate.response_byte(),
-            at.header.id,
-            &view,
-        );
+        for ((at, event), verdict) in frames.iter().zip(&events).zip(&decided.verdicts) {
+            let view = verdict.view(event, &decided, shard.index, server_ns);
+            let response = Kind::Evaluate.response_byte();
+            if self
+                .encoder
+                .push(&mut self.out, response, at.header.id, &view)
+                .is_err()
+            {
+                // A decision of a valid event always encodes; answer anyway if it did not.
+                let reply = ErrorReplyView {
+                    code: ErrorCode::Internal as u16,
+                    message: StrView("could not encode the decision"),
+                };
+                let kind = verdict_net::frame::KIND_ERROR;
+                let _ = self.encoder.push(&mut self.out, kind, at.header.id, &reply);
+                shard.stats.borrow_mut().record_error(ErrorCode::Internal);
+            }
+        }
+        let n = events.len() as u64;
         self.decided = decided.recycle();
-        pushed.map_err(|_| self.internal("decision"))?;
-        shard.stats.borrow_mut().events += 1;
-        Ok(())
+        self.run = frames;
+        self.run_events = recycle(events);
+        shard.stats.borrow_mut().events += n;
+        Ok((n, bytes))
+    }
+
+    /// Why the evaluate frame `at` does not hold a valid event (error path: allocates).
+    fn explain_event(&mut self, at: &FrameAt) -> ErrorCode {
+        let payload = self.recv.payload(at);
+        match rkyv::access::<ArchivedEvent, rancor::Failure>(payload) {
+            Err(_) => explain_invalid::<ArchivedEvent>(payload, &mut self.message, "Event"),
+            Ok(event) => {
+                self.message.clear();
+                if let Err(e) = validate_event(event) {
+                    let _ = write!(self.message, "{e}");
+                }
+                ErrorCode::BadField
+            }
+        }
     }
 
     fn evaluate_batch(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
@@ -349,8 +431,10 @@ impl Connection {
         }
         let published = shard.rules.borrow();
         let mut decided = std::mem::take(&mut self.decided).recycle();
+        let mut events: Vec<&ArchivedEvent> = recycle(std::mem::take(&mut self.run_events));
+        events.extend(batch.events.iter());
         decide(
-            batch.events.as_slice(),
+            &events,
             &published,
             &mut shard.velocity.borrow_mut(),
             &mut shard.models.borrow_mut(),
@@ -374,6 +458,7 @@ impl Connection {
         );
         self.views = recycle(views);
         self.decided = decided.recycle();
+        self.run_events = recycle(events);
         pushed.map_err(|_| self.internal("decision batch"))?;
         let mut s = shard.stats.borrow_mut();
         s.events += n as u64;

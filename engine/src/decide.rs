@@ -1,7 +1,8 @@
 //! From validated events to verdicts. No I/O; allocation-free once the caller's scratch
 //! buffers have grown to the batch's and the rule set's size.
 //!
-//! A batch (one event, or every event of an evaluate-batch) goes through three steps, so each
+//! A batch (the evaluate frames one read delivered, or every event of an evaluate-batch) goes
+//! through three steps, so each
 //! model is called once for all of its events: prepare every event (velocity recorded), score
 //! them with every model the rules call ([`CoreModels::score`]), then decide each with its
 //! scores. The names a decision reports (rules, models) are borrowed from the published
@@ -46,7 +47,7 @@ pub struct Decided<'r> {
 /// Decides `events` under `published`, recording them in this core's velocity `state` and
 /// scoring them with its `models`, into `into` (cleared first).
 pub fn decide<'r>(
-    events: &[ArchivedEvent],
+    events: &[&ArchivedEvent],
     published: &'r Published,
     state: &mut VelocityState,
     models: &mut CoreModels,

@@ -2,7 +2,8 @@
 //! each core's side of scoring: its instance pools, the feature rows it fills, its call
 //! statistics.
 //!
-//! Per batch of events (one evaluate, or every event of an evaluate-batch): every event is
+//! Per batch of events (a run of pipelined evaluate frames read together, or every event of an
+//! evaluate-batch): every event is
 //! prepared (velocity recorded), then each model the rules call scores all of them in one
 //! call per `rows_per_call_max` rows, then every event is decided with its scores. A model
 //! that fails (trap, deadline, error, no ready instance) gives its events the rule set's
@@ -195,7 +196,7 @@ impl CoreModels {
         &mut self,
         published: &Published,
         clock: &quanta::Clock,
-        events: &[ArchivedEvent],
+        events: &[&ArchivedEvent],
         outcomes: &[Outcome],
         scores: &mut Vec<f64>,
         failed: &mut Vec<bool>,
@@ -216,7 +217,7 @@ impl CoreModels {
                 for (r, row) in self.rows.chunks_exact_mut(cols).enumerate() {
                     published
                         .rules
-                        .features(&events[start + r], m, &outcomes[start + r], row);
+                        .features(events[start + r], m, &outcomes[start + r], row);
                 }
                 self.out.resize(rows, 0.0);
                 let began = clock.raw();

@@ -93,6 +93,31 @@ fn the_shipped_model_scores_every_event_of_the_default_rules() {
 }
 
 #[test]
+fn pipelined_evaluates_are_scored_in_one_call() {
+    let server = Server::start();
+    let mut c = client(&server.shard_addr(0));
+    // Ten evaluate frames in one write arrive in one read: one batch, one model call.
+    let ids: Vec<u64> = (0..10)
+        .map(|i| c.send(Kind::Evaluate, &event(500 + i)).unwrap())
+        .collect();
+    c.flush().unwrap();
+    for id in ids {
+        let d: Decision = c
+            .recv()
+            .unwrap()
+            .expect(Kind::Evaluate, id)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert!(!d.models[0].error);
+    }
+    let stats = c.stats().unwrap();
+    let m = &stats.shards[0].models[0];
+    assert_eq!(m.rows, 10);
+    assert!(m.calls < 10, "{} calls for 10 pipelined events", m.calls);
+}
+
+#[test]
 fn a_looping_or_trapping_model_costs_its_event_the_fallback_not_the_core() {
     let models = probe_dir(0.2);
     let server = serve_probe(&models.0);
@@ -103,35 +128,38 @@ fn a_looping_or_trapping_model_costs_its_event_the_fallback_not_the_core() {
         (0.2, false)
     );
     assert!(normal.rules.is_empty());
-    // Pipelined: a looping event, then a normal one on the same core.
-    let looping = c
-        .send(Kind::Evaluate, &with_features(2, [1.0, 0.0]))
-        .unwrap();
-    let after = c
-        .send(Kind::Evaluate, &with_features(3, [0.0, 0.0]))
-        .unwrap();
-    c.flush().unwrap();
-    let d: Decision = c
-        .recv()
-        .unwrap()
-        .expect(Kind::Evaluate, looping)
-        .unwrap()
-        .decode()
-        .unwrap();
+    let looping = c.evaluate(&with_features(2, [1.0, 0.0])).unwrap();
     assert_eq!(
-        (d.models[0].score, d.models[0].error),
+        (looping.models[0].score, looping.models[0].error),
         (0.9, true),
         "the fallback"
     );
-    assert_eq!(d.rules, ["probe_high"], "the fallback decides like a score");
-    let d: Decision = c
-        .recv()
-        .unwrap()
-        .expect(Kind::Evaluate, after)
-        .unwrap()
-        .decode()
+    assert_eq!(
+        looping.rules,
+        ["probe_high"],
+        "the fallback decides like a score"
+    );
+    let after = c.evaluate(&with_features(3, [0.0, 0.0])).unwrap();
+    assert_eq!((after.models[0].score, after.models[0].error), (0.2, false));
+    // Pipelined, a looping event and a normal one are one batch, one call: the deadline cuts
+    // the call, so both get the fallback, and both are answered.
+    let looping = c
+        .send(Kind::Evaluate, &with_features(5, [1.0, 0.0]))
         .unwrap();
-    assert_eq!((d.models[0].score, d.models[0].error), (0.2, false));
+    let normal = c
+        .send(Kind::Evaluate, &with_features(6, [0.0, 0.0]))
+        .unwrap();
+    c.flush().unwrap();
+    for id in [looping, normal] {
+        let d: Decision = c
+            .recv()
+            .unwrap()
+            .expect(Kind::Evaluate, id)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!((d.models[0].score, d.models[0].error), (0.9, true));
+    }
     let trapped = c.evaluate(&with_features(4, [0.0, 1.0])).unwrap();
     assert_eq!(
         (trapped.models[0].score, trapped.models[0].error),
@@ -147,7 +175,7 @@ fn a_looping_or_trapping_model_costs_its_event_the_fallback_not_the_core() {
     assert_eq!((d.models[0].score, d.models[0].error), (0.2, false));
     let stats = c.stats().unwrap();
     let probe = &stats.total.models[0];
-    assert_eq!((probe.timeouts, probe.traps), (1, 4), "{probe:?}");
+    assert_eq!((probe.timeouts, probe.traps), (2, 4), "{probe:?}");
     assert_eq!(
         probe.instances_ready, 4,
         "both shards' pools are full again"

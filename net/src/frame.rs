@@ -239,7 +239,20 @@ impl RecvBuffer {
         scan(&self.buf[self.start..self.end], len_max)
     }
 
-    /// The payload of a frame returned by [`RecvBuffer::front`].
+    /// What is `offset` bytes past the front (a frame boundary, e.g. the sum of the frames
+    /// before it): a batch can look at several whole frames before consuming any. A frame's
+    /// `payload_start` counts from the front, so [`RecvBuffer::payload`] reads it.
+    pub fn at(&self, offset: usize, len_max: u32) -> Scan {
+        match scan(&self.buf[self.start + offset..self.end], len_max) {
+            Scan::Frame(at) => Scan::Frame(FrameAt {
+                payload_start: offset + at.payload_start,
+                ..at
+            }),
+            other => other,
+        }
+    }
+
+    /// The payload of a frame returned by [`RecvBuffer::front`] or [`RecvBuffer::at`].
     pub fn payload(&self, at: &FrameAt) -> &[u8] {
         let p = self.start + at.payload_start;
         &self.buf[p..p + at.header.len as usize]
