@@ -46,7 +46,7 @@ impl Default for ModelsConfig {
     fn default() -> Self {
         ModelsConfig {
             cache_dir: String::new(),
-            epoch_tick_us: 100,
+            epoch_tick_us: 1000,
             memory_bytes_max: 64 << 20,
             rows_per_call_max: 64,
         }
@@ -488,7 +488,8 @@ spin_before_park_us = {spin}
 # "off" = compile in memory every time.
 cache_dir = {cache:?}
 # The deadline clock's tick (us): a model call is cut between its deadline_us and one tick
-# later. A shorter tick wakes the ticker thread more often.
+# later. A shorter tick wakes the ticker thread more often (100 us cost ~15% of
+# unpipelined throughput on a 2-core VM).
 epoch_tick_us = {etick}
 # Largest linear memory one model instance may grow to (bytes).
 memory_bytes_max = {wmem}

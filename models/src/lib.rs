@@ -70,7 +70,7 @@ impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
         RuntimeConfig {
             cache_dir: None,
-            epoch_tick_us: 100,
+            epoch_tick_us: 1000,
             memory_bytes_max: 64 << 20,
             rows_per_call_max: 64,
             instance_slots: 1000,
