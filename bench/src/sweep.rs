@@ -314,6 +314,7 @@ struct SummaryInputs<'a> {
 }
 
 fn environment(server_cpu: usize, client_cpu: usize, epoch: u64) -> Vec<(String, String)> {
+    let default_epoch = default_epoch();
     let sha = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -346,12 +347,39 @@ fn environment(server_cpu: usize, client_cpu: usize, epoch: u64) -> Vec<(String,
                 "server (echo, then engine with 1 shard) on cpu {server_cpu}; generator on cpu {client_cpu}"
             ),
         ),
-        (
-            "rule epoch".into(),
-            format!("{epoch} (the shipped rules/default.rules: 8 rules, 4 velocity functions)"),
-        ),
-        ("models".into(), "none loaded (no model hashes yet)".into()),
+        ("rule epoch".into(), format!("{epoch}; {}", default_epoch.0)),
+        ("models".into(), default_epoch.1),
     ]
+}
+
+/// What `verdict serve` with no `--rules` / `--models` decides with (the copies built into
+/// the same build of the engine): the rule set and the model hashes, for the header.
+fn default_epoch() -> (String, String) {
+    let loaded = (|| -> anyhow::Result<(String, String)> {
+        let runtime = verdict_models::Runtime::new(verdict_models::RuntimeConfig::default())?;
+        let models = runtime
+            .load_examples()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let options = verdict_rules::Options {
+            models: verdict_engine::scoring::model_inputs(&models),
+            ..Default::default()
+        };
+        let rules = verdict_rules::load_default(&options).map_err(|r| anyhow::anyhow!("{r}"))?;
+        let rules_text = format!(
+            "the shipped rules/default.rules (built in): {} rules, {} velocity functions, digest {}",
+            rules.rule_count(),
+            rules.program().velocity.len(),
+            rules.digest
+        );
+        let called = rules.models().join(", ");
+        let published = verdict_engine::scoring::Published::new(rules, std::sync::Arc::new(models));
+        let models_text = format!(
+            "{} (built in; the rules call {called})",
+            published.describe_models().join(", ")
+        );
+        Ok((rules_text, models_text))
+    })();
+    loaded.unwrap_or_else(|e| (format!("unknown ({e})"), "unknown".into()))
 }
 
 impl Sweep {

@@ -5,7 +5,8 @@
 //! The ensemble is synthetic: built at compile time from a fixed seed, with split thresholds
 //! at plausible quantiles of each feature and leaf values that lean towards risk on the
 //! risky side of a split. It has the size, shape and cost of a trained model of this class
-//! (300 x 31 splits, 85 KB of data), not its accuracy.
+//! (300 x 31 splits), not its accuracy. Splits are evaluated as bits of one comparison word
+//! per row (see [`comparisons`]).
 
 use super::math;
 
@@ -30,9 +31,10 @@ const THRESHOLDS: [[f32; 8]; COLS] = [
     [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0],
 ];
 
+/// A tree's splits as bit positions in the row's comparison mask (`feature * 8 + q`: the
+/// row's feature is above its `q`-th candidate threshold), and its leaves.
 pub struct Tree {
-    feature: [u8; SPLITS],
-    threshold: [f32; SPLITS],
+    bit: [u8; SPLITS],
     leaf: [f32; LEAVES],
 }
 
@@ -47,8 +49,7 @@ const fn next(state: u64) -> u64 {
 
 const fn build() -> [Tree; TREES] {
     const EMPTY: Tree = Tree {
-        feature: [0; SPLITS],
-        threshold: [0.0; SPLITS],
+        bit: [0; SPLITS],
         leaf: [0.0; LEAVES],
     };
     let mut trees = [EMPTY; TREES];
@@ -60,8 +61,7 @@ const fn build() -> [Tree; TREES] {
             state = next(state);
             let f = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % COLS;
             let q = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 45) as usize % 8;
-            trees[t].feature[s] = f as u8;
-            trees[t].threshold[s] = THRESHOLDS[f][q];
+            trees[t].bit[s] = (f * 8 + q) as u8;
             s += 1;
         }
         let mut l = 0;
@@ -82,28 +82,36 @@ const fn build() -> [Tree; TREES] {
 
 pub static ENSEMBLE: [Tree; TREES] = build();
 
+/// Every split the ensemble can make on `row`, as one word: bit `f * 8 + q` is set when
+/// feature `f` is above its `q`-th candidate threshold. (Trained ensembles split at a few
+/// bin boundaries per feature too; this is how histogram-based inference walks them.)
+fn comparisons(row: &[f32]) -> u64 {
+    let mut mask = 0u64;
+    for (f, (&x, thresholds)) in row.iter().zip(THRESHOLDS.iter()).enumerate() {
+        for (q, &t) in thresholds.iter().enumerate() {
+            mask |= u64::from(x > t) << (f * 8 + q);
+        }
+    }
+    mask
+}
+
 /// Scores `rows` rows of `cols` features into `out`; -2 if `cols` is not [`COLS`].
 pub fn score(rows: usize, cols: usize, input: &[f32], out: &mut [f64]) -> i32 {
     if cols != COLS {
         return -2;
     }
-    let out = &mut out[..rows];
-    for o in out.iter_mut() {
-        *o = 0.0;
-    }
-    // Tree-major: each tree stays in cache while every row walks it.
-    for tree in ENSEMBLE.iter() {
-        for (row, o) in input.chunks_exact(COLS).zip(out.iter_mut()) {
+    for (row, o) in input.chunks_exact(COLS).take(rows).zip(out.iter_mut()) {
+        let mask = comparisons(row);
+        let mut sum = 0.0f64;
+        for tree in ENSEMBLE.iter() {
             let mut i = 0;
             for _ in 0..DEPTH {
-                let right = row[tree.feature[i] as usize] > tree.threshold[i];
+                let right = (mask >> (tree.bit[i] & 63)) & 1;
                 i = 2 * i + 1 + right as usize;
             }
-            *o += f64::from(tree.leaf[i - SPLITS]);
+            sum += f64::from(tree.leaf[i - SPLITS]);
         }
-    }
-    for o in out.iter_mut() {
-        *o = math::sigmoid(BASE + *o);
+        *o = math::sigmoid(BASE + sum);
     }
     0
 }
