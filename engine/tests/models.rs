@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::{Server, client, event, tempdir, topology};
 use verdict_net::{Decision, Event, Kind};
 
-/// A two-feature model: it loops forever when features[0] > 0, traps when features[1] > 0,
+/// A two-feature model (deadline 50 ms: wall-clock, so generous on a busy test machine): it
+/// loops forever when features[0] > 0, traps when features[1] > 0,
 /// and otherwise scores `score`.
 fn probe_wasm(score: f64) -> Vec<u8> {
     wat::parse_str(format!(
@@ -36,7 +37,7 @@ fn probe_wasm(score: f64) -> Vec<u8> {
 }
 
 const PROBE_MANIFEST: &str = "name = \"probe\"\nversion = \"1\"\nwasm = \"probe.wasm\"\n\
-    features = [\"features[0]\", \"features[1]\"]\ndeadline_us = 2000\ninstances_per_core = 2\n";
+    features = [\"features[0]\", \"features[1]\"]\ndeadline_us = 50000\ninstances_per_core = 2\n";
 
 const PROBE_RULES: &str = "fallback model(\"probe\") = 0.9\n\
     rule probe_high { when model(\"probe\") > 0.5  score 10 }\n";
@@ -200,7 +201,7 @@ fn check_reports_model_errors_in_manifests_and_modules() {
     let out = common::text(&ok.stdout);
     assert!(out.contains("model probe@1 ("), "{out}");
     assert!(
-        out.contains("(called): 2 features, deadline 2000 us, 2 instances per core"),
+        out.contains("(called): 2 features, deadline 50000 us, 2 instances per core"),
         "{out}"
     );
 

@@ -13,6 +13,9 @@ use crate::{Manifest, Runtime};
 
 pub const ABI_VERSION: i32 = 1;
 
+/// The load-time probe's deadline, microseconds.
+const PROBE_DEADLINE_US: u64 = 1_000_000;
+
 const FUNCTIONS: [(&str, usize); 3] = [
     ("verdict_abi", 0),
     ("verdict_input", 2),
@@ -98,7 +101,10 @@ fn probe(
     manifest: &Manifest,
 ) -> Result<(), String> {
     let config = runtime.config();
-    let ticks = manifest.deadline_us.div_ceil(config.epoch_tick_us.max(1)) + 1;
+    // The probe runs under a generous deadline of its own, not the model's: deadlines are
+    // wall-clock time, and a loaded machine (a build, a neighbour) must not fail a load.
+    let deadline_us = manifest.deadline_us.max(PROBE_DEADLINE_US);
+    let ticks = deadline_us.div_ceil(config.epoch_tick_us.max(1)) + 1;
     let mut slot = Slot::new(pre, config.memory_bytes_max)?;
     let version = slot
         .abi_version(ticks)
