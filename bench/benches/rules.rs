@@ -151,6 +151,8 @@ impl Clock {
 }
 
 fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<16>]) {
+    // Every model the rules call scores 0.5 (the cost of models is the models bench's).
+    let models = vec![0.5; rules.models().len()];
     let mut state = VelocityState::new(65_536);
     let mut outcome = rules.outcome();
     // Velocity values for the interpreter, from one compiled pass over the same stream.
@@ -158,13 +160,13 @@ fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<
     let mut clock = Clock::new(events);
     let velocity: Vec<Vec<f64>> = (0..events.len())
         .map(|_| {
-            rules.evaluate(clock.tick(), &mut warm, &[], &mut outcome);
+            rules.evaluate(clock.tick(), &mut warm, &models, &mut outcome);
             outcome.velocity.clone()
         })
         .collect();
     let fired: usize = (0..events.len())
         .map(|_| {
-            rules.evaluate(clock.tick(), &mut warm, &[], &mut outcome);
+            rules.evaluate(clock.tick(), &mut warm, &models, &mut outcome);
             outcome.fired.len() + outcome.shadow_fired.len()
         })
         .sum();
@@ -177,7 +179,7 @@ fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<
     let mut clock = Clock::new(events);
     g.bench_function("compiled (with velocity recording)", |b| {
         b.iter(|| {
-            rules.evaluate(clock.tick(), &mut state, &[], &mut outcome);
+            rules.evaluate(clock.tick(), &mut state, &models, &mut outcome);
             black_box(outcome.score)
         })
     });
@@ -191,7 +193,7 @@ fn compare(c: &mut Criterion, name: &str, rules: &RuleSet, events: &[AlignedVec<
                 rules.default_action(),
                 e,
                 &velocity[i],
-                &[],
+                &models,
             );
             black_box(d.score)
         })

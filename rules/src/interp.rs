@@ -161,7 +161,8 @@ impl<'a> Env<'a> {
                     .map_or(0.0, |x| x.to_native()),
             ),
             NodeKind::Velocity(i) => Value::Num(self.velocity[*i as usize]),
-            NodeKind::Model(i) => Value::Num(self.models[*i as usize]),
+            // A score the caller did not pass reads 0, as in the compiled rule set.
+            NodeKind::Model(i) => Value::Num(self.models.get(*i as usize).copied().unwrap_or(0.0)),
             NodeKind::Score => Value::Num(self.score),
             NodeKind::Not(x) => Value::Bool(!self.truth(x)),
             NodeKind::Neg(x) => Value::Num(-self.number(x)),
