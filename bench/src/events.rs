@@ -135,6 +135,22 @@ pub fn events_for_shard(
     out
 }
 
+/// Plausible feature rows for the shipped example model `name` of `cols` features (amounts,
+/// hours, counts; volatilities and horizons for `exposure_var`), row-major, seeded: what the
+/// model benches score natively and in wasm.
+pub fn model_rows(name: &str, cols: usize, n: usize) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(11);
+    (0..n * cols)
+        .map(|i| match i % cols {
+            0 => rng.f32() * 2000.0,
+            1 if name == "exposure_var" => 0.01 + rng.f32() * 0.05,
+            1 => rng.u32(0..24) as f32,
+            2 if name == "exposure_var" => rng.u32(1..10) as f32,
+            _ => rng.u32(0..12) as f32,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,7 +245,19 @@ fn fifty_model_swaps_under_streaming_load_answer_every_request_once() {
     let streams: Vec<_> = (0..2)
         .map(|shard| {
             let (addr, stop) = (server.shard_addr(shard), stop.clone());
-            std::thread::spawn(move || stream(addr, stop, 16))
+            std::thread::spawn(move || {
+                // Each decision is scored by the model version of the epoch that decided it.
+                let event = |i| with_features(i, [0.0, 0.0]);
+                common::stream(&addr, &stop, 16, event, |d| {
+                    let want = if d.epoch.is_multiple_of(2) {
+                        0.75
+                    } else {
+                        0.25
+                    };
+                    let got = (d.models[0].score, d.models[0].error);
+                    assert_eq!(got, (want, false), "epoch {}", d.epoch);
+                })
+            })
         })
         .collect();
     let mut reloader = server.client();
@@ -284,53 +296,4 @@ fn fifty_model_swaps_under_streaming_load_answer_every_request_once() {
         probe.traps + probe.timeouts + probe.errors + probe.exhausted_rows,
         0
     );
-}
-
-/// Streams evaluate requests, pipelined `depth` deep, until `stop`; checks every request got
-/// exactly one decision, in order, scored by the model version of the epoch that decided.
-fn stream(addr: String, stop: Arc<AtomicBool>, depth: usize) -> (u64, u64) {
-    let mut c = client(&addr);
-    let (mut sent, mut answered, mut last_epoch) = (0u64, 0u64, 0u64);
-    let mut in_flight = std::collections::VecDeque::new();
-    loop {
-        if !stop.load(Ordering::Relaxed) {
-            while in_flight.len() < depth {
-                let e = with_features(sent, [0.0, 0.0]);
-                in_flight.push_back((c.send(Kind::Evaluate, &e).unwrap(), e.event_id));
-                sent += 1;
-            }
-            c.flush().unwrap();
-        }
-        let Some((id, event_id)) = in_flight.pop_front() else {
-            break;
-        };
-        let d: Decision = c
-            .recv()
-            .unwrap()
-            .expect(Kind::Evaluate, id)
-            .unwrap()
-            .decode()
-            .unwrap();
-        assert_eq!(d.event_id, event_id);
-        assert!(
-            d.epoch >= last_epoch,
-            "epoch went back: {last_epoch} -> {}",
-            d.epoch
-        );
-        last_epoch = d.epoch;
-        let want = if d.epoch.is_multiple_of(2) {
-            0.75
-        } else {
-            0.25
-        };
-        assert_eq!(
-            (d.models[0].score, d.models[0].error),
-            (want, false),
-            "epoch {}",
-            d.epoch
-        );
-        answered += 1;
-    }
-    assert_eq!(sent, answered);
-    (answered, last_epoch)
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, client, event, text, topology, verdict};
-use verdict_net::{Action, Decision, Kind};
+use verdict_net::Action;
 
 /// Rule set A fires `a_rule` on every event; B fires `b_rule`. Both use a list file
 /// relative to the rules file.
@@ -197,52 +197,6 @@ fn a_failed_reload_keeps_the_epoch_and_returns_the_errors() {
     }
 }
 
-/// Streams evaluate requests on one connection, pipelined `depth` deep, until `stop`; checks
-/// every request got exactly one decision, in order, from exactly one epoch's rule set.
-fn stream(addr: String, stop: Arc<AtomicBool>, depth: usize) -> (u64, u64) {
-    let mut c = client(&addr);
-    let mut sent = 0u64;
-    let mut answered = 0u64;
-    let mut in_flight = std::collections::VecDeque::new();
-    let mut last_epoch = 0;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if !stopping {
-            while in_flight.len() < depth {
-                let e = event(sent);
-                in_flight.push_back((c.send(Kind::Evaluate, &e).unwrap(), e.event_id));
-                sent += 1;
-            }
-            c.flush().unwrap();
-        }
-        let Some((id, event_id)) = in_flight.pop_front() else {
-            break;
-        };
-        let d: Decision = c
-            .recv()
-            .unwrap()
-            .expect(Kind::Evaluate, id)
-            .unwrap()
-            .decode()
-            .unwrap();
-        assert_eq!(d.event_id, event_id);
-        assert!(
-            d.epoch >= last_epoch,
-            "epoch went back: {} -> {}",
-            last_epoch,
-            d.epoch
-        );
-        last_epoch = d.epoch;
-        // Odd epochs serve rule set A, even ones B: one epoch decided the whole event.
-        let want = if d.epoch % 2 == 1 { "a_rule" } else { "b_rule" };
-        assert_eq!(d.rules, vec![want.to_string()], "epoch {}", d.epoch);
-        assert_eq!(d.action, Action::Allow);
-        answered += 1;
-    }
-    assert_eq!(sent, answered);
-    (answered, last_epoch)
-}
-
 #[test]
 fn a_hundred_reloads_under_streaming_load_fail_or_drop_no_request() {
     let server = Server::with_rules(
@@ -256,7 +210,14 @@ fn a_hundred_reloads_under_streaming_load_fail_or_drop_no_request() {
     let streams: Vec<_> = (0..2)
         .map(|shard| {
             let (addr, stop) = (server.shard_addr(shard), stop.clone());
-            std::thread::spawn(move || stream(addr, stop, 16))
+            std::thread::spawn(move || {
+                // Odd epochs serve rule set A, even ones B: one epoch decided the whole event.
+                common::stream(&addr, &stop, 16, event, |d| {
+                    let want = if d.epoch % 2 == 1 { "a_rule" } else { "b_rule" };
+                    assert_eq!(d.rules, vec![want.to_string()], "epoch {}", d.epoch);
+                    assert_eq!(d.action, Action::Allow);
+                })
+            })
         })
         .collect();
     let mut reloader = server.client();

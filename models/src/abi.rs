@@ -104,7 +104,7 @@ fn probe(
     // The probe runs under a generous deadline of its own, not the model's: deadlines are
     // wall-clock time, and a loaded machine (a build, a neighbour) must not fail a load.
     let deadline_us = manifest.deadline_us.max(PROBE_DEADLINE_US);
-    let ticks = deadline_us.div_ceil(config.epoch_tick_us.max(1)) + 1;
+    let ticks = config.deadline_ticks(deadline_us);
     let mut slot = Slot::new(pre, config.memory_bytes_max)?;
     let version = slot
         .abi_version(ticks)

@@ -66,6 +66,14 @@ pub struct RuntimeConfig {
     pub instance_slots: u32,
 }
 
+impl RuntimeConfig {
+    /// The epoch ticks that give a call at least `deadline_us`: it is cut between the
+    /// deadline and one tick later.
+    pub fn deadline_ticks(&self, deadline_us: u64) -> u64 {
+        deadline_us.div_ceil(self.epoch_tick_us.max(1)) + 1
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
         RuntimeConfig {
@@ -172,9 +180,8 @@ impl Runtime {
             path: shown.clone(),
             problems,
         })?;
-        let tick = self.config.epoch_tick_us.max(1);
         Ok(Model {
-            deadline_ticks: manifest.deadline_us.div_ceil(tick) + 1,
+            deadline_ticks: self.config.deadline_ticks(manifest.deadline_us),
             manifest,
             sha256,
             pre: checked,

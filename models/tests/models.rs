@@ -148,10 +148,8 @@ fn a_runaway_model_is_cut_by_its_deadline_and_its_instance_replaced() {
     let model = load(&rt, manifest(1, 2000, 2), &wat).unwrap();
     let mut pool = Pool::new(model.into());
     let mut out = [0.0; 1];
-    let started = std::time::Instant::now();
+    // A loop that were never cut would hang the test here (no time is asserted).
     assert_eq!(pool.score(1, &[1.0], &mut out), Err(CallError::Timeout));
-    // Bounded, not asserted as a time: a loop that never ends would hang the test here.
-    let _ = started.elapsed();
     assert_eq!(pool.ready(), 1, "the interrupted instance is discarded");
     // The other instance answers at once; the pool refills between batches.
     pool.score(1, &[-1.0], &mut out).unwrap();

@@ -8,22 +8,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use verdict_bench::events::model_rows as rows;
 use verdict_models::examples::native;
 use verdict_models::{Pool, Runtime, RuntimeConfig};
-
-/// Plausible feature rows for a model of `cols` features (amounts, hours, counts).
-fn rows(name: &str, cols: usize, n: usize) -> Vec<f32> {
-    let mut rng = fastrand::Rng::with_seed(11);
-    (0..n * cols)
-        .map(|i| match i % cols {
-            0 => rng.f32() * 2000.0,
-            1 if name == "exposure_var" => 0.01 + rng.f32() * 0.05,
-            1 => rng.u32(0..24) as f32,
-            2 if name == "exposure_var" => rng.u32(1..10) as f32,
-            _ => rng.u32(0..12) as f32,
-        })
-        .collect()
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -214,6 +214,54 @@ impl Drop for Server {
     }
 }
 
+/// Streams evaluate requests (`event(i)` for the i-th) on one connection, pipelined `depth`
+/// deep, until `stop`; checks every request got exactly one decision, in order, with epochs
+/// never going back, and hands each decision to `check`. Returns (answered, last epoch).
+pub fn stream(
+    addr: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    depth: usize,
+    event: impl Fn(u64) -> Event,
+    check: impl Fn(&verdict_net::Decision),
+) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    use verdict_net::Kind;
+    let mut c = client(addr);
+    let (mut sent, mut answered, mut last_epoch) = (0u64, 0u64, 0u64);
+    let mut in_flight = std::collections::VecDeque::new();
+    loop {
+        if !stop.load(Ordering::Relaxed) {
+            while in_flight.len() < depth {
+                let e = event(sent);
+                in_flight.push_back((c.send(Kind::Evaluate, &e).unwrap(), e.event_id));
+                sent += 1;
+            }
+            c.flush().unwrap();
+        }
+        let Some((id, event_id)) = in_flight.pop_front() else {
+            break;
+        };
+        let d: verdict_net::Decision = c
+            .recv()
+            .unwrap()
+            .expect(Kind::Evaluate, id)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(d.event_id, event_id);
+        assert!(
+            d.epoch >= last_epoch,
+            "epoch went back: {last_epoch} -> {}",
+            d.epoch
+        );
+        last_epoch = d.epoch;
+        check(&d);
+        answered += 1;
+    }
+    assert_eq!(sent, answered);
+    (answered, last_epoch)
+}
+
 pub fn client(addr: &str) -> Client {
     let c = Client::connect(addr).unwrap();
     c.set_timeout(Some(Duration::from_secs(20))).unwrap();
