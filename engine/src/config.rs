@@ -24,6 +24,29 @@ pub struct TopologyConfig {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub models: ModelsConfig,
+    #[serde(default)]
+    pub probes: ProbesConfig,
+}
+
+/// `[probes]`: the eBPF half of the metrics plane.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Load the default probe groups (run-queue delay, io_uring ops, TCP retransmits,
+    /// softirq time). Without privileges they stay off and the engine says why.
+    pub enabled: bool,
+    /// Also time the engine's syscalls. Off by default: a syscall tracepoint slows every
+    /// syscall on the host, not only ours.
+    pub syscalls: bool,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            enabled: true,
+            syscalls: false,
+        }
+    }
 }
 
 /// `[models]`: the wasm runtime the models run in.
@@ -86,6 +109,21 @@ pub struct Listen {
     pub port: u16,
     /// Shard i also listens on `shard_port_base + i`. 0 = each shard picks a free port.
     pub shard_port_base: u16,
+    /// Admin HTTP (`/metrics`, `/stats`, `/healthz`, `/readyz`). 0 = a free port. When the
+    /// file leaves it out: `port + 80` (7480 beside 7400), or a free port when `port` is 0.
+    #[serde(default)]
+    pub admin_port: Option<u16>,
+}
+
+impl Listen {
+    /// The admin port to bind (0 = any free one).
+    pub fn admin_port(&self) -> u16 {
+        match self.admin_port {
+            Some(port) => port,
+            None if self.port == 0 => 0,
+            None => self.port.checked_add(80).unwrap_or(0),
+        }
+    }
 }
 
 /// `[[shard]]`: one shard, pinned to one CPU.
@@ -190,6 +228,11 @@ pub struct RuntimeConfig {
     /// Parking and being woken costs an interrupt (an expensive one in a VM) per quiet gap;
     /// spinning trades CPU time on an otherwise idle core for lower latency. 0 = park at once.
     pub spin_before_park_us: u64,
+    /// How often each shard sends its stats snapshot to the control thread (what `/metrics`
+    /// and `/stats` show), milliseconds.
+    pub stats_interval_ms: u64,
+    /// A task that runs longer than this between two yields counts as a stall, microseconds.
+    pub stall_threshold_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -199,6 +242,8 @@ impl Default for RuntimeConfig {
             bind_memory: true,
             tick_ms: 10,
             spin_before_park_us: 0,
+            stats_interval_ms: 1000,
+            stall_threshold_us: 1000,
         }
     }
 }
@@ -248,12 +293,14 @@ impl TopologyConfig {
                 address: IpAddr::from([127, 0, 0, 1]),
                 port: 7400,
                 shard_port_base: 7410,
+                admin_port: Some(7480),
             },
             shards: cpus.iter().map(|&cpu| ShardSpec { cpu }).collect(),
             models: ModelsConfig::default(),
             limits: Limits::default(),
             decision: DecisionConfig::default(),
             runtime: RuntimeConfig::default(),
+            probes: ProbesConfig::default(),
         }
     }
 
@@ -311,6 +358,27 @@ impl TopologyConfig {
         self.limits.check()?;
         if self.runtime.tick_ms == 0 || self.runtime.tick_ms > 1_000 {
             return Err(invalid("runtime.tick_ms", "must be 1..=1000"));
+        }
+        if !(10..=60_000).contains(&self.runtime.stats_interval_ms) {
+            return Err(invalid("runtime.stats_interval_ms", "must be 10..=60000"));
+        }
+        if !(1..=10_000_000).contains(&self.runtime.stall_threshold_us) {
+            return Err(invalid(
+                "runtime.stall_threshold_us",
+                "must be 1..=10000000",
+            ));
+        }
+        if self.listen.admin_port.is_some() && self.listen.admin_port() != 0 {
+            let admin = self.listen.admin_port();
+            let taken = self.listen.port == admin
+                || (base != 0
+                    && (base..base.saturating_add(self.shards.len() as u16)).contains(&admin));
+            if taken {
+                return Err(invalid(
+                    "listen.admin_port",
+                    format!("{admin} collides with the shared or a shard port"),
+                ));
+            }
         }
         if self.runtime.spin_before_park_us > 1_000_000 {
             return Err(invalid(
@@ -418,10 +486,15 @@ port = {port}
 # Shard i also listens alone on shard_port_base + i, for shard-aware clients.
 # 0 lets every shard pick a free port.
 shard_port_base = {base}
+# Admin HTTP: /metrics (Prometheus), /stats (JSON), /healthz, /readyz. Served off the data
+# cores. 0 picks a free port (printed in the ready line). Left out: port + 80, or a free
+# port when port is 0.
+admin_port = {admin}
 "#,
         address = config.listen.address,
         port = config.listen.port,
         base = config.listen.shard_port_base,
+        admin = config.listen.admin_port(),
     ));
     out.push_str(
         "\n# One [[shard]] per data core, in shard order. `cpu` is the OS index of the CPU the\n\
@@ -481,6 +554,11 @@ tick_ms = {tick}
 # An idle shard polls this long (us) before parking in the kernel; 0 = park at once.
 # Spinning burns an idle core to save the wake-up interrupt on the next request.
 spin_before_park_us = {spin}
+# How often (ms) each shard sends its stats snapshot to the control thread: how fresh
+# /metrics and /stats are. (`verdict stats` asks the shards directly.)
+stats_interval_ms = {stats_every}
+# A task running longer than this (us) between two yields is a stall: counted per shard.
+stall_threshold_us = {stall}
 
 [models]
 # Where compiled models are cached (a reload of an unchanged module then maps the cached
@@ -496,7 +574,20 @@ memory_bytes_max = {wmem}
 # Most rows (events) one model call scores; larger batches are split. Every model must accept
 # a batch this large (checked when it loads).
 rows_per_call_max = {rows}
+
+[probes]
+# eBPF probes: run-queue delay of the engine's threads, their io_uring submissions and
+# completions, TCP retransmits and softirq time per CPU. Needs root or CAP_BPF+CAP_PERFMON
+# (and BTF); without them the engine says why and serves without.
+enabled = {probes}
+# Also a syscall latency histogram for the engine's threads. Off by default: any syscall
+# tracepoint slows every syscall on the host.
+syscalls = {syscalls}
 "#,
+        probes = config.probes.enabled,
+        syscalls = config.probes.syscalls,
+        stats_every = config.runtime.stats_interval_ms,
+        stall = config.runtime.stall_threshold_us,
         cache = config.models.cache_dir,
         etick = config.models.epoch_tick_us,
         wmem = config.models.memory_bytes_max,

@@ -23,7 +23,6 @@ use crate::decide::{Decided, Scratch, decide, recycle};
 use crate::drain::Waiter;
 use crate::mesh::MeshError;
 use crate::shard::{ConnectionSlot, Shard, ShardEvent};
-use crate::stats;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use rkyv::{rancor, util::AlignedVec};
@@ -186,6 +185,7 @@ impl Connection {
         let limits = &shard.limits;
         let mut handled = 0u64;
         let mut flow = Flow::Continue;
+        let started = shard.clock.raw();
         shard.refresh_rules();
         while handled < u64::from(limits.pipeline_depth_max)
             && self.out.len() < limits.write_buffer_bytes_max as usize
@@ -230,10 +230,15 @@ impl Connection {
                 s.record_latency_ns(latency);
             }
         }
-        shard.stats.borrow_mut().record_batch_requests(handled);
         // Instances lost to a failing model this batch are replaced now, not on an event's
         // path.
         shard.models.borrow_mut().refill();
+        let took = shard.clock.delta_as_nanos(started, shard.clock.raw());
+        let mut s = shard.stats.borrow_mut();
+        s.record_batch_requests(handled);
+        if handled > 0 {
+            s.record_batch_ns(took);
+        }
         flow
     }
 
@@ -487,7 +492,30 @@ impl Connection {
                 }
             }
         }
-        let reply = stats::merge(snapshots);
+        // The control thread adds the kernel columns (it owns the probes) and merges.
+        let (reply, answer) = flume::bounded(1);
+        if shard
+            .control
+            .send(ShardEvent::Stats { snapshots, reply })
+            .is_err()
+        {
+            self.message.clear();
+            self.message
+                .push_str("stats: the control thread has stopped");
+            return Err(ErrorCode::Unavailable);
+        }
+        let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
+        let answered = future::or(async { answer.recv_async().await.ok() }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        let Some(reply) = answered else {
+            self.message.clear();
+            self.message
+                .push_str("stats: the control thread did not answer in time");
+            return Err(ErrorCode::Unavailable);
+        };
         self.encoder
             .push(&mut self.out, Kind::Stats.response_byte(), id, &reply)
             .map_err(|_| self.internal("stats reply"))

@@ -9,9 +9,13 @@
 //! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
 //! - [`decide`]: the pure decision for one event.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
+//! - [`watch`]: times every task poll (stalls).
 //! - [`mesh`]: cross-shard messages (the only way cores talk).
+//! - [`metrics`]: the control thread's metrics plane: shards' snapshots (thingbuf) + eBPF.
+//! - [`admin`]: admin HTTP (`/metrics`, `/stats`, `/healthz`, `/readyz`) off the data cores.
 //! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn;
@@ -20,8 +24,10 @@ pub mod drain;
 pub mod hardware;
 pub mod memlock;
 pub mod mesh;
+pub mod metrics;
 pub mod runtime;
 pub mod scoring;
 pub mod shard;
 pub mod stats;
 pub mod uring;
+pub mod watch;

@@ -27,9 +27,19 @@ enum Command {
         /// Override [listen] address.
         #[arg(long)]
         address: Option<std::net::IpAddr>,
-        /// Override [listen] port (0 = pick a free one; see the ready line).
+        /// Override [listen] port (0 = pick a free one; see the ready line). `--port 0` also
+        /// picks a free admin port unless --admin-port says otherwise.
         #[arg(long)]
         port: Option<u16>,
+        /// Override [listen] admin_port (0 = pick a free one; see the ready line).
+        #[arg(long)]
+        admin_port: Option<u16>,
+        /// Serve without the eBPF probes ([probes] enabled = false).
+        #[arg(long)]
+        no_probes: bool,
+        /// Also load the opt-in syscall latency probe ([probes] syscalls = true).
+        #[arg(long)]
+        syscall_probes: bool,
         /// Override [listen] shard_port_base (0 = every shard picks a free port).
         #[arg(long)]
         shard_port_base: Option<u16>,
@@ -87,6 +97,9 @@ enum Command {
         /// Print the raw stats as JSON.
         #[arg(long)]
         json: bool,
+        /// Print again every second (until interrupted, or COUNT times).
+        #[arg(long, value_name = "COUNT", num_args = 0..=1, default_missing_value = "0")]
+        watch: Option<u64>,
     },
     /// Measure the round trip of a ping.
     Ping {
@@ -127,6 +140,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             shards,
             address,
             port,
+            admin_port,
+            no_probes,
+            syscall_probes,
             shard_port_base,
             rules,
             models,
@@ -137,6 +153,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             if let Some(p) = port {
                 config.listen.port = p;
+                if p == 0 {
+                    config.listen.admin_port = Some(0);
+                }
+            }
+            if let Some(p) = admin_port {
+                config.listen.admin_port = Some(p);
+            }
+            if no_probes {
+                config.probes.enabled = false;
+            }
+            if syscall_probes {
+                config.probes.syscalls = true;
             }
             if let Some(b) = shard_port_base {
                 config.listen.shard_port_base = b;
@@ -165,7 +193,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Reload { addr, rules } => cli::rules::reload(&addr, rules.as_deref()),
         Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),
-        Command::Stats { addr, json } => cli::stats::run(&addr, json),
+        Command::Stats { addr, json, watch } => cli::stats::run(&addr, json, watch),
         Command::Ping { addr, count } => cli::ping(&addr, count),
     }
 }

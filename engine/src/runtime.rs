@@ -1,14 +1,16 @@
 //! `verdict serve`: the control thread. It checks the machine (io_uring, hardware, locked
-//! memory), compiles the rule set (epoch 1), starts one pinned glommio executor per shard,
-//! publishes the shard map once every shard has bound its ports, prints the ready line, then
-//! serves reload requests (compiling off the data cores, publishing through the epoch cell)
-//! until SIGINT/SIGTERM (or a shard dying), and drains.
+//! memory), compiles the rule set (epoch 1), loads the eBPF probes, starts one pinned glommio
+//! executor per shard, publishes the shard map once every shard has bound its ports, starts
+//! the admin HTTP threads, prints the ready line, then serves reload and stats requests
+//! (compiling off the data cores, publishing through the epoch cell) and takes the shards'
+//! stats snapshots into the metrics plane until SIGINT/SIGTERM (or a shard dying), and
+//! drains.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,13 +20,17 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 use verdict_models::{ModelSet, Runtime};
 use verdict_net::routing::ROUTING_NAME;
-use verdict_net::{ReloadReply, TopologyReply};
+use verdict_net::{ReloadReply, StatsReply, TopologyReply};
+use verdict_probes::{Group, ProbeOptions, Probes};
 use verdict_rules::{EpochCell, RuleSet};
 
+use crate::admin::Admin;
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
+use crate::metrics::{self, Plane};
 use crate::scoring::{self, ModelsSource, Published};
 use crate::shard::{self, ExitNotice, ShardContext, ShardEvent, Takeover};
+use crate::stats::Snapshot;
 use crate::{memlock, mesh, uring};
 
 /// How long shards get to bind their ports at start.
@@ -195,6 +201,13 @@ pub fn serve(
         first.used.len(),
         first.rules.digest
     );
+    let probes = load_probes(&config);
+    let plane = Arc::new(Mutex::new(Plane::new(
+        config.shards.iter().map(|s| s.cpu).collect(),
+        probes,
+        Duration::from_millis(config.runtime.stats_interval_ms),
+    )));
+    let (reports_tx, reports) = metrics::report_channel(shard_count);
     let rules = Arc::new(EpochCell::new(first));
     let taken = Arc::new(Takeover::new(shard_count));
     let (shared_port, reservation) = reserve_shared_port(&config)?;
@@ -219,6 +232,7 @@ pub fn serve(
             shard_map: shard_map.clone(),
             rules: rules.clone(),
             taken: taken.clone(),
+            reports: reports_tx.clone(),
             exit: ExitNotice {
                 shard: i as u32,
                 events: events_tx.clone(),
@@ -233,6 +247,7 @@ pub fn serve(
         handles.push(handle);
     }
     drop(events_tx);
+    drop(reports_tx);
 
     // Sets the shutdown flag and joins every shard; false if any of them panicked.
     let stop = |handles: Vec<_>| {
@@ -269,6 +284,9 @@ pub fn serve(
             Ok(ShardEvent::Reload { rules_path, reply }) => {
                 let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
             }
+            Ok(ShardEvent::Stats { snapshots, reply }) => {
+                let _ = reply.send(stats_reply(&plane, snapshots));
+            }
             Err(_) => {
                 stop(handles);
                 bail!("shards did not start within {STARTUP_TIMEOUT:?}");
@@ -286,15 +304,26 @@ pub fn serve(
         cpus: config.shards.iter().map(|s| s.cpu).collect(),
     });
     drop(reservation);
+    let admin_addr = SocketAddr::new(config.listen.address, config.listen.admin_port());
+    let admin = match Admin::start(admin_addr, plane.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            stop(handles);
+            return Err(e);
+        }
+    };
+    lock(&plane).set_ready(true);
     let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
     // The ready line: tests and scripts wait for it and read the ports from it.
     println!(
-        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count}",
-        ports.join(",")
+        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count} admin_port={}",
+        ports.join(","),
+        admin.port
     );
     info!(
-        "serving on {address}:{shared_port} (shared) and shard ports {}",
-        ports.join(",")
+        "serving on {address}:{shared_port} (shared) and shard ports {}; admin http://{address}:{}/metrics",
+        ports.join(","),
+        admin.port
     );
 
     let mut failed = None;
@@ -303,6 +332,7 @@ pub fn serve(
             info!("signal {sig}: stopping accepts, draining in-flight requests");
             break 'wait;
         }
+        lock(&plane).drain(&reports);
         match events.recv_timeout(Duration::from_millis(20)) {
             Ok(ShardEvent::Exited { shard }) | Ok(ShardEvent::Failed { shard, .. }) => {
                 error!("shard {shard} stopped unexpectedly; shutting the engine down");
@@ -312,6 +342,9 @@ pub fn serve(
             Ok(ShardEvent::Reload { rules_path, reply }) => {
                 let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
             }
+            Ok(ShardEvent::Stats { snapshots, reply }) => {
+                let _ = reply.send(stats_reply(&plane, snapshots));
+            }
             Ok(ShardEvent::Bound { .. }) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 error!("every shard has stopped unexpectedly");
@@ -320,7 +353,9 @@ pub fn serve(
             }
         }
     }
+    lock(&plane).set_draining();
     let clean = stop(handles);
+    admin.stop();
     match failed {
         Some(shard) => bail!("shard {shard} failed"),
         None if !clean => bail!("a shard failed while draining"),
@@ -329,6 +364,55 @@ pub fn serve(
             Ok(())
         }
     }
+}
+
+fn lock(plane: &Mutex<Plane>) -> std::sync::MutexGuard<'_, Plane> {
+    plane
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Loads the eBPF probes for this process unless the topology turned them off; logs one line
+/// per group that is off, with the reason.
+fn load_probes(config: &TopologyConfig) -> Option<Probes> {
+    if !config.probes.enabled {
+        info!("eBPF probes: off ([probes] enabled = false or --no-probes)");
+        return None;
+    }
+    let started = Instant::now();
+    let probes = Probes::load(&ProbeOptions {
+        tgid: std::process::id(),
+        syscalls: config.probes.syscalls,
+    });
+    let active: Vec<&str> = probes
+        .status()
+        .iter()
+        .filter(|s| s.active)
+        .map(|s| s.group.name())
+        .collect();
+    for s in probes.status().iter().filter(|s| !s.active) {
+        // The opt-in group being off is the default, not a problem.
+        if s.group == Group::Syscalls && !config.probes.syscalls {
+            info!("eBPF probe group syscalls: {}", s.reason);
+        } else {
+            warn!("eBPF probe group {} is off: {}", s.group.name(), s.reason);
+        }
+    }
+    info!(
+        "eBPF probes: {} of {} groups active [{}], loaded in {} ms",
+        active.len(),
+        probes.status().len(),
+        active.join(", "),
+        started.elapsed().as_millis()
+    );
+    Some(probes)
+}
+
+/// A stats request's answer: the shards' fresh snapshots with the kernel columns read now.
+fn stats_reply(plane: &Mutex<Plane>, snapshots: Vec<Snapshot>) -> StatsReply {
+    let plane = lock(plane);
+    let kernel = plane.kernel();
+    plane.reply(snapshots, &kernel)
 }
 
 /// Compiles `rules_path` (empty: the source being served) and publishes it as the next

@@ -17,15 +17,17 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use log::{info, warn};
-use verdict_net::{ErrorCode, ReloadReply, TopologyReply};
+use verdict_net::{ErrorCode, LoopStats, ReloadReply, StatsReply, TopologyReply};
 use verdict_rules::{EpochCell, VelocityState};
 
 use crate::config::{Limits, TopologyConfig};
 use crate::conn;
 use crate::drain::Drain;
 use crate::mesh::{Mesh, MeshPort};
+use crate::metrics::ReportSender;
 use crate::scoring::{CoreModels, Published};
 use crate::stats::{CoreStats, Snapshot};
+use crate::watch;
 
 /// What the control thread hands a shard thread (all `Send`).
 pub struct ShardContext {
@@ -44,6 +46,8 @@ pub struct ShardContext {
     pub rules: Arc<EpochCell<Published>>,
     /// When each shard took which epoch (written once per swap, never per request).
     pub taken: Arc<Takeover>,
+    /// Where this shard's stats snapshots go (the control thread's metrics plane).
+    pub reports: ReportSender,
     /// Tells the control thread when this shard is gone, however that happens, including an
     /// executor that never started (the context is then dropped without `run` running).
     pub exit: ExitNotice,
@@ -68,6 +72,12 @@ pub enum ShardEvent {
     Reload {
         rules_path: String,
         reply: flume::Sender<ReloadReply>,
+    },
+    /// A client asked for stats: add the kernel columns to these fresh snapshots (every
+    /// shard's) and answer on `reply`.
+    Stats {
+        snapshots: Vec<Snapshot>,
+        reply: flume::Sender<StatsReply>,
     },
 }
 
@@ -146,6 +156,8 @@ pub struct Shard {
     pub control: Sender<ShardEvent>,
     pub stats: RefCell<CoreStats>,
     pub clock: quanta::Clock,
+    /// When this shard started serving.
+    pub started: Instant,
     pub mesh: Option<Rc<MeshPort>>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
@@ -170,12 +182,25 @@ impl Shard {
         *self.rules.borrow_mut() = next;
     }
 
+    /// This shard's stats now, with its executor's time split. Runs on the shard's thread.
     pub fn snapshot(&self) -> Snapshot {
+        let executor = glommio::executor().executor_stats();
+        let busy = executor.executor_runtime().as_nanos() as u64;
+        let with_io = executor.total_runtime().as_nanos() as u64;
+        let uptime = self.started.elapsed().as_nanos() as u64;
+        let runtime = LoopStats {
+            uptime_ns: uptime,
+            busy_ns: busy,
+            io_poll_ns: with_io.saturating_sub(busy),
+            parked_ns: uptime.saturating_sub(with_io),
+            ..LoopStats::default()
+        };
         self.stats.borrow().snapshot(
             self.index,
             self.cpu,
             self.epoch.get(),
             self.models.borrow().stats(),
+            runtime,
         )
     }
 }
@@ -236,7 +261,7 @@ pub async fn run(ctx: ShardContext) {
             let (index, cpu) = (ctx.index, ctx.cpu);
             let join = MeshPort::join(m.clone(), move || match cell.borrow().as_ref() {
                 Some(shard) => shard.snapshot(),
-                None => CoreStats::new().snapshot(index, cpu, 0, Vec::new()),
+                None => CoreStats::new().snapshot(index, cpu, 0, Vec::new(), LoopStats::default()),
             });
             let joined = future::or(async { Some(join.await) }, async {
                 shutdown_requested(&ctx.shutdown, tick).await;
@@ -286,6 +311,8 @@ pub async fn run(ctx: ShardContext) {
     let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
     velocity.prepare(rules.rules.uid(), &rules.rules.program().velocity);
     ctx.taken.took(ctx.index, rules.rules.epoch);
+    let mut stats = CoreStats::new();
+    stats.stall_threshold_ns = config.runtime.stall_threshold_us * 1000;
     let shard = Rc::new(Shard {
         index: ctx.index,
         cpu: ctx.cpu,
@@ -297,19 +324,29 @@ pub async fn run(ctx: ShardContext) {
         rules: RefCell::new(rules),
         velocity: RefCell::new(velocity),
         control: ctx.events.clone(),
-        stats: RefCell::new(CoreStats::new()),
+        stats: RefCell::new(stats),
         clock: quanta::Clock::new(),
+        started: Instant::now(),
         mesh,
         topology,
         drain: Drain::new(),
     });
     *stats_for_mesh.borrow_mut() = Some(shard.clone());
 
-    glommio::spawn_local(accept_loop(shard.clone(), shared)).detach();
-    glommio::spawn_local(accept_loop(shard.clone(), own)).detach();
+    watch::spawn(&shard, accept_loop(shard.clone(), shared));
+    watch::spawn(&shard, accept_loop(shard.clone(), own));
 
-    // Idle or not, a shard takes a new epoch within a tick, so stats show it everywhere.
+    // Idle or not, a shard takes a new epoch within a tick, so stats show it everywhere; and
+    // it reports its stats to the control thread every `stats_interval_ms`.
+    let report_every = Duration::from_millis(config.runtime.stats_interval_ms);
+    let mut reported = None::<Instant>;
     while !ctx.shutdown.load(Ordering::Relaxed) {
+        if reported.is_none_or(|at| at.elapsed() >= report_every) {
+            // Never blocks: when the channel is full this report is dropped (the next one
+            // carries the same counters, later).
+            let _ = ctx.reports.try_send(Some(Box::new(shard.snapshot())));
+            reported = Some(Instant::now());
+        }
         glommio::timer::sleep(tick).await;
         shard.refresh_rules();
     }
@@ -348,12 +385,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         match ConnectionSlot::take(&shard) {
-            Some(slot) => {
-                glommio::spawn_local(conn::serve(shard.clone(), stream, slot)).detach();
-            }
-            None => {
-                glommio::spawn_local(reject(shard.clone(), stream)).detach();
-            }
+            Some(slot) => watch::spawn(&shard, conn::serve(shard.clone(), stream, slot)),
+            None => watch::spawn(&shard, reject(shard.clone(), stream)),
         }
     }
     // Dropping the listener closes it: new connections are refused from here on.

@@ -1,9 +1,13 @@
 //! Per-core stats. Each shard owns one `CoreStats` (plain fields in a `RefCell`, never
-//! shared, never atomic); a stats request gathers snapshots from every shard over the mesh
-//! and merges histograms (percentiles are never averaged).
+//! shared, never atomic). Snapshots leave a shard two ways: every `stats_interval_ms` over
+//! a bounded thingbuf channel to the control thread (the admin endpoints read those), and
+//! fresh over the mesh for a stats request. Totals merge histograms (percentiles are never
+//! averaged).
 
 use hdrhistogram::Histogram;
-use verdict_net::{ErrorCode, ErrorCount, ModelStats, Percentiles, ShardStats, StatsReply};
+use verdict_net::{
+    ErrorCode, ErrorCount, KernelStats, LoopStats, ModelStats, Percentiles, ShardStats, StatsReply,
+};
 
 /// Highest latency the histogram tracks exactly, ns (larger values saturate here).
 const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -11,6 +15,12 @@ const LATENCY_NS_MAX: u64 = 60_000_000_000;
 const BATCH_MAX: u64 = 1 << 20;
 /// Slots for error counters, indexed by code.
 const ERROR_SLOTS: usize = 16;
+/// Highest batch time tracked, ns (larger values saturate here).
+const BATCH_NS_MAX: u64 = 10_000_000_000;
+
+fn batch_ns_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, BATCH_NS_MAX, 2).expect("valid bounds")
+}
 
 /// One shard's live counters.
 pub struct CoreStats {
@@ -27,6 +37,12 @@ pub struct CoreStats {
     batch_requests: Histogram<u64>,
     batch_events: Histogram<u64>,
     latency_ns: Histogram<u64>,
+    /// Time to answer one read's worth of requests.
+    batch_ns: Histogram<u64>,
+    polls: u64,
+    poll_ns_max: u64,
+    stalls: u64,
+    pub stall_threshold_ns: u64,
 }
 
 impl Default for CoreStats {
@@ -51,6 +67,24 @@ impl CoreStats {
             batch_requests: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             batch_events: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             latency_ns: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds"),
+            batch_ns: batch_ns_histogram(),
+            polls: 0,
+            poll_ns_max: 0,
+            stalls: 0,
+            stall_threshold_ns: u64::MAX,
+        }
+    }
+
+    pub fn record_batch_ns(&mut self, ns: u64) {
+        self.batch_ns.saturating_record(ns.max(1));
+    }
+
+    /// One task ran `ns` between two yields.
+    pub fn record_poll_ns(&mut self, ns: u64) {
+        self.polls += 1;
+        self.poll_ns_max = self.poll_ns_max.max(ns);
+        if ns > self.stall_threshold_ns {
+            self.stalls += 1;
         }
     }
 
@@ -73,13 +107,15 @@ impl CoreStats {
         self.batch_events.saturating_record(events.max(1));
     }
 
-    /// A copy to send to another shard, with each model's stats and call-time histogram.
+    /// A copy to send to another thread, with each model's stats and call-time histogram
+    /// and the executor's time split (`runtime`, whose batch and poll fields this fills).
     pub fn snapshot(
         &self,
         shard: u32,
         cpu: u32,
         epoch: u64,
         models: Vec<(ModelStats, Histogram<u64>)>,
+        runtime: LoopStats,
     ) -> Snapshot {
         let (models, call_ns): (Vec<_>, Vec<_>) = models.into_iter().unzip();
         let errors_by_code = ErrorCode::ALL
@@ -109,10 +145,20 @@ impl CoreStats {
                 batch_events: percentiles(&self.batch_events),
                 latency_ns: percentiles(&self.latency_ns),
                 models,
+                runtime: LoopStats {
+                    batch_ns: percentiles(&self.batch_ns),
+                    polls: self.polls,
+                    poll_ns_max: self.poll_ns_max,
+                    stalls: self.stalls,
+                    stall_threshold_ns: self.stall_threshold_ns,
+                    ..runtime
+                },
+                kernel: KernelStats::default(),
             },
             batch_requests: self.batch_requests.clone(),
             batch_events: self.batch_events.clone(),
             latency_ns: self.latency_ns.clone(),
+            batch_ns: self.batch_ns.clone(),
             call_ns,
         }
     }
@@ -125,8 +171,26 @@ pub struct Snapshot {
     batch_requests: Histogram<u64>,
     batch_events: Histogram<u64>,
     latency_ns: Histogram<u64>,
+    batch_ns: Histogram<u64>,
     /// Per model, aligned with `stats.models`.
     call_ns: Vec<Histogram<u64>>,
+}
+
+impl Snapshot {
+    /// Server-side latency, ns.
+    pub fn latency_ns(&self) -> &Histogram<u64> {
+        &self.latency_ns
+    }
+
+    /// Time per batch, ns.
+    pub fn batch_ns(&self) -> &Histogram<u64> {
+        &self.batch_ns
+    }
+
+    /// Per model (aligned with `stats.models`): time per call, ns.
+    pub fn call_ns(&self) -> &[Histogram<u64>] {
+        &self.call_ns
+    }
 }
 
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -143,9 +207,11 @@ pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
-/// Orders snapshots by shard and adds the total row.
+/// Orders snapshots by shard and adds the total row (kernel columns and probe states are
+/// the metrics plane's to add).
 pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
     snaps.sort_by_key(|s| s.stats.shard);
+    let mut batch_ns = batch_ns_histogram();
     let mut batch_requests = Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds");
     let mut batch_events = Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds");
     let mut latency_ns = Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds");
@@ -194,6 +260,15 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         t.connections_open += x.connections_open;
         t.connections_accepted += x.connections_accepted;
         t.connections_rejected += x.connections_rejected;
+        let (tr, xr) = (&mut t.runtime, &x.runtime);
+        tr.uptime_ns = tr.uptime_ns.max(xr.uptime_ns);
+        tr.busy_ns += xr.busy_ns;
+        tr.io_poll_ns += xr.io_poll_ns;
+        tr.parked_ns += xr.parked_ns;
+        tr.polls += xr.polls;
+        tr.poll_ns_max = tr.poll_ns_max.max(xr.poll_ns_max);
+        tr.stalls += xr.stalls;
+        tr.stall_threshold_ns = xr.stall_threshold_ns;
         for e in &x.errors_by_code {
             errors[e.code as usize % ERROR_SLOTS] += e.count;
         }
@@ -201,6 +276,7 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         batch_requests.add(&s.batch_requests).expect("same bounds");
         batch_events.add(&s.batch_events).expect("same bounds");
         latency_ns.add(&s.latency_ns).expect("same bounds");
+        batch_ns.add(&s.batch_ns).expect("same bounds");
     }
     total.errors_by_code = ErrorCode::ALL
         .into_iter()
@@ -213,6 +289,7 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
     total.batch_requests = percentiles(&batch_requests);
     total.batch_events = percentiles(&batch_events);
     total.latency_ns = percentiles(&latency_ns);
+    total.runtime.batch_ns = percentiles(&batch_ns);
     models.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     total.models = models
         .into_iter()
@@ -224,6 +301,7 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
     StatsReply {
         shards: snaps.into_iter().map(|s| s.stats).collect(),
         total,
+        probes: Vec::new(),
     }
 }
 
@@ -247,8 +325,8 @@ mod tests {
         slow.record_error(ErrorCode::BadField);
         slow.record_error(ErrorCode::Overloaded);
         let reply = merge(vec![
-            slow.snapshot(1, 1, 0, Vec::new()),
-            fast.snapshot(0, 0, 0, Vec::new()),
+            slow.snapshot(1, 1, 0, Vec::new(), LoopStats::default()),
+            fast.snapshot(0, 0, 0, Vec::new(), LoopStats::default()),
         ]);
         assert_eq!(reply.shards[0].shard, 0, "sorted by shard");
         assert_eq!(reply.total.requests, 1000);

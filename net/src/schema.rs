@@ -208,6 +208,68 @@ pub struct ShardStats {
     pub latency_ns: Percentiles,
     /// Per model this shard scores with (sorted by name).
     pub models: Vec<ModelStats>,
+    /// Where this shard's core spends its time (measured by the shard itself).
+    pub runtime: LoopStats,
+    /// What the kernel did on this shard's CPU (the eBPF probes; zeros for probes that are
+    /// off, see `StatsReply::probes`).
+    pub kernel: KernelStats,
+}
+
+/// A shard's own loop: time per batch, time parked in io_uring, and stalls (the longest a
+/// task ran between two yields, ScyllaDB's "reactor stall").
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct LoopStats {
+    /// Since the shard started serving.
+    pub uptime_ns: u64,
+    /// Running tasks (glommio's executor runtime).
+    pub busy_ns: u64,
+    /// Polling io_uring for completions without sleeping.
+    pub io_poll_ns: u64,
+    /// Parked in io_uring waiting for completions (or timers): the idle time.
+    pub parked_ns: u64,
+    /// Time to decide one read's worth of requests (one batch), ns.
+    pub batch_ns: Percentiles,
+    /// Task polls (runs between two yields) timed.
+    pub polls: u64,
+    /// The longest task poll, ns.
+    pub poll_ns_max: u64,
+    /// Polls longer than `stall_threshold_ns`.
+    pub stalls: u64,
+    pub stall_threshold_ns: u64,
+}
+
+/// The kernel's view of one CPU, from the eBPF probes (summed over CPUs in the total).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct KernelStats {
+    /// Run-queue delay of the engine's threads (wake-up or preemption -> running), ns; from
+    /// log2 buckets, so each percentile is the upper bound of its bucket.
+    pub runq_delay_ns: Percentiles,
+    /// The log2 buckets: entry i counts delays in [2^i, 2^(i+1)) ns.
+    pub runq_delay_ns_log2: Vec<u64>,
+    /// io_uring requests submitted and completed by the engine's threads.
+    pub io_uring_submits: u64,
+    pub io_uring_completions: u64,
+    /// TCP retransmits on this CPU, every process's (the kernel retransmits from timers).
+    pub tcp_retransmits: u64,
+    /// Softirqs handled on this CPU and the time they took, every process's.
+    pub softirqs: u64,
+    pub softirq_ns: u64,
+    /// Syscall latency of the engine's threads, ns (the opt-in `syscalls` probe).
+    pub syscall_ns: Percentiles,
+    pub syscall_ns_log2: Vec<u64>,
+}
+
+/// Whether one group of eBPF probes runs, and if not, why.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ProbeState {
+    /// `runqueue`, `io_uring`, `tcp_retransmit`, `softirq` or `syscalls`.
+    pub group: String,
+    pub active: bool,
+    /// Empty when active.
+    pub reason: String,
 }
 
 /// One model's calls on one shard (or, in the total, on all of them).
@@ -239,6 +301,8 @@ pub struct ModelStats {
 pub struct StatsReply {
     pub shards: Vec<ShardStats>,
     pub total: ShardStats,
+    /// Each eBPF probe group's state.
+    pub probes: Vec<ProbeState>,
 }
 
 /// The payload of a topology response: everything a shard-aware client needs.

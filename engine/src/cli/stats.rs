@@ -1,18 +1,38 @@
-//! `verdict stats`: one row per core plus the total; `--json` for machines.
+//! `verdict stats`: one row per core plus the total, the cores' loop and kernel columns,
+//! the models; `--json` for machines; `--watch` to refresh every second.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use verdict_net::{ErrorCode, Percentiles, ShardStats, StatsReply};
+use verdict_net::{ErrorCode, KernelStats, LoopStats, Percentiles, ShardStats, StatsReply};
 
 use super::connect;
 
-pub fn run(addr: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let reply = connect(addr)?.stats()?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&reply))?);
-    } else {
-        print!("{}", table(&reply));
+/// `watch`: `None` prints once; `Some(0)` refreshes every second until interrupted;
+/// `Some(n)` prints n times.
+pub fn run(addr: &str, as_json: bool, watch: Option<u64>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr)?;
+    let rounds = match watch {
+        None => 1,
+        Some(0) => u64::MAX,
+        Some(n) => n,
+    };
+    let mut next = Instant::now();
+    for round in 0..rounds {
+        let reply = client.stats()?;
+        match (as_json, watch.is_some()) {
+            // One JSON document per line, so a watcher can pipe it.
+            (true, true) => println!("{}", serde_json::to_string(&to_json(&reply))?),
+            (true, false) => println!("{}", serde_json::to_string_pretty(&to_json(&reply))?),
+            // Clear the screen and print from the top.
+            (false, true) => print!("\x1b[2J\x1b[H{addr} every 1 s\n{}", table(&reply)),
+            (false, false) => print!("{}", table(&reply)),
+        }
+        if round + 1 < rounds {
+            next += Duration::from_secs(1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -41,6 +61,8 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),
+        "runtime": runtime_json(&s.runtime),
+        "kernel": kernel_json(&s.kernel),
         "models": s.models.iter().map(|m| json!({
             "name": m.name, "version": m.version, "calls": m.calls, "rows": m.rows,
             "traps": m.traps, "timeouts": m.timeouts, "errors": m.errors,
@@ -50,12 +72,43 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
     })
 }
 
-/// The JSON form (also what the admin endpoint will serve).
+fn runtime_json(r: &LoopStats) -> serde_json::Value {
+    json!({
+        "uptime_ns": r.uptime_ns, "busy_ns": r.busy_ns, "io_poll_ns": r.io_poll_ns,
+        "parked_ns": r.parked_ns, "batch_ns": percentiles_json(&r.batch_ns),
+        "polls": r.polls, "poll_ns_max": r.poll_ns_max, "stalls": r.stalls,
+        "stall_threshold_ns": r.stall_threshold_ns,
+    })
+}
+
+fn kernel_json(k: &KernelStats) -> serde_json::Value {
+    json!({
+        "runq_delay_ns": percentiles_json(&k.runq_delay_ns),
+        "runq_delay_ns_log2": k.runq_delay_ns_log2,
+        "io_uring_submits": k.io_uring_submits,
+        "io_uring_completions": k.io_uring_completions,
+        "tcp_retransmits": k.tcp_retransmits,
+        "softirqs": k.softirqs, "softirq_ns": k.softirq_ns,
+        "syscall_ns": percentiles_json(&k.syscall_ns),
+        "syscall_ns_log2": k.syscall_ns_log2,
+    })
+}
+
+/// The JSON form (also what the admin endpoint `/stats` serves).
 pub fn to_json(reply: &StatsReply) -> serde_json::Value {
     let mut total = row_json(&reply.total);
     total["shard"] = json!("total");
     total["cpu"] = json!(null);
-    json!({ "shards": reply.shards.iter().map(row_json).collect::<Vec<_>>(), "total": total })
+    let probes: Vec<serde_json::Value> = reply
+        .probes
+        .iter()
+        .map(|p| json!({ "group": p.group, "active": p.active, "reason": p.reason }))
+        .collect();
+    json!({
+        "shards": reply.shards.iter().map(row_json).collect::<Vec<_>>(),
+        "total": total,
+        "probes": probes,
+    })
 }
 
 fn us(ns: u64) -> String {
@@ -125,6 +178,7 @@ pub fn table(reply: &StatsReply) -> String {
     out.push_str(
         "latency: server side, frame complete -> response queued; batch: requests per read (p50)\n",
     );
+    out.push_str(&cores(reply));
     let with_models: Vec<&ShardStats> = reply
         .shards
         .iter()
@@ -166,6 +220,87 @@ pub fn table(reply: &StatsReply) -> String {
             ));
         }
         out.push_str("models: one call scores a batch's events; exhausted: events given the fallback with no instance ready\n");
+    }
+    out
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.1}", part as f64 * 100.0 / whole as f64)
+}
+
+/// Where each core's time goes (its own loop) and what the kernel did on its CPU.
+fn cores(reply: &StatsReply) -> String {
+    let mut out = format!(
+        "\n{:>5} {:>4} {:>6} {:>7} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}\n",
+        "shard",
+        "cpu",
+        "busy%",
+        "parked%",
+        "batch p99",
+        "poll max",
+        "stalls",
+        "runq p50",
+        "runq p99",
+        "uring sub",
+        "uring cmp",
+        "retrans",
+        "softirq ms"
+    );
+    let row = |s: &ShardStats, name: String, cpu: String| {
+        let (r, k) = (&s.runtime, &s.kernel);
+        let runq = |ns: u64| {
+            if k.runq_delay_ns.count == 0 {
+                "-".into()
+            } else {
+                us(ns)
+            }
+        };
+        format!(
+            "{:>5} {:>4} {:>6} {:>7} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>10} {:>10} {:>8} {:>10.1}\n",
+            name,
+            cpu,
+            percent(r.busy_ns, r.uptime_ns),
+            percent(r.parked_ns, r.uptime_ns),
+            us(r.batch_ns.p99),
+            us(r.poll_ns_max),
+            r.stalls,
+            runq(k.runq_delay_ns.p50),
+            runq(k.runq_delay_ns.p99),
+            k.io_uring_submits,
+            k.io_uring_completions,
+            k.tcp_retransmits,
+            k.softirq_ns as f64 / 1e6,
+        )
+    };
+    for s in &reply.shards {
+        out.push_str(&row(s, s.shard.to_string(), s.cpu.to_string()));
+    }
+    out.push_str(&row(&reply.total, "total".into(), "-".into()));
+    let stall_us = reply.total.runtime.stall_threshold_ns / 1000;
+    out.push_str(&format!(
+        "core: busy/parked = running tasks / parked in io_uring, of uptime; batch p99 and poll max in us; \
+         stalls: task polls over {stall_us} us\n\
+         kernel (eBPF): runq = run-queue delay of the engine's threads in us (log2 buckets); \
+         uring = io_uring ops; retrans and softirq are the CPU's, every process's\n"
+    ));
+    let states: Vec<String> = reply
+        .probes
+        .iter()
+        .map(|p| {
+            if p.active {
+                format!("{} on", p.group)
+            } else if p.reason.starts_with("off") {
+                format!("{} {}", p.group, p.reason)
+            } else {
+                format!("{} off: {}", p.group, p.reason)
+            }
+        })
+        .collect();
+    if !states.is_empty() {
+        out.push_str(&format!("probes: {}\n", states.join("; ")));
     }
     out
 }

@@ -15,6 +15,8 @@ pub struct Server {
     pub child: Child,
     pub port: u16,
     pub shard_ports: Vec<u16>,
+    /// The admin HTTP port.
+    pub admin_port: u16,
     pub dir: tempdir::Dir,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -154,6 +156,7 @@ impl Server {
                 .to_string()
         };
         let port = field("port").parse().unwrap();
+        let admin_port = field("admin_port").parse().unwrap();
         let shard_ports = field("shard_ports")
             .split(',')
             .map(|p| p.parse().unwrap())
@@ -169,6 +172,7 @@ impl Server {
             child,
             port,
             shard_ports,
+            admin_port,
             dir,
             stderr,
         }
@@ -260,6 +264,26 @@ pub fn stream(
     }
     assert_eq!(sent, answered);
     (answered, last_epoch)
+}
+
+/// A plain HTTP/1.0 request to the admin port: (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path)
 }
 
 pub fn client(addr: &str) -> Client {
