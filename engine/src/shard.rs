@@ -184,9 +184,14 @@ impl Shard {
 
     /// This shard's stats now, with its executor's time split. Runs on the shard's thread.
     pub fn snapshot(&self) -> Snapshot {
+        // glommio hands out the time since the previous call (and resets it): add it up.
         let executor = glommio::executor().executor_stats();
-        let busy = executor.executor_runtime().as_nanos() as u64;
-        let with_io = executor.total_runtime().as_nanos() as u64;
+        let (busy, with_io) = {
+            let mut s = self.stats.borrow_mut();
+            s.busy_ns += executor.executor_runtime().as_nanos() as u64;
+            s.with_io_ns += executor.total_runtime().as_nanos() as u64;
+            (s.busy_ns, s.with_io_ns)
+        };
         let uptime = self.started.elapsed().as_nanos() as u64;
         let runtime = LoopStats {
             uptime_ns: uptime,

@@ -43,6 +43,9 @@ pub struct CoreStats {
     poll_ns_max: u64,
     stalls: u64,
     pub stall_threshold_ns: u64,
+    /// The executor's time running tasks, and running tasks or polling io_uring, since start.
+    pub busy_ns: u64,
+    pub with_io_ns: u64,
 }
 
 impl Default for CoreStats {
@@ -72,6 +75,8 @@ impl CoreStats {
             poll_ns_max: 0,
             stalls: 0,
             stall_threshold_ns: u64::MAX,
+            busy_ns: 0,
+            with_io_ns: 0,
         }
     }
 

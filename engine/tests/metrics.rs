@@ -318,6 +318,23 @@ fn stalls_are_counted_against_the_configured_threshold() {
     assert!(runtime["stalls"].as_u64().unwrap() > 0, "{runtime}");
     assert!(runtime["poll_ns_max"].as_u64().unwrap() > 1000);
     assert!(runtime["batch_ns"]["count"].as_u64().unwrap() > 0);
+    // Time splits add up over time (glommio resets its own counters on every read).
+    let busy = runtime["busy_ns"].as_u64().unwrap();
+    assert!(busy > 0);
+    send_events(&server, 200);
+    let out = verdict(&["stats", "--addr", &server.addr(), "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let again = &again["total"]["runtime"];
+    assert!(
+        again["busy_ns"].as_u64().unwrap() > busy,
+        "busy time went back: {again}"
+    );
+    let parts = ["busy_ns", "io_poll_ns", "parked_ns"].map(|k| again[k].as_u64().unwrap());
+    let uptime_all_shards = 2 * again["uptime_ns"].as_u64().unwrap();
+    assert!(
+        parts.iter().sum::<u64>() <= uptime_all_shards + 1_000_000,
+        "{again}"
+    );
     // With the default 1 ms threshold the same load stalls nowhere near every poll.
     let server = Server::with_topology(&fast_topology());
     send_events(&server, 200);

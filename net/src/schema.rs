@@ -226,13 +226,14 @@ pub struct LoopStats {
     pub busy_ns: u64,
     /// Polling io_uring for completions without sleeping.
     pub io_poll_ns: u64,
-    /// Parked in io_uring waiting for completions (or timers): the idle time.
+    /// The rest of the wall time: parked in io_uring waiting for completions (or timers),
+    /// or runnable but not running (see the run-queue delay in `KernelStats`).
     pub parked_ns: u64,
     /// Time to decide one read's worth of requests (one batch), ns.
     pub batch_ns: Percentiles,
     /// Task polls (runs between two yields) timed.
     pub polls: u64,
-    /// The longest task poll, ns.
+    /// The longest task poll, ns (wall time: being preempted mid-poll counts).
     pub poll_ns_max: u64,
     /// Polls longer than `stall_threshold_ns`.
     pub stalls: u64,
