@@ -281,7 +281,7 @@ fn cores(reply: &StatsReply) -> String {
     out.push_str(&row(&reply.total, "total".into(), "-".into()));
     let stall_us = reply.total.runtime.stall_threshold_ns / 1000;
     out.push_str(&format!(
-        "core: busy/parked = running tasks / parked in io_uring, of uptime; batch p99 and poll max in us; \
+        "core: busy = running tasks, parked = neither running nor polling (waiting in io_uring, or preempted), of uptime; batch p99 and poll max in us; \
          stalls: task polls over {stall_us} us\n\
          kernel (eBPF): runq = run-queue delay of the engine's threads in us (log2 buckets); \
          uring = io_uring ops; retrans and softirq are the CPU's, every process's\n"
