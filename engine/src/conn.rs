@@ -98,6 +98,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
         }
         let flow = conn.answer_batch(&shard).await;
         if !conn.out.is_empty() {
+            // Let every other connection that is ready decide its batch before this one
+            // sends: the shard's sends then leave back to back, and a client woken by the
+            // first finds the rest already there, instead of being woken once per response
+            // (on loopback each wake-up of a sleeping client costs the sender an IPI). One
+            // trip through the run queue; measured in the README's Performance section.
+            futures_lite::future::yield_now().await;
             if stream.write_all(&conn.out).await.is_err() {
                 break;
             }
