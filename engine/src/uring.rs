@@ -89,7 +89,10 @@ pub fn probe() -> Result<UringReport, UringUnavailable> {
         ("RECV", probe.is_supported(opcode::Recv::CODE)),
         ("SEND", probe.is_supported(opcode::Send::CODE)),
     ];
-    let coop_taskrun = IoUring::<io_uring::squeue::Entry>::builder().setup_coop_taskrun().build(8).is_ok();
+    let coop_taskrun = IoUring::<io_uring::squeue::Entry>::builder()
+        .setup_coop_taskrun()
+        .build(8)
+        .is_ok();
     Ok(UringReport {
         opcodes,
         kernel: kernel_release(),
