@@ -53,11 +53,7 @@ pub fn serve(
     if let Some(cpu) = cpu {
         let _ = monoio::utils::bind_to_cpu_set([cpu]);
     }
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(1024)
-        .build()?;
-    rt.block_on(async move {
+    crate::run_monoio(async move {
         let listener = TcpListener::bind(addr)?;
         ready(listener.local_addr()?);
         let canned = std::rc::Rc::new(canned());
@@ -68,7 +64,7 @@ pub fn serve(
                 let _ = connection(stream, &canned).await;
             });
         }
-    })
+    })?
 }
 
 async fn connection(mut stream: TcpStream, canned: &Canned) -> std::io::Result<()> {

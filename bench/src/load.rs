@@ -147,12 +147,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                     if let Some(cpu) = cpu {
                         let _ = monoio::utils::bind_to_cpu_set([cpu]);
                     }
-                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                        .enable_timer()
-                        .with_entries(1024)
-                        .build()
-                        .expect("monoio runtime");
-                    rt.block_on(thread_main(plan, t, start))
+                    crate::run_monoio(thread_main(plan, t, start)).expect("monoio runtime")
                 })?,
         );
     }
