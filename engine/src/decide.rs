@@ -63,6 +63,12 @@ pub fn decide<'r>(
         scratch.outcomes.push(rules.outcome());
     }
     let outcomes = &mut scratch.outcomes[..events.len()];
+    if events.len() > 1 {
+        // Every event's entity lookups start loading before the first is recorded.
+        for event in events {
+            rules.prefetch(event, state);
+        }
+    }
     for (event, out) in events.iter().zip(outcomes.iter_mut()) {
         rules.prepare(event, state, out);
     }

@@ -20,6 +20,7 @@ mod branch;
 pub mod check;
 pub mod compile;
 pub mod diag;
+mod entity_index;
 pub mod epoch;
 pub mod event;
 pub mod interp;
