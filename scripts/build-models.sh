@@ -13,6 +13,6 @@ for src in "$here"/models/examples/*/wasm.rs; do
     # Flags meant for a host build must not leak into the wasm build.
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "$rustc" --edition 2024 \
         --crate-type cdylib --crate-name "$name" --target wasm32-unknown-unknown \
-        -C opt-level=3 -C panic=abort -C strip=symbols -C debuginfo=0 \
+        -C opt-level=3 -C target-feature=+simd128 -C panic=abort -C strip=symbols -C debuginfo=0 \
         -o "$dest" "$src"
 done

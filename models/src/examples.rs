@@ -53,3 +53,39 @@ pub fn native(name: &str) -> Option<NativeScore> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fraud_gbdt::{COLS, TREES, comparisons, exits, walked_leaf};
+
+    /// The tree ensemble's QuickScorer tables send every row to the leaf the plain walk
+    /// reaches, in every tree: rows at, just above and just below each threshold, and
+    /// random ones (NaN included, which no split sends right).
+    #[test]
+    fn quickscorer_exits_are_the_walked_leaves() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let value = |rng: &mut fastrand::Rng| match rng.u8(..8) {
+            0 => f32::NAN,
+            1 => -1e9,
+            2 => 1e9,
+            3 => rng.i32(-2..40) as f32,
+            4 => rng.i32(-2..40) as f32 + 0.5,
+            5 => rng.f32() * 3.0 - 1.0,
+            6 => [
+                4829.0, 5411.0, 5732.0, 5812.0, 5999.0, 6011.0, 6051.0, 7995.0,
+            ][rng.usize(..8)],
+            _ => rng.f32() * 10_000.0,
+        };
+        for _ in 0..2000 {
+            let row: Vec<f32> = (0..COLS).map(|_| value(&mut rng)).collect();
+            let (mask, exits) = (comparisons(&row), exits(&row));
+            for t in 0..TREES {
+                assert_eq!(
+                    exits[t].trailing_zeros() as usize,
+                    walked_leaf(t, mask),
+                    "tree {t}, row {row:?}"
+                );
+            }
+        }
+    }
+}

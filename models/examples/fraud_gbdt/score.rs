@@ -5,8 +5,9 @@
 //! The ensemble is synthetic: built at compile time from a fixed seed, with split thresholds
 //! at plausible quantiles of each feature and leaf values that lean towards risk on the
 //! risky side of a split. It has the size, shape and cost of a trained model of this class
-//! (300 x 31 splits), not its accuracy. Splits are evaluated as bits of one comparison word
-//! per row (see [`comparisons`]).
+//! (300 x 31 splits), not its accuracy. It is scored QuickScorer-style (see [`LEAF_MASKS`]):
+//! each feature's bin selects one precomputed leaf mask per tree, and the exit leaves fall
+//! out of ANDs, with no tree walk; [`walked_leaf`] is the plain walk it is tested against.
 
 use super::math;
 
@@ -80,12 +81,112 @@ const fn build() -> [Tree; TREES] {
     trees
 }
 
-pub static ENSEMBLE: [Tree; TREES] = build();
+/// The ensemble, built once by the compiler (the QuickScorer tables below are derived from it).
+const BUILT: [Tree; TREES] = build();
+pub static ENSEMBLE: [Tree; TREES] = BUILT;
 
-/// Every split the ensemble can make on `row`, as one word: bit `f * 8 + q` is set when
-/// feature `f` is above its `q`-th candidate threshold. (Trained ensembles split at a few
-/// bin boundaries per feature too; this is how histogram-based inference walks them.)
-fn comparisons(row: &[f32]) -> u64 {
+/// Bins per feature: a value is in bin `b` when it is above exactly its first `b` candidate
+/// thresholds (they ascend), so a split `(f, q)` goes right exactly when `f`'s bin is above `q`.
+const BINS: usize = 9;
+
+/// QuickScorer tables (Lucchese et al., SIGIR 2015): bit `l` of `LEAF_MASKS[f][b][t]` is clear
+/// when a row whose feature `f` is in bin `b` cannot exit tree `t` at leaf `l` because of a
+/// split on `f`: it is in the left subtree of a split on `f` that the row goes right at.
+/// ANDing a row's eight masks per tree leaves the exit leaf as the lowest bit still set
+/// (every leaf left of the exit is in the left subtree of a split on the path that went
+/// right; the exit leaf is in no such subtree). Feature-major, so a row reads eight
+/// contiguous runs of `TREES` words.
+static LEAF_MASKS: [[[u32; TREES]; BINS]; COLS] = leaf_masks(&BUILT);
+
+const fn leaf_masks(trees: &[Tree; TREES]) -> [[[u32; TREES]; BINS]; COLS] {
+    let mut masks = [[[u32::MAX; TREES]; BINS]; COLS];
+    let mut t = 0;
+    while t < TREES {
+        let mut s = 0;
+        while s < SPLITS {
+            let (f, q) = (trees[t].bit[s] as usize / 8, trees[t].bit[s] as usize % 8);
+            // Split `s` sits at depth `d`, `p`-th from the left; it spans `width` leaves, the
+            // first half of them in its left subtree.
+            let mut d = 0;
+            while (1 << (d + 1)) - 1 <= s {
+                d += 1;
+            }
+            let p = s - ((1 << d) - 1);
+            let width = 1 << (DEPTH - d);
+            let left = (((1u64 << (width / 2)) - 1) << (p * width)) as u32;
+            let mut b = q + 1;
+            while b < BINS {
+                masks[f][b][t] &= !left;
+                b += 1;
+            }
+            s += 1;
+        }
+        t += 1;
+    }
+    masks
+}
+
+/// Each feature's bin for `row`.
+fn bins(row: &[f32]) -> [usize; COLS] {
+    let mut bins = [0; COLS];
+    for ((bin, &x), thresholds) in bins.iter_mut().zip(row).zip(THRESHOLDS.iter()) {
+        for &t in thresholds {
+            *bin += usize::from(x > t);
+        }
+    }
+    bins
+}
+
+/// Trees whose exit leaves come from one 4-lane AND of each feature's masks.
+const LANES: usize = 4;
+
+/// Per tree, the leaves `row` may still exit at after every split it goes right at: the
+/// exit leaf is the lowest bit set. No branch and no chain of dependent loads: per group of
+/// [`LANES`] trees, one AND of the eight features' masks.
+pub fn exits(row: &[f32]) -> [u32; TREES] {
+    let bins = bins(row);
+    let masks: [&[u32; TREES]; COLS] = core::array::from_fn(|f| &LEAF_MASKS[f][bins[f]]);
+    let mut exits = [u32::MAX; TREES];
+    for (g, exits) in exits.chunks_exact_mut(LANES).enumerate() {
+        let mut group = [u32::MAX; LANES];
+        for masks in &masks {
+            for (exit, &mask) in group.iter_mut().zip(&masks[g * LANES..(g + 1) * LANES]) {
+                *exit &= mask;
+            }
+        }
+        exits.copy_from_slice(&group);
+    }
+    exits
+}
+
+/// The ensemble's raw sum for `row`: its exit leaves' values, added in [`LANES`] interleaved
+/// lanes (tree `t` into lane `t % LANES`) so the additions overlap, then the lanes pairwise.
+fn raw_sum(row: &[f32]) -> f64 {
+    let exits = exits(row);
+    let mut lanes = [0.0f64; LANES];
+    for (trees, exits) in ENSEMBLE.chunks_exact(LANES).zip(exits.chunks_exact(LANES)) {
+        for ((lane, tree), &exit) in lanes.iter_mut().zip(trees).zip(exits) {
+            *lane += f64::from(tree.leaf[exit.trailing_zeros() as usize & (LEAVES - 1)]);
+        }
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+}
+
+/// Scores `rows` rows of `cols` features into `out`; -2 if `cols` is not [`COLS`].
+pub fn score(rows: usize, cols: usize, input: &[f32], out: &mut [f64]) -> i32 {
+    if cols != COLS {
+        return -2;
+    }
+    for (row, o) in input.chunks_exact(COLS).take(rows).zip(out.iter_mut()) {
+        *o = math::sigmoid(BASE + raw_sum(row));
+    }
+    0
+}
+
+/// The plain walk, kept as the reference the QuickScorer tables are tested against: every
+/// split the ensemble can make on `row` as one word (bit `f * 8 + q`: feature `f` is above
+/// its `q`-th threshold) ...
+pub fn comparisons(row: &[f32]) -> u64 {
     let mut mask = 0u64;
     for (f, (&x, thresholds)) in row.iter().zip(THRESHOLDS.iter()).enumerate() {
         for (q, &t) in thresholds.iter().enumerate() {
@@ -95,56 +196,14 @@ fn comparisons(row: &[f32]) -> u64 {
     mask
 }
 
-/// Rows walked together through each tree: their paths are independent, so the processor
-/// overlaps them, and the loop over trees (with its bookkeeping) runs once per group.
-const GROUP: usize = 4;
-
-/// The ensemble's raw sum for each of `N` rows, given their comparison words. Each row's
-/// trees are added in ensemble order, so a row's sum does not depend on its group.
-#[inline(always)]
-fn walk<const N: usize>(masks: [u64; N]) -> [f64; N] {
-    let mut sums = [0.0f64; N];
-    for tree in ENSEMBLE.iter() {
-        for (mask, sum) in masks.iter().zip(sums.iter_mut()) {
-            // `node` is the split being taken, `path` the turns so far (1 = right): after
-            // DEPTH turns it is the leaf's index.
-            let (mut node, mut path) = (0usize, 0usize);
-            for _ in 0..DEPTH {
-                let right = ((mask >> (tree.bit[node] & 63)) & 1) as usize;
-                path = 2 * path + right;
-                node = 2 * node + 1 + right;
-            }
-            *sum += f64::from(tree.leaf[path & (LEAVES - 1)]);
-        }
+/// ... and the leaf tree `t` sends it to, split by split from the root.
+pub fn walked_leaf(t: usize, mask: u64) -> usize {
+    let tree = &ENSEMBLE[t];
+    let (mut node, mut path) = (0usize, 0usize);
+    for _ in 0..DEPTH {
+        let right = ((mask >> (tree.bit[node] & 63)) & 1) as usize;
+        path = 2 * path + right;
+        node = 2 * node + 1 + right;
     }
-    sums
-}
-
-/// Scores `rows` rows of `cols` features into `out`; -2 if `cols` is not [`COLS`].
-pub fn score(rows: usize, cols: usize, input: &[f32], out: &mut [f64]) -> i32 {
-    if cols != COLS {
-        return -2;
-    }
-    let input = &input[..rows * COLS];
-    let out = &mut out[..rows];
-    let mut groups = input.chunks_exact(COLS * GROUP);
-    let mut outs = out.chunks_exact_mut(GROUP);
-    for (rows, outs) in (&mut groups).zip(&mut outs) {
-        let mut masks = [0u64; GROUP];
-        for (mask, row) in masks.iter_mut().zip(rows.chunks_exact(COLS)) {
-            *mask = comparisons(row);
-        }
-        for (o, sum) in outs.iter_mut().zip(walk(masks)) {
-            *o = math::sigmoid(BASE + sum);
-        }
-    }
-    for (row, o) in groups
-        .remainder()
-        .chunks_exact(COLS)
-        .zip(outs.into_remainder())
-    {
-        let [sum] = walk([comparisons(row)]);
-        *o = math::sigmoid(BASE + sum);
-    }
-    0
+    path
 }
