@@ -79,9 +79,10 @@ mod tests {
         for _ in 0..2000 {
             let row: Vec<f32> = (0..COLS).map(|_| value(&mut rng)).collect();
             let (mask, exits) = (comparisons(&row), exits(&row));
-            for t in 0..TREES {
+            assert_eq!(exits.len(), TREES);
+            for (t, exit) in exits.iter().enumerate() {
                 assert_eq!(
-                    exits[t].trailing_zeros() as usize,
+                    exit.trailing_zeros() as usize,
                     walked_leaf(t, mask),
                     "tree {t}, row {row:?}"
                 );

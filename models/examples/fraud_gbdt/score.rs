@@ -81,9 +81,8 @@ const fn build() -> [Tree; TREES] {
     trees
 }
 
-/// The ensemble, built once by the compiler (the QuickScorer tables below are derived from it).
-const BUILT: [Tree; TREES] = build();
-pub static ENSEMBLE: [Tree; TREES] = BUILT;
+/// The ensemble, built by the compiler (the QuickScorer tables below are derived from it).
+pub static ENSEMBLE: [Tree; TREES] = build();
 
 /// Bins per feature: a value is in bin `b` when it is above exactly its first `b` candidate
 /// thresholds (they ascend), so a split `(f, q)` goes right exactly when `f`'s bin is above `q`.
@@ -96,7 +95,7 @@ const BINS: usize = 9;
 /// (every leaf left of the exit is in the left subtree of a split on the path that went
 /// right; the exit leaf is in no such subtree). Feature-major, so a row reads eight
 /// contiguous runs of `TREES` words.
-static LEAF_MASKS: [[[u32; TREES]; BINS]; COLS] = leaf_masks(&BUILT);
+static LEAF_MASKS: [[[u32; TREES]; BINS]; COLS] = leaf_masks(&ENSEMBLE);
 
 const fn leaf_masks(trees: &[Tree; TREES]) -> [[[u32; TREES]; BINS]; COLS] {
     let mut masks = [[[u32::MAX; TREES]; BINS]; COLS];
