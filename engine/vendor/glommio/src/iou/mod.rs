@@ -80,6 +80,11 @@ pub use registrar::{Personality, Registrar};
 /// `IORING_SETUP_COOP_TASKRUN` (Linux 5.19): completions' task work runs when the ring's
 /// thread next enters the kernel instead of interrupting it (verdict patch).
 const IORING_SETUP_COOP_TASKRUN: libc::c_uint = 1 << 8;
+/// `IORING_SETUP_TASKRUN_FLAG` (Linux 5.19): the kernel then sets [`IORING_SQ_TASKRUN`] in the
+/// SQ ring's flags while such work waits (verdict patch).
+const IORING_SETUP_TASKRUN_FLAG: libc::c_uint = 1 << 9;
+/// SQ ring flag: completion work waits for this ring's thread to enter the kernel.
+const IORING_SQ_TASKRUN: libc::c_uint = 1 << 2;
 
 bitflags::bitflags! {
     /// [`IoUring`] initialization flags for advanced use cases.
@@ -157,7 +162,7 @@ impl IoUring {
             // entry into the kernel, which a glommio executor makes constantly. Kernels
             // before 5.19 refuse the flag (EINVAL): the ring is then made as before.
             let mut params: uring_sys::io_uring_params = mem::zeroed();
-            params.flags = flags.bits() | IORING_SETUP_COOP_TASKRUN;
+            params.flags = flags.bits() | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
             params.features = features.bits();
             let coop = uring_sys::io_uring_queue_init_params(
                 entries as _,
@@ -298,6 +303,44 @@ impl IoUring {
 
     pub fn raw(&self) -> &uring_sys::io_uring {
         &self.ring
+    }
+
+    /// verdict patch: with cooperative task running, a completion caused by another CPU
+    /// waits as task work until this thread enters the kernel, and glommio's reactor only
+    /// enters it to submit or to sleep; a spinning or busy executor would not see the CQE.
+    /// When the kernel has flagged such work (`IORING_SQ_TASKRUN`), run it now with one
+    /// `io_uring_enter(GETEVENTS, min_complete = 0)`, which never blocks. One load otherwise.
+    pub fn flush_task_work(&self) -> io::Result<()> {
+        // SAFETY: `kflags` points into the SQ ring the kernel mapped for this ring's life;
+        // the kernel updates it concurrently, hence the atomic load.
+        let flags = unsafe {
+            (*(self.ring.sq.kflags as *const std::sync::atomic::AtomicU32))
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        if flags & IORING_SQ_TASKRUN == 0 {
+            return Ok(());
+        }
+        // SAFETY: io_uring_enter on our own ring fd, submitting nothing, waiting for nothing.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.ring.ring_fd,
+                0,
+                0,
+                uring_sys::IORING_ENTER_GETEVENTS,
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY) => Ok(()),
+                _ => Err(e),
+            }
+        } else {
+            Ok(())
+        }
     }
 
     pub unsafe fn raw_mut(&mut self) -> &mut uring_sys::io_uring {

@@ -655,6 +655,12 @@ pub(crate) trait UringCommon {
     fn may_rush(&self) -> bool {
         true
     }
+    /// verdict patch: runs completion work the kernel holds for this thread (cooperative
+    /// task running), so `consume_completion_queue` sees those CQEs. Rings whose
+    /// completions are collected by entering the kernel anyway need nothing.
+    fn flush_task_work(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 
     fn consume_sqe_queue(
         &mut self,
@@ -742,6 +748,7 @@ pub(crate) trait UringCommon {
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
             .or_else(Reactor::intr_ok)?;
+        self.flush_task_work()?;
         self.consume_completion_queue(woke);
         Ok(())
     }
@@ -1130,8 +1137,13 @@ impl UringCommon for SleepableRing {
 
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
+        // kernel posts the CQEs asynchronously for us; with cooperative task running,
+        // once `flush_task_work` has run what it holds back)
         self.waiting_kernel_submission() > 0
+    }
+
+    fn flush_task_work(&mut self) -> io::Result<()> {
+        self.ring.flush_task_work()
     }
 
     fn can_sleep(&self) -> bool {
