@@ -33,15 +33,13 @@ impl EntityIndex {
     /// An index for at most `entities_max` entries, at most half full.
     pub fn new(entities_max: usize) -> EntityIndex {
         let slots = (2 * entities_max).max(8).next_power_of_two();
+        // Zeroed memory straight from the allocator: pages are only touched as entities
+        // arrive, so an index reserved for many entities costs address space, not RAM.
+        // SAFETY: a Slot of zeros is a valid, empty slot (`hash == EMPTY`, two integers).
+        let slots_zeroed = unsafe { Box::<[Slot]>::new_zeroed_slice(slots).assume_init() };
+        const { assert!(EMPTY == 0) };
         EntityIndex {
-            slots: vec![
-                Slot {
-                    hash: EMPTY,
-                    entity: 0
-                };
-                slots
-            ]
-            .into_boxed_slice(),
+            slots: slots_zeroed,
             mask: slots - 1,
             len: 0,
         }
