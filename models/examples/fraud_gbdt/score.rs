@@ -138,6 +138,7 @@ fn bins(row: &[f32]) -> [usize; COLS] {
 
 /// Trees whose exit leaves come from one 4-lane AND of each feature's masks.
 const LANES: usize = 4;
+const _: () = assert!(TREES.is_multiple_of(LANES), "every tree is in a group of LANES");
 
 /// Per tree, the leaves `row` may still exit at after every split it goes right at: the
 /// exit leaf is the lowest bit set. No branch and no chain of dependent loads: per group of
@@ -165,6 +166,9 @@ fn raw_sum(row: &[f32]) -> f64 {
     let mut lanes = [0.0f64; LANES];
     for (trees, exits) in ENSEMBLE.chunks_exact(LANES).zip(exits.chunks_exact(LANES)) {
         for ((lane, tree), &exit) in lanes.iter_mut().zip(trees).zip(exits) {
+            // The rightmost leaf is never cleared (it is in no left subtree), so `exit` is
+            // never 0; the mask keeps the index in bounds without a check.
+            debug_assert_ne!(exit, 0);
             *lane += f64::from(tree.leaf[exit.trailing_zeros() as usize & (LEAVES - 1)]);
         }
     }
