@@ -138,7 +138,10 @@ fn bins(row: &[f32]) -> [usize; COLS] {
 
 /// Trees whose exit leaves come from one 4-lane AND of each feature's masks.
 const LANES: usize = 4;
-const _: () = assert!(TREES.is_multiple_of(LANES), "every tree is in a group of LANES");
+const _: () = assert!(
+    TREES.is_multiple_of(LANES),
+    "every tree is in a group of LANES"
+);
 
 /// Per tree, the leaves `row` may still exit at after every split it goes right at: the
 /// exit leaf is the lowest bit set. No branch and no chain of dependent loads: per group of
