@@ -10,27 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=$1 b=$2 conns=${3:-32} depth=${4:-1} rounds=${5:-3}
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/shards.toml" <<TOML
-[listen]
-address = "127.0.0.1"
-port = 0
-shard_port_base = 0
-[[shard]]
-cpu = 0
-TOML
-# One measurement: req/s of `verdict-load run` against a fresh engine from binary $1.
+source bench/one-shard.sh
+# One measurement: req/s of `verdict-load run` against a fresh engine from binary $1 (its
+# shard pinned to cpu 0 by the topology).
 measure() {
-    taskset -c 0 "$1" serve --shards "$work/shards.toml" --admin-port 0 > "$work/ready" 2> "$work/log" &
-    local pid=$!
-    for _ in $(seq 100); do grep -q "verdict ready" "$work/ready" 2>/dev/null && break; sleep 0.1; done
-    local port
-    port=$(grep -o 'port=[0-9]*' "$work/ready" | head -1 | cut -d= -f2)
-    target/release/verdict-load run --addr "127.0.0.1:$port" --cpus 1 --connections "$conns" \
+    start_engine "$1" --admin-port 0
+    target/release/verdict-load run --addr "127.0.0.1:$engine_port" --cpus 1 --connections "$conns" \
         --depth "$depth" --duration 4 --warmup 1 | awk -F'|' '/closed loop/ {gsub(/ /, "", $3); print $3}'
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    kill "$engine_pid"
+    wait "$engine_pid" 2>/dev/null || true
 }
 median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for _ in $(seq "$rounds"); do

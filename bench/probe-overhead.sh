@@ -11,28 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/shards.toml" <<TOML
-[listen]
-address = "127.0.0.1"
-port = 0
-shard_port_base = 0
-[[shard]]
-cpu = 0
-TOML
+source bench/one-shard.sh
 # One measurement: rps of `verdict-load run` against a fresh engine started with "$@".
 measure() {
     local load=$1; shift
-    "$bin/verdict" serve --shards "$work/shards.toml" "$@" > "$work/ready" 2> "$work/log" &
-    local pid=$!
-    for _ in $(seq 100); do grep -q "verdict ready" "$work/ready" 2>/dev/null && break; sleep 0.1; done
-    local port
-    port=$(grep -o ' port=[0-9]*' "$work/ready" | cut -d= -f2)
+    start_engine "$bin/verdict" "$@"
     # shellcheck disable=SC2086
-    "$bin/verdict-load" run --addr "127.0.0.1:$port" --cpus 1 $load --duration 5 --warmup 1 \
+    "$bin/verdict-load" run --addr "127.0.0.1:$engine_port" --cpus 1 $load --duration 5 --warmup 1 \
         --json "$work/run.json" > /dev/null
-    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    kill -INT "$engine_pid"; wait "$engine_pid" 2>/dev/null || true
     python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["achieved_rps"]))' "$work/run.json"
 }
 median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
