@@ -56,7 +56,7 @@ pub fn native(name: &str) -> Option<NativeScore> {
 
 #[cfg(test)]
 mod tests {
-    use super::fraud_gbdt::{COLS, TREES, comparisons, exits, walked_leaf};
+    use super::fraud_gbdt::{COLS, TREES, comparisons, exits, raw_sum, walked_leaf, walked_sum};
 
     /// The tree ensemble's QuickScorer tables send every row to the leaf the plain walk
     /// reaches, in every tree: rows at, just above and just below each threshold, and
@@ -77,7 +77,7 @@ mod tests {
             _ => rng.f32() * 10_000.0,
         };
         for _ in 0..2000 {
-            let row: Vec<f32> = (0..COLS).map(|_| value(&mut rng)).collect();
+            let row: [f32; COLS] = core::array::from_fn(|_| value(&mut rng));
             let (mask, exits) = (comparisons(&row), exits(&row));
             assert_eq!(exits.len(), TREES);
             for (t, exit) in exits.iter().enumerate() {
@@ -87,6 +87,12 @@ mod tests {
                     "tree {t}, row {row:?}"
                 );
             }
+            // The fused scoring loop adds the same leaves (in another order).
+            let (fused, walked) = (raw_sum(&row), walked_sum(&row));
+            assert!(
+                (fused - walked).abs() < 1e-9,
+                "{fused} vs {walked}, row {row:?}"
+            );
         }
     }
 }
