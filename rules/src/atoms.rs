@@ -319,11 +319,12 @@ fn group<K: PartialEq, V: Default>(groups: &mut Groups<K, V>, key: K) -> &mut V 
 }
 
 /// Members of one group (a register, a field, an affix length, a prefix length `at`)
-/// -> the atoms each makes true, as ranges of one id list.
+/// -> the atoms each makes true, as ranges of one list of `(word, bits)`: a member that
+/// sets 15 atoms of one word costs one OR.
 struct Indexed<At, K> {
     at: At,
     members: Lookup<K>,
-    ids: Vec<u32>,
+    words: Vec<(u32, u64)>,
 }
 
 impl<At, K: std::hash::Hash + Eq + Clone> Indexed<At, K> {
@@ -340,19 +341,25 @@ impl<At, K: std::hash::Hash + Eq + Clone> Indexed<At, K> {
                 by_key[i].1.push(id);
             }
         }
-        let mut flat = Vec::new();
+        let mut flat: Vec<(u32, u64)> = Vec::new();
         let entries = by_key
             .into_iter()
             .map(|(k, atoms)| {
-                let range = flat.len() as u32..(flat.len() + atoms.len()) as u32;
-                flat.extend(atoms);
-                (k, range)
+                let start = flat.len();
+                for id in atoms {
+                    let (word, bit) = (id / 64, 1u64 << (id % 64));
+                    match flat[start..].iter_mut().find(|(w, _)| *w == word) {
+                        Some((_, bits)) => *bits |= bit,
+                        None => flat.push((word, bit)),
+                    }
+                }
+                (k, start as u32..flat.len() as u32)
             })
             .collect();
         Indexed {
             at,
             members: Lookup::new(entries),
-            ids: flat,
+            words: flat,
         }
     }
 
@@ -364,8 +371,8 @@ impl<At, K: std::hash::Hash + Eq + Clone> Indexed<At, K> {
         Q: std::hash::Hash + Eq + ?Sized,
     {
         if let Some(r) = self.members.get(key) {
-            for &id in &self.ids[r.start as usize..r.end as usize] {
-                set_bit(bits, id);
+            for &(word, set) in &self.words[r.start as usize..r.end as usize] {
+                bits[word as usize] |= set;
             }
         }
     }
@@ -446,13 +453,9 @@ fn set_range(bits: &mut [u64], from: u32, to: u32) {
     let mut i = from;
     while i < to {
         let (word, bit) = ((i / 64) as usize, i % 64);
+        // 1 to 64 bits: `n` ones shifted up to `bit`, without a branch on `n == 64`.
         let n = (64 - bit).min(to - i);
-        let ones = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << bit
-        };
-        bits[word] |= ones;
+        bits[word] |= (u64::MAX >> (64 - n)) << bit;
         i += n;
     }
 }

@@ -7,8 +7,9 @@
 //! 3. every distinct leaf test of the rules (an *atom*) is evaluated once, grouped by kind
 //!    ([`crate::atoms`]), into a bitset;
 //! 4. each rule's condition, in disjunctive normal form, is a few mask-and-compare steps
-//!    over the bitset, with no branch on the event's data; a condition that expands to
-//!    more than a few conjunctions runs as a branch program over the atoms instead;
+//!    over the bitset, with no branch on the event's data, four rules at a time
+//!    ([`crate::masks`]); a condition that expands to more than a few conjunctions runs as
+//!    a branch program over the atoms instead;
 //! 5. the policy arms, which read the score, run as branch programs.
 //!
 //! No closure tree, no name lookup, no allocation per event.
@@ -21,14 +22,25 @@ use crate::atoms::Atoms;
 use crate::branch::{self, Builder, Ctx, Dnf, HashFn, Layout, NumFn, Op, SCORE};
 use crate::event::Ty;
 use crate::ir::*;
-use crate::masks::{self, Masks};
+use crate::masks::{self, MaskRules, Masks};
 use crate::velocity::{Sample, VelocityState};
 
-struct CompiledRule {
+/// A hit position's rule and what it does to the decision when it holds (a shadow rule:
+/// nothing).
+struct Slot {
     score: i64,
-    action: Option<Action>,
-    shadow: bool,
+    rule: u32,
+    /// The action's [`STRENGTH`] index: 0 for none, so the walk takes a maximum.
+    strength: u8,
 }
+
+/// Actions by strength (deny > review > allow), after "none".
+const STRENGTH: [Option<Action>; 4] = [
+    None,
+    Some(Action::Allow),
+    Some(Action::Review),
+    Some(Action::Deny),
+];
 
 enum SampleFn {
     Count,
@@ -56,9 +68,12 @@ pub struct RuleSet {
     atoms: Atoms,
     /// The rules whose conditions are masks over the atoms (nearly all).
     masks: Masks,
-    /// The others: `(rule, entry)` of a branch program over the atoms.
+    /// The others: `(hit position, entry)` of a branch program over the atoms.
     branches: Vec<(u32, u32)>,
-    rules: Vec<CompiledRule>,
+    /// The rule at each hit position ([`Masks::rule_at`]), with what it does when it holds.
+    slots: Vec<Slot>,
+    /// The shadow rules, a bit per rule.
+    shadow: Vec<u64>,
     names: Vec<Box<str>>,
     velocity: Vec<CompiledVelocity>,
     /// Each used model's features, in its manifest's order.
@@ -90,6 +105,7 @@ pub struct Outcome {
     regs: Vec<f64>,
     bits: Vec<u64>,
     hits: Vec<u64>,
+    by_rule: Vec<u64>,
 }
 
 impl Outcome {
@@ -130,6 +146,15 @@ pub fn stronger(a: Action, b: Action) -> Action {
     if (b as u8) > (a as u8) { b } else { a }
 }
 
+/// Pushes the index of each bit set in `word`, word `w` of a bitset, in ascending order.
+#[inline]
+fn push_bits(to: &mut Vec<u32>, w: usize, mut word: u64) {
+    while word != 0 {
+        to.push(w as u32 * 64 + word.trailing_zeros());
+        word &= word - 1;
+    }
+}
+
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl RuleSet {
@@ -147,19 +172,10 @@ impl RuleSet {
                 None => branches.push((i as u32, b.condition(&when))),
             }
         }
-        let rules = program
-            .rules
-            .iter()
-            .map(|r| CompiledRule {
-                score: r.score,
-                action: r.action,
-                shadow: r.shadow,
-            })
-            .collect();
         b.atomize = false;
         let (atoms, remap) = std::mem::take(&mut b.atoms).finish();
         b.remap_atoms(&remap);
-        let mut masks = Masks::default();
+        let mut mask_rules = MaskRules::default();
         for (rule, dnf) in dnfs {
             let conjunctions = dnf
                 .iter()
@@ -167,7 +183,36 @@ impl RuleSet {
                     masks::conjunction(c.iter().map(|l| (remap[l.atom.0 as usize], l.negated)))
                 })
                 .collect();
-            masks.add(rule, conjunctions);
+            mask_rules.add(rule, conjunctions);
+        }
+        let branch_rules: Vec<u32> = branches.iter().map(|&(rule, _)| rule).collect();
+        let masks = mask_rules.finish(&branch_rules);
+        for (i, b) in branches.iter_mut().enumerate() {
+            b.0 = masks.branch_position(i);
+        }
+        let slots = masks
+            .rule_at()
+            .iter()
+            .map(|&rule| match program.rules.get(rule as usize) {
+                Some(r) if !r.shadow => Slot {
+                    rule,
+                    score: r.score,
+                    strength: STRENGTH
+                        .iter()
+                        .position(|&a| a == r.action)
+                        .expect("every action has a strength") as u8,
+                },
+                // Shadow rules, and padding (never hit).
+                _ => Slot {
+                    rule,
+                    score: 0,
+                    strength: 0,
+                },
+            })
+            .collect();
+        let mut shadow = vec![0u64; program.rules.len().div_ceil(64)];
+        for (i, r) in program.rules.iter().enumerate() {
+            shadow[i / 64] |= u64::from(r.shadow) << (i % 64);
         }
         let velocity = program
             .velocity
@@ -215,7 +260,8 @@ impl RuleSet {
             atoms,
             masks,
             branches,
-            rules,
+            slots,
+            shadow,
             names,
             velocity,
             features,
@@ -239,13 +285,13 @@ impl RuleSet {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.names.len()
     }
 
     /// What the compiler made of the rules, for `verdict check` and the benches.
     pub fn shape(&self) -> Shape {
         Shape {
-            rules: self.rules.len(),
+            rules: self.names.len(),
             atoms: self.atoms.count(),
             branch_rules: self.branches.len(),
             velocity_functions: self.velocity.len(),
@@ -266,12 +312,13 @@ impl RuleSet {
         Outcome {
             action: None,
             score: 0,
-            fired: Vec::with_capacity(self.rules.len()),
-            shadow_fired: Vec::with_capacity(self.rules.len()),
+            fired: Vec::with_capacity(self.names.len()),
+            shadow_fired: Vec::with_capacity(self.names.len()),
             velocity: Vec::with_capacity(self.velocity.len()),
             regs: Vec::new(),
             bits: Vec::new(),
             hits: Vec::new(),
+            by_rule: Vec::new(),
         }
     }
 
@@ -334,32 +381,30 @@ impl RuleSet {
             bits: &out.bits,
             ..ctx
         };
-        out.hits.clear();
-        out.hits.resize(self.rules.len().div_ceil(64), 0);
+        out.hits.resize(self.masks.hit_words(), 0);
         self.masks.eval(&out.bits, &mut out.hits);
-        for &(rule, entry) in &self.branches {
+        for &(pos, entry) in &self.branches {
             let holds = branch::run(&self.ops, entry, &ctx);
-            out.hits[(rule / 64) as usize] |= u64::from(holds) << (rule % 64);
+            out.hits[(pos / 64) as usize] |= u64::from(holds) << (pos % 64);
         }
-        let mut score = 0i64;
-        let mut action: Option<Action> = None;
-        // The rules that hold, in rule order.
+        let (mut score, mut strength) = (0i64, 0u8);
+        // The rules that hold, by hit position: their effect, and their bit in rule order.
+        out.by_rule.clear();
+        out.by_rule.resize(self.shadow.len(), 0);
         for (w, &word) in out.hits.iter().enumerate() {
             let mut word = word;
             while word != 0 {
-                let i = w as u32 * 64 + word.trailing_zeros();
+                let slot = &self.slots[w * 64 + word.trailing_zeros() as usize];
                 word &= word - 1;
-                let rule = &self.rules[i as usize];
-                if rule.shadow {
-                    out.shadow_fired.push(i);
-                    continue;
-                }
-                out.fired.push(i);
-                score += rule.score;
-                if let Some(a) = rule.action {
-                    action = Some(action.map_or(a, |b| stronger(a, b)));
-                }
+                out.by_rule[(slot.rule / 64) as usize] |= 1 << (slot.rule % 64);
+                score += slot.score;
+                strength = strength.max(slot.strength);
             }
+        }
+        let action = STRENGTH[usize::from(strength)];
+        for (w, (&held, &shadow)) in out.by_rule.iter().zip(&self.shadow).enumerate() {
+            push_bits(&mut out.fired, w, held & !shadow);
+            push_bits(&mut out.shadow_fired, w, held & shadow);
         }
         let score = score.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
         let (ip, ip_v4) = (ctx.ip, ctx.ip_v4);

@@ -41,16 +41,26 @@ pub(crate) fn pack(s: &str) -> Option<u128> {
     pack_bytes(s.as_bytes())
 }
 
-/// [`pack`] for bytes (a prefix or suffix of a string, cut anywhere).
+/// [`pack`] for bytes (a prefix or suffix of a string, cut anywhere): the bytes in order,
+/// zero-padded, with the length in the last byte (as `u128::from_le_bytes`).
+///
+/// Read as two overlapping loads rather than copied into a buffer: the copy is a `memcpy`
+/// call, and reading the buffer back stalls on the store of the length byte.
 #[inline(always)]
 pub(crate) fn pack_bytes(b: &[u8]) -> Option<u128> {
-    if b.len() > 15 {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    bytes[..b.len()].copy_from_slice(b);
-    bytes[15] = b.len() as u8;
-    Some(u128::from_le_bytes(bytes))
+    let n = b.len();
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes(b[at..at + 4].try_into().expect("4")));
+    let (lo, hi) = match n {
+        16.. => return None,
+        // Bytes 8..n are the top n - 8 bytes of the last eight.
+        9..=15 => (u64_at(0), u64_at(n - 8) >> (8 * (16 - n))),
+        8 => (u64_at(0), 0),
+        // Bytes 4..n are the top n - 4 bytes of the last four.
+        4..=7 => (u32_at(0) | (u32_at(n - 4) >> (8 * (8 - n)) << 32), 0),
+        _ => (b.iter().rev().fold(0, |w, &c| w << 8 | u64::from(c)), 0),
+    };
+    Some(u128::from(lo) | u128::from(hi | (n as u64) << 56) << 64)
 }
 
 impl StrSet {
@@ -165,6 +175,28 @@ impl IpSet {
                 table
                     .iter()
                     .any(|(prefix, h)| h.contains(&event::mask(bits, v4, *prefix)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_is_the_bytes_then_the_length_at_every_length() {
+        let mut r = fastrand::Rng::with_seed(5);
+        for n in 0..=20 {
+            for _ in 0..50 {
+                let b: Vec<u8> = (0..n).map(|_| r.u8(..)).collect();
+                let want = (n <= 15).then(|| {
+                    let mut bytes = [0u8; 16];
+                    bytes[..n].copy_from_slice(&b);
+                    bytes[15] = n as u8;
+                    u128::from_le_bytes(bytes)
+                });
+                assert_eq!(pack_bytes(&b), want, "{b:?}");
             }
         }
     }
