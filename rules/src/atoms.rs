@@ -7,7 +7,8 @@
 //! - **number comparisons** with a constant, on one register (`amount > k` for many `k`),
 //!   keep their constants sorted per operator, with atom ids in the same order, so the true
 //!   atoms are a prefix (`>`, `>=`) or a suffix (`<`, `<=`) of the group: count, then fill
-//!   a bit range. `!=` is a negated `==`;
+//!   a bit range. `==` joins the register's number sets below (`x == k` is `x in [k]`), and
+//!   `!=` is a negated `==`;
 //! - **string equality and membership** on one field (`==`, `in` a literal set or a list)
 //!   map each member to the atoms it makes true: one hash lookup of the event's value;
 //! - **prefixes and suffixes** of one field (`device starts_with "d-1"`) map each affix, per
@@ -181,7 +182,7 @@ impl Collector {
             next: 0,
         };
         // Grouped by register / field, each member with its provisional atom.
-        let mut num_sides: Groups<u32, [Vec<(f64, usize)>; 5]> = Vec::new();
+        let mut num_sides: Groups<u32, [Vec<(f64, usize)>; 4]> = Vec::new();
         let mut num_sets: Groups<u32, Vec<(u64, usize)>> = Vec::new();
         let mut strs: Groups<Field, Members> = Vec::new();
         let mut affixes: Groups<(Field, bool), Members> = Vec::new();
@@ -189,13 +190,23 @@ impl Collector {
         let mut others: Vec<(Test, usize)> = Vec::new();
         for (p, atom) in self.atoms.into_iter().enumerate() {
             match atom {
+                // `x == k` is `x in [k]`: one lookup for all of a register's constants.
+                // Nothing equals NaN: that atom is in no group, so always false.
+                Leaf::Num {
+                    reg,
+                    op: CmpOp::Eq | CmpOp::Ne,
+                    k,
+                } => {
+                    if !k.is_nan() {
+                        group(&mut num_sets, reg).push((canonical_bits(k), p));
+                    }
+                }
                 Leaf::Num { reg, op, k } => {
                     let side = match op {
                         CmpOp::Gt => Side::Gt,
                         CmpOp::Ge => Side::Ge,
                         CmpOp::Lt => Side::Lt,
-                        CmpOp::Le => Side::Le,
-                        CmpOp::Eq | CmpOp::Ne => Side::Eq,
+                        _ => Side::Le,
                     };
                     group(&mut num_sides, reg)[side as usize].push((k, p));
                 }
@@ -220,18 +231,20 @@ impl Collector {
         // Thresholds first: their ids must follow their sorted constants.
         let mut nums = Vec::new();
         for (reg, sides) in num_sides {
-            let all = [Side::Gt, Side::Ge, Side::Lt, Side::Le, Side::Eq];
+            let all = [Side::Gt, Side::Ge, Side::Lt, Side::Le];
             for (side, mut v) in all.into_iter().zip(sides) {
                 if v.is_empty() {
                     continue;
                 }
                 v.sort_by(|a, b| a.0.total_cmp(&b.0));
                 let first: Vec<u32> = v.iter().map(|&(_, p)| ids.of(p)).collect();
+                let base = first[0];
                 nums.push(Sorted {
                     reg,
                     side,
                     ks: v.iter().map(|&(k, _)| k).collect(),
-                    base: first[0],
+                    base,
+                    words: base / 64..(base + v.len() as u32).div_ceil(64),
                 });
             }
         }
@@ -401,7 +414,6 @@ enum Side {
     Ge,
     Lt,
     Le,
-    Eq,
 }
 
 /// The constants one register is compared with by one operator, ascending; atom
@@ -411,6 +423,8 @@ struct Sorted {
     side: Side,
     ks: Vec<f64>,
     base: u32,
+    /// The bitset words the atoms span.
+    words: Range<u32>,
 }
 
 /// One string field's members: packed when 15 bytes or shorter, as text beyond.
@@ -442,21 +456,15 @@ pub(crate) struct Atoms {
     others: Vec<(u32, Test)>,
 }
 
+/// Sets bits `from..to`, which lie in `words`: the same few words whatever the range, each
+/// with a mask computed without branching on where the range starts or ends.
 #[inline(always)]
-fn set_bit(bits: &mut [u64], id: u32) {
-    bits[(id / 64) as usize] |= 1 << (id % 64);
-}
-
-/// Sets bits `from..to`.
-#[inline]
-fn set_range(bits: &mut [u64], from: u32, to: u32) {
-    let mut i = from;
-    while i < to {
-        let (word, bit) = ((i / 64) as usize, i % 64);
-        // 1 to 64 bits: `n` ones shifted up to `bit`, without a branch on `n == 64`.
-        let n = (64 - bit).min(to - i);
-        bits[word] |= (u64::MAX >> (64 - n)) << bit;
-        i += n;
+fn set_range(bits: &mut [u64], words: Range<u32>, from: u32, to: u32) {
+    for w in words {
+        let (lo, hi) = (from.saturating_sub(w * 64), to.saturating_sub(w * 64));
+        // Bits lo..hi of this word (none when lo >= hi); a shift by 64 or more is zero.
+        let above = |n: u32| u64::MAX.checked_shl(n).unwrap_or(0);
+        bits[w as usize] |= above(lo) & !above(hi);
     }
 }
 
@@ -473,25 +481,21 @@ impl Atoms {
         for s in &self.nums {
             let x = c.regs[s.reg as usize];
             if x.is_nan() {
-                // Every comparison with NaN is false (and `!=`, a negated `==`, true).
+                // Every comparison with NaN is false.
                 continue;
             }
             let below = || s.ks.iter().filter(|&&k| k < x).count() as u32;
             let at_or_below = || s.ks.iter().filter(|&&k| k <= x).count() as u32;
             let end = s.base + s.ks.len() as u32;
-            match s.side {
+            let (from, to) = match s.side {
                 // x > k for the k below x: a prefix; x >= k: k at or below.
-                Side::Gt => set_range(bits, s.base, s.base + below()),
-                Side::Ge => set_range(bits, s.base, s.base + at_or_below()),
+                Side::Gt => (s.base, s.base + below()),
+                Side::Ge => (s.base, s.base + at_or_below()),
                 // x < k for the k above x: a suffix; x <= k: at or above.
-                Side::Lt => set_range(bits, s.base + at_or_below(), end),
-                Side::Le => set_range(bits, s.base + below(), end),
-                Side::Eq => {
-                    if let Some(i) = s.ks.iter().position(|&k| k == x) {
-                        set_bit(bits, s.base + i as u32);
-                    }
-                }
-            }
+                Side::Lt => (s.base + at_or_below(), end),
+                Side::Le => (s.base + below(), end),
+            };
+            set_range(bits, s.words.clone(), from, to);
         }
         for g in &self.num_sets {
             g.set(&canonical_bits(c.regs[g.at as usize]), bits);
