@@ -201,6 +201,9 @@ impl Collector {
                         group(&mut num_sets, reg).push((canonical_bits(k), p));
                     }
                 }
+                // Nothing compares with NaN: that atom is in no group, so always false (and
+                // a NaN would break the sorted order the ranges rely on).
+                Leaf::Num { k, .. } if k.is_nan() => {}
                 Leaf::Num { reg, op, k } => {
                     let side = match op {
                         CmpOp::Gt => Side::Gt,

@@ -131,15 +131,19 @@ impl<const N: usize> Section<N> {
     }
 
     /// Writes the section's hit words: 4 bits per quad, from `L`.
+    ///
+    /// # Safety
+    /// The CPU has the features `L` needs (see [`Lanes`]).
     #[inline(always)]
-    fn eval<L: Lanes>(&self, bits: &[u64], hits: &mut [u64]) {
+    unsafe fn eval<L: Lanes>(&self, bits: &[u64], hits: &mut [u64]) {
         let hits = &mut hits[(self.base / 64) as usize..];
         let (mut acc, mut k, mut from) = (0u64, 0usize, 0usize);
         for run in &self.runs {
             let words = run.words.map(|w| bits[w as usize]);
             for q in &self.quads[from..run.end as usize] {
                 // Each quad enters at the top and moves down: constant shifts only.
-                acc = acc >> 4 | L::quad(&words, q) << 60;
+                // SAFETY: passed on from the caller.
+                acc = acc >> 4 | unsafe { L::quad(&words, q) } << 60;
                 k += 1;
                 if k % 16 == 0 {
                     hits[k / 16 - 1] = acc;
@@ -155,7 +159,9 @@ impl<const N: usize> Section<N> {
 
 /// Evaluates one quad against its run's atom words: bit `i` set if lane `i` holds.
 trait Lanes {
-    fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64;
+    /// # Safety
+    /// The CPU has the features the implementation is built for ([`Portable`]: none).
+    unsafe fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64;
 }
 
 /// One lane at a time, on any target.
@@ -163,7 +169,7 @@ struct Portable;
 
 impl Lanes for Portable {
     #[inline(always)]
-    fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64 {
+    unsafe fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64 {
         let mut hits = 0;
         for lane in 0..4 {
             let mut t = [false; N];
@@ -217,9 +223,11 @@ mod avx2 {
     }
 
     impl Lanes for Avx2 {
+        /// # Safety
+        /// The CPU has AVX2.
         #[inline(always)]
-        fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64 {
-            // SAFETY: only called from `Masks::eval_avx2`, which runs when AVX2 was detected.
+        unsafe fn quad<const N: usize>(words: &[u64; N], q: &Quad<N>) -> u64 {
+            // SAFETY: the caller's contract.
             unsafe { quad(words, q) }
         }
     }
@@ -356,21 +364,28 @@ impl Masks {
             unsafe { self.eval_avx2(bits, hits) };
             return;
         }
-        self.eval_with::<Portable>(bits, hits);
+        // SAFETY: `Portable` needs no CPU feature.
+        unsafe { self.eval_with::<Portable>(bits, hits) };
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn eval_avx2(&self, bits: &[u64], hits: &mut [u64]) {
-        self.eval_with::<avx2::Avx2>(bits, hits);
+        // SAFETY: this function only runs on a CPU with AVX2 (its own contract).
+        unsafe { self.eval_with::<avx2::Avx2>(bits, hits) };
     }
 
     #[inline(always)]
-    fn eval_with<L: Lanes>(&self, bits: &[u64], hits: &mut [u64]) {
+    /// # Safety
+    /// The CPU has the features `L` needs (see [`Lanes`]).
+    unsafe fn eval_with<L: Lanes>(&self, bits: &[u64], hits: &mut [u64]) {
         hits.fill(0);
-        self.single.eval::<L>(bits, hits);
-        self.one.eval::<L>(bits, hits);
-        self.two.eval::<L>(bits, hits);
+        // SAFETY: passed on from the caller.
+        unsafe {
+            self.single.eval::<L>(bits, hits);
+            self.one.eval::<L>(bits, hits);
+            self.two.eval::<L>(bits, hits);
+        }
         let mut other = BitWriter::new(hits);
         for (i, &(from, to)) in self.other.iter().enumerate() {
             let mut any = false;
@@ -515,7 +530,8 @@ mod tests {
         for _ in 0..300 {
             let bits: Vec<u64> = (0..6).map(|_| r.u64(..) & r.u64(..)).collect();
             let mut portable = vec![0u64; m.hit_words()];
-            m.eval_with::<Portable>(&bits, &mut portable);
+            // SAFETY: `Portable` needs no CPU feature.
+            unsafe { m.eval_with::<Portable>(&bits, &mut portable) };
             let mut fast = vec![!0u64; m.hit_words()];
             m.eval(&bits, &mut fast);
             assert_eq!(fast, portable);

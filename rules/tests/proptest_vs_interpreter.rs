@@ -324,11 +324,13 @@ fn policy() -> Gen {
 
 fn rule_set() -> Gen {
     (
-        prop::collection::vec(any::<u8>(), 1..8),
+        // Mostly a few rules; one set in five large enough that the compiled masks span
+        // several hit words, with runs of four-rule quads and their padding.
+        prop_oneof![4 => 1usize..8, 1 => 60usize..140],
         prop::option::weighted(0.6, policy()),
     )
-        .prop_flat_map(|(rules, policy)| {
-            let rules: Vec<Gen> = (0..rules.len()).map(rule).collect();
+        .prop_flat_map(|(count, policy)| {
+            let rules: Vec<Gen> = (0..count).map(rule).collect();
             (rules, Just(policy))
         })
         .prop_map(|(rules, policy)| {
