@@ -34,7 +34,7 @@ struct Slot {
     strength: u8,
 }
 
-/// Actions by strength (deny > review > allow), after "none".
+/// Actions by strength after "none": index `a as u8 + 1`, the order [`stronger`] uses.
 const STRENGTH: [Option<Action>; 4] = [
     None,
     Some(Action::Allow),
@@ -197,10 +197,7 @@ impl RuleSet {
                 Some(r) if !r.shadow => Slot {
                     rule,
                     score: r.score,
-                    strength: STRENGTH
-                        .iter()
-                        .position(|&a| a == r.action)
-                        .expect("every action has a strength") as u8,
+                    strength: r.action.map_or(0, |a| a as u8 + 1),
                 },
                 // Shadow rules, and padding (never hit).
                 _ => Slot {
