@@ -9,6 +9,7 @@
 //! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
 //! - [`decide`]: the pure decision for one event.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
+//! - [`loop_time`]: a shard's wall time split (busy, io_poll, parked), exact by construction.
 //! - [`watch`]: times every task poll (stalls).
 //! - [`mesh`]: cross-shard messages (the only way cores talk).
 //! - [`metrics`]: the control thread's metrics plane: shards' snapshots (thingbuf) + eBPF.
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod decide;
 pub mod drain;
 pub mod hardware;
+pub mod loop_time;
 pub mod memlock;
 pub mod mesh;
 pub mod metrics;

@@ -23,6 +23,7 @@ use verdict_rules::{EpochCell, VelocityState};
 use crate::config::{Limits, TopologyConfig};
 use crate::conn;
 use crate::drain::Drain;
+use crate::loop_time::Accounted;
 use crate::mesh::{Mesh, MeshPort};
 use crate::metrics::ReportSender;
 use crate::scoring::{CoreModels, Published};
@@ -156,8 +157,6 @@ pub struct Shard {
     pub control: Sender<ShardEvent>,
     pub stats: RefCell<CoreStats>,
     pub clock: quanta::Clock,
-    /// When this shard started serving.
-    pub started: Instant,
     pub mesh: Option<Rc<MeshPort>>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
@@ -184,21 +183,10 @@ impl Shard {
 
     /// This shard's stats now, with its executor's time split. Runs on the shard's thread.
     pub fn snapshot(&self) -> Snapshot {
-        // glommio hands out the time since the previous call (and resets it): add it up.
-        let executor = glommio::executor().executor_stats();
-        let (busy, with_io) = {
+        let runtime = {
             let mut s = self.stats.borrow_mut();
-            s.busy_ns += executor.executor_runtime().as_nanos() as u64;
-            s.with_io_ns += executor.total_runtime().as_nanos() as u64;
-            (s.busy_ns, s.with_io_ns)
-        };
-        let uptime = self.started.elapsed().as_nanos() as u64;
-        let runtime = LoopStats {
-            uptime_ns: uptime,
-            busy_ns: busy,
-            io_poll_ns: with_io.saturating_sub(busy),
-            parked_ns: uptime.saturating_sub(with_io),
-            ..LoopStats::default()
+            s.loop_time.add(Accounted::read());
+            s.loop_time.split()
         };
         self.stats.borrow().snapshot(
             self.index,
@@ -331,7 +319,6 @@ pub async fn run(ctx: ShardContext) {
         control: ctx.events.clone(),
         stats: RefCell::new(stats),
         clock: quanta::Clock::new(),
-        started: Instant::now(),
         mesh,
         topology,
         drain: Drain::new(),

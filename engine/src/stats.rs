@@ -5,6 +5,8 @@
 //! averaged).
 
 use hdrhistogram::Histogram;
+
+use crate::loop_time::LoopTime;
 use verdict_net::{
     ErrorCode, ErrorCount, KernelStats, LoopStats, ModelStats, Percentiles, ShardStats, StatsReply,
 };
@@ -43,9 +45,8 @@ pub struct CoreStats {
     poll_ns_max: u64,
     stalls: u64,
     pub stall_threshold_ns: u64,
-    /// The executor's time running tasks, and running tasks or polling io_uring, since start.
-    pub busy_ns: u64,
-    pub with_io_ns: u64,
+    /// The executor's wall time split (busy, io_poll, parked), added up from its reads.
+    pub loop_time: LoopTime,
 }
 
 impl Default for CoreStats {
@@ -75,8 +76,7 @@ impl CoreStats {
             poll_ns_max: 0,
             stalls: 0,
             stall_threshold_ns: u64::MAX,
-            busy_ns: 0,
-            with_io_ns: 0,
+            loop_time: LoopTime::default(),
         }
     }
 

@@ -220,9 +220,11 @@ pub struct ShardStats {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
 #[rkyv(derive(Debug))]
 pub struct LoopStats {
-    /// Since the shard started serving.
+    /// The shard executor's wall time counted so far: from its loop's first iteration to
+    /// the end of the last one counted. `busy_ns + io_poll_ns + parked_ns == uptime_ns`
+    /// exactly (per shard; a total sums the parts and takes the longest uptime).
     pub uptime_ns: u64,
-    /// Running tasks (glommio's executor runtime).
+    /// Running tasks (glommio's executor runtime), shard setup included.
     pub busy_ns: u64,
     /// Polling io_uring for completions without sleeping.
     pub io_poll_ns: u64,

@@ -240,6 +240,10 @@ pub struct ExecutorStats {
     total_runtime: Duration,
     scheduler_runs: u64,
     tasks_executed: u64,
+    // verdict patch: the wall-clock span these runtimes were accounted over (the start of
+    // the first loop iteration and the end of the last one counted since the previous read).
+    accounted_since: Option<Instant>,
+    accounted_until: Option<Instant>,
 }
 
 impl ExecutorStats {
@@ -249,7 +253,22 @@ impl ExecutorStats {
             total_runtime: Duration::from_nanos(0),
             scheduler_runs: 0,
             tasks_executed: 0,
+            accounted_since: None,
+            accounted_until: None,
         }
+    }
+
+    /// verdict patch: when the first loop iteration counted in these stats began (`None`
+    /// when no iteration ended since the previous read). Runtimes are added per whole
+    /// iteration, task runs included, so every counted interval lies in
+    /// `[accounted_since, accounted_until]`.
+    pub fn accounted_since(&self) -> Option<Instant> {
+        self.accounted_since
+    }
+
+    /// verdict patch: when the last loop iteration counted in these stats ended.
+    pub fn accounted_until(&self) -> Option<Instant> {
+        self.accounted_until
     }
 
     /// The total amount of runtime in this executor so far.
@@ -354,6 +373,9 @@ struct ExecutorQueues {
     default_preempt_timer_duration: Duration,
     spin_before_park: Option<Duration>,
     stats: ExecutorStats,
+    // verdict patch: task-queue runtime of the loop iteration in progress, added to
+    // `stats.executor_runtime` when the iteration is accounted.
+    executor_runtime_unaccounted: Duration,
 }
 
 impl ExecutorQueues {
@@ -368,7 +390,17 @@ impl ExecutorQueues {
             default_preempt_timer_duration: preempt_timer_duration,
             spin_before_park,
             stats: ExecutorStats::new(),
+            executor_runtime_unaccounted: Duration::ZERO,
         }
+    }
+
+    /// verdict patch: one loop iteration, `from` to `to`, enters the stats whole: its task
+    /// runs (which all lie inside it) and its total.
+    fn account_iteration(&mut self, from: Instant, to: Instant) {
+        self.stats.total_runtime += to - from;
+        self.stats.executor_runtime += std::mem::take(&mut self.executor_runtime_unaccounted);
+        self.stats.accounted_since.get_or_insert(from);
+        self.stats.accounted_until = Some(to);
     }
 
     fn reevaluate_preempt_timer(&mut self) {
@@ -1398,7 +1430,7 @@ impl LocalExecutor {
 
         let mut tq = self.queues.borrow_mut();
         tq.active_executing = None;
-        tq.stats.executor_runtime += runtime;
+        tq.executor_runtime_unaccounted += runtime;
         tq.stats.tasks_executed += tasks_executed_this_loop;
         let vruntime = match vruntime {
             Some(x) => x,
@@ -1466,7 +1498,9 @@ impl LocalExecutor {
                     // can't be canceled, and join handle is None only upon
                     // cancellation or panic. So in case of panic this just propagates
                     let cur_time = Instant::now();
-                    this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
+                    this.queues
+                        .borrow_mut()
+                        .account_iteration(pre_time, cur_time);
                     break t.unwrap();
                 }
 
@@ -1484,7 +1518,9 @@ impl LocalExecutor {
 
                 // account for runtime and poll/sleep if possible
                 let cur_time = Instant::now();
-                this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
+                this.queues
+                    .borrow_mut()
+                    .account_iteration(pre_time, cur_time);
                 pre_time = cur_time;
                 if !run {
                     if let Poll::Ready(t) = future.as_mut().poll(cx) {
