@@ -10,7 +10,9 @@
 //! - [`compile`]: program -> [`RuleSet`] of closures (constants folded); [`event`] is how a
 //!   rule reads an archived event; [`velocity`] is one core's count/sum/distinct windows;
 //! - [`interp`]: the reference interpreter (tests and benches only);
-//! - [`epoch`]: the one shared, atomically swapped pointer to the current rule set.
+//! - [`epoch`]: the one shared, atomically swapped pointer to the current rule set;
+//! - [`confined`]: the [`Loader`] a running engine reads through: one directory, regular
+//!   files only, bounded reads, nothing outside it (the kernel's `openat2` judges links).
 //!
 //! The language is documented in `rules/README.md`.
 
@@ -19,6 +21,7 @@ mod atoms;
 mod branch;
 pub mod check;
 pub mod compile;
+pub mod confined;
 pub mod diag;
 mod entity_index;
 pub mod epoch;
@@ -35,6 +38,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use compile::{Outcome, RuleSet, Shape};
+pub use confined::{Confined, join_relative};
 pub use diag::{Diagnostic, Report, RuleError, Source, Span};
 pub use epoch::{Epoch, EpochCell};
 pub use parser::parse;
