@@ -28,11 +28,15 @@ pub enum ErrorCode {
     Unavailable = 9,
     /// The server failed to build a response it should have been able to build (a bug).
     Internal = 10,
+    /// The request is not served on this port: reloads (kind 0x06) go through the admin
+    /// port's authenticated control API unless the engine keeps `[admin] wire_reload`. The
+    /// request changed nothing; the connection goes on.
+    Forbidden = 11,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadMagic,
         ErrorCode::BadVersion,
         ErrorCode::FrameTooLarge,
@@ -43,6 +47,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -62,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -95,6 +101,6 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(11), None);
+        assert_eq!(ErrorCode::from_u16(12), None);
     }
 }
