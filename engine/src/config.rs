@@ -26,6 +26,67 @@ pub struct TopologyConfig {
     pub models: ModelsConfig,
     #[serde(default)]
     pub probes: ProbesConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub rules: RulesConfig,
+}
+
+/// `[admin]`: the admin HTTP port: who may read it, who may change the engine through it,
+/// and what one client can make it hold.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the bearer token of the control API (`POST /v1/reload`). "" = none: every
+    /// mutating endpoint answers 403. The engine refuses to start if group or others may
+    /// read or write the file.
+    pub token_file: String,
+    /// Also require the token for `/metrics`, `/stats`, `/healthz` and `/readyz`.
+    pub token_for_reads: bool,
+    /// Keep serving reload requests (kind 0x06) on the data ports, unauthenticated: only for
+    /// a trusted network. Off: they get error 11 (forbidden).
+    pub wire_reload: bool,
+    /// Threads answering admin requests; an admin connection holds one while it is read
+    /// and answered (bounded by `read_timeout_ms` and `write_timeout_ms`).
+    pub threads: u32,
+    /// Admin connections being answered or waiting for a thread; one more is answered 503
+    /// and closed at once.
+    pub connections_max: u32,
+    /// Largest request line plus headers, bytes (over it: 431).
+    pub header_bytes_max: u32,
+    /// Largest request body, bytes (over it: 413).
+    pub body_bytes_max: u32,
+    /// A request must arrive whole within this long of its connection being taken up, ms
+    /// (else 408 and close): a slow or idle client holds a thread no longer.
+    pub read_timeout_ms: u64,
+    /// A client that takes none of the response for this long is dropped, ms.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token_file: String::new(),
+            token_for_reads: false,
+            wire_reload: false,
+            threads: 4,
+            connections_max: 64,
+            header_bytes_max: 16 * 1024,
+            body_bytes_max: 64 * 1024,
+            read_timeout_ms: 5_000,
+            write_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[rules]`: where rule sets may come from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// The only directory rules and lists are read from, at start and on every reload; a
+    /// reload names a path relative to it. "" = the directory of the rules served at start
+    /// (`--rules`); with the built-in rules and no dir, a reload can only re-publish them.
+    pub dir: String,
 }
 
 /// `[probes]`: the eBPF half of the metrics plane.
@@ -301,6 +362,8 @@ impl TopologyConfig {
             decision: DecisionConfig::default(),
             runtime: RuntimeConfig::default(),
             probes: ProbesConfig::default(),
+            admin: AdminConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 
@@ -398,6 +461,44 @@ impl TopologyConfig {
         }
         if !(1..=4096).contains(&m.rows_per_call_max) {
             return Err(invalid("models.rows_per_call_max", "must be 1..=4096"));
+        }
+        self.admin.check()
+    }
+}
+
+impl AdminConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let a = self;
+        let ranges: [(&str, u64, u64, u64); 6] = [
+            ("threads", a.threads.into(), 1, 64),
+            ("connections_max", a.connections_max.into(), 1, 65_536),
+            ("header_bytes_max", a.header_bytes_max.into(), 1024, 1 << 20),
+            ("body_bytes_max", a.body_bytes_max.into(), 0, 16 << 20),
+            ("read_timeout_ms", a.read_timeout_ms, 1, 600_000),
+            ("write_timeout_ms", a.write_timeout_ms, 1, 600_000),
+        ];
+        for (name, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    format!("admin.{name}"),
+                    format!("{value} is not in {min}..={max}"),
+                ));
+            }
+        }
+        if a.connections_max < a.threads {
+            return Err(invalid(
+                "admin.connections_max",
+                format!(
+                    "{} is below admin.threads ({}): a thread would never get work",
+                    a.connections_max, a.threads
+                ),
+            ));
+        }
+        if a.token_for_reads && a.token_file.is_empty() {
+            return Err(invalid(
+                "admin.token_for_reads",
+                "needs admin.token_file: there is no token to require",
+            ));
         }
         Ok(())
     }
@@ -583,7 +684,43 @@ enabled = {probes}
 # Also a syscall latency histogram for the engine's threads. Off by default: any syscall
 # tracepoint slows every syscall on the host.
 syscalls = {syscalls}
+
+[admin]
+# Bearer token file for the control API (POST /v1/reload on the admin port). "" = none:
+# every mutating endpoint answers 403. Must be readable by its owner only (chmod 600).
+token_file = {token:?}
+# Also require the token for /metrics, /stats, /healthz and /readyz.
+token_for_reads = {token_reads}
+# Serve reload requests (kind 0x06) on the data ports, unauthenticated. Only on a trusted
+# network; off, they get error 11 (forbidden).
+wire_reload = {wire_reload}
+# Threads answering admin requests.
+threads = {admin_threads}
+# Admin connections answered or waiting at once; one more gets 503 and is closed.
+connections_max = {admin_conns}
+# Largest request line + headers (bytes; over it: 431) and body (bytes; over it: 413).
+header_bytes_max = {admin_header}
+body_bytes_max = {admin_body}
+# A request must arrive whole within this long (ms; else 408); a client that takes none of
+# the response for this long (ms) is dropped.
+read_timeout_ms = {admin_read}
+write_timeout_ms = {admin_write}
+
+[rules]
+# The only directory rules and lists are read from (at start and on reload; a reload names
+# a path relative to it). "" = the directory of the rules given with --rules.
+dir = {rules_dir:?}
 "#,
+        token = config.admin.token_file,
+        token_reads = config.admin.token_for_reads,
+        wire_reload = config.admin.wire_reload,
+        admin_threads = config.admin.threads,
+        admin_conns = config.admin.connections_max,
+        admin_header = config.admin.header_bytes_max,
+        admin_body = config.admin.body_bytes_max,
+        admin_read = config.admin.read_timeout_ms,
+        admin_write = config.admin.write_timeout_ms,
+        rules_dir = config.rules.dir,
         probes = config.probes.enabled,
         syscalls = config.probes.syscalls,
         stats_every = config.runtime.stats_interval_ms,

@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::decide::{Decided, Scratch, decide, recycle};
 use crate::drain::Waiter;
 use crate::mesh::MeshError;
+use crate::reload::SubmitError;
 use crate::shard::{ConnectionSlot, Shard, ShardEvent};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
@@ -529,9 +530,19 @@ impl Connection {
 }
 
 impl Connection {
-    /// Hands a reload to the control thread and waits for its answer; this connection's
+    /// Refused (error 11) unless `[admin] wire_reload` keeps reloads on the data port; then
+    /// hands the reload to the reload thread and waits for its answer: this connection's
     /// later requests wait too (they are answered in order), other connections do not.
     async fn reload(&mut self, shard: &Shard, at: &FrameAt) -> Result<(), ErrorCode> {
+        let Some(reloads) = &shard.reloads else {
+            self.message.clear();
+            self.message.push_str(
+                "reload is not served on the data port: use POST /v1/reload on the admin port \
+                 (`verdict reload --admin ADDR --token-file FILE`), or set [admin] wire_reload = true \
+                 on a trusted network",
+            );
+            return Err(ErrorCode::Forbidden);
+        };
         let payload = self.recv.payload(at);
         let Ok(request) = rkyv::access::<ArchivedReloadRequest, rancor::Failure>(payload) else {
             return Err(explain_invalid::<ArchivedReloadRequest>(
@@ -549,17 +560,20 @@ impl Connection {
             );
             return Err(ErrorCode::BadField);
         }
-        let (reply, answer) = flume::bounded(1);
-        let asked = shard.control.send(ShardEvent::Reload {
-            rules_path: rules_path.to_string(),
-            reply,
-        });
-        if asked.is_err() {
-            self.message.clear();
-            self.message
-                .push_str("reload: the control thread has stopped");
-            return Err(ErrorCode::Unavailable);
-        }
+        let answer = match reloads.submit(rules_path.to_string()) {
+            Ok(answer) => answer,
+            Err(SubmitError::Busy) => {
+                self.message.clear();
+                self.message
+                    .push_str("reload: reloads are queued already; retry when they are done");
+                return Err(ErrorCode::Overloaded);
+            }
+            Err(SubmitError::Stopped) => {
+                self.message.clear();
+                self.message.push_str("reload: the engine is shutting down");
+                return Err(ErrorCode::Unavailable);
+            }
+        };
         let timeout = Duration::from_millis(shard.limits.reload_timeout_ms);
         let answered = future::or(async { answer.recv_async().await.ok() }, async {
             glommio::timer::sleep(timeout).await;

@@ -13,7 +13,11 @@
 //! - [`watch`]: times every task poll (stalls).
 //! - [`mesh`]: cross-shard messages (the only way cores talk).
 //! - [`metrics`]: the control thread's metrics plane: shards' snapshots (thingbuf) + eBPF.
-//! - [`admin`]: admin HTTP (`/metrics`, `/stats`, `/healthz`, `/readyz`) off the data cores.
+//! - [`reload`]: where an epoch comes from (rules confined to `rules.dir`, models) and the
+//!   reload thread that compiles and publishes the next one.
+//! - [`admin`]: the admin port off the data cores: reads (`/metrics`, `/stats`, `/healthz`,
+//!   `/readyz`) and the token-authenticated control API (`POST /v1/reload`), bounded.
+//! - [`http`]: the bounded HTTP/1.1 both ends of the admin port speak.
 //! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
 
 pub mod admin;
@@ -23,10 +27,12 @@ pub mod conn;
 pub mod decide;
 pub mod drain;
 pub mod hardware;
+pub mod http;
 pub mod loop_time;
 pub mod memlock;
 pub mod mesh;
 pub mod metrics;
+pub mod reload;
 pub mod runtime;
 pub mod scoring;
 pub mod shard;

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use verdict_engine::cli;
 use verdict_engine::config::TopologyConfig;
-use verdict_engine::runtime::RulesSource;
 use verdict_engine::scoring::ModelsSource;
 
 #[derive(Parser)]
@@ -63,13 +62,23 @@ enum Command {
         #[arg(long)]
         models: Option<PathBuf>,
     },
-    /// Ask a running engine to recompile its rules and publish them as the next epoch.
+    /// Ask a running engine to recompile its rules and publish them as the next epoch,
+    /// through the admin port's control API (POST /v1/reload with the bearer token).
     Reload {
-        #[arg(long, default_value = cli::DEFAULT_ADDR)]
-        addr: String,
-        /// Rules file or directory to load instead of the one being served.
+        /// The engine's admin port.
+        #[arg(long, default_value = cli::DEFAULT_ADMIN_ADDR)]
+        admin: String,
+        /// File holding the control API's token (the engine's admin.token_file).
         #[arg(long)]
-        rules: Option<PathBuf>,
+        token_file: Option<PathBuf>,
+        /// Rules file or directory to publish instead of the one being served, relative to
+        /// the engine's rules.dir.
+        #[arg(long)]
+        rules: Option<String>,
+        /// Send the reload on this data port instead (kind 0x06): only engines that keep
+        /// [admin] wire_reload = true serve it.
+        #[arg(long, value_name = "ADDR", conflicts_with = "token_file")]
+        addr: Option<String>,
     },
     /// Print this machine's hardware and the shard map, or write a topology for it.
     Topology {
@@ -172,11 +181,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             config
                 .check()
                 .context("after applying command-line overrides")?;
-            let rules = match rules {
-                Some(path) => RulesSource::Path(path),
-                None => RulesSource::Default,
-            };
-            verdict_engine::runtime::serve(config, &source, rules, models_source(models))?;
+            verdict_engine::runtime::serve(
+                config,
+                &source,
+                rules.as_deref(),
+                models_source(models),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology { shards, write } => {
@@ -191,7 +201,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (config, _) = load_topology(shards)?;
             cli::rules::check(&path, &config, &models_source(models))
         }
-        Command::Reload { addr, rules } => cli::rules::reload(&addr, rules.as_deref()),
+        Command::Reload {
+            admin,
+            token_file,
+            rules,
+            addr,
+        } => {
+            let rules = rules.unwrap_or_default();
+            match addr {
+                Some(addr) => cli::rules::reload_wire(&addr, &rules),
+                None => cli::rules::reload(&admin, token_file.as_deref(), &rules),
+            }
+        }
         Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),
         Command::Stats { addr, json, watch } => cli::stats::run(&addr, json, watch),
         Command::Ping { addr, count } => cli::ping(&addr, count),

@@ -1,13 +1,13 @@
-//! `verdict serve`: the control thread. It checks the machine (io_uring, hardware, locked
-//! memory), compiles the rule set (epoch 1), loads the eBPF probes, starts one pinned glommio
-//! executor per shard, publishes the shard map once every shard has bound its ports, starts
-//! the admin HTTP threads, prints the ready line, then serves reload and stats requests
-//! (compiling off the data cores, publishing through the epoch cell) and takes the shards'
-//! stats snapshots into the metrics plane until SIGINT/SIGTERM (or a shard dying), and
-//! drains.
+//! `verdict serve`: the control thread. It reads the admin token, confines the rules to
+//! `rules.dir`, checks the machine (io_uring, hardware, locked memory), compiles the rule set
+//! (epoch 1), loads the eBPF probes, starts the reload thread ([`crate::reload`]) and one
+//! pinned glommio executor per shard, publishes the shard map once every shard has bound its
+//! ports, starts the admin HTTP threads, prints the ready line, then answers stats requests
+//! and takes the shards' stats snapshots into the metrics plane until SIGINT/SIGTERM (or a
+//! shard dying), and drains. It never compiles a reload itself, so it never waits on one.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,15 +20,16 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 use verdict_models::{ModelSet, Runtime};
 use verdict_net::routing::ROUTING_NAME;
-use verdict_net::{ReloadReply, StatsReply, TopologyReply};
+use verdict_net::{StatsReply, TopologyReply};
 use verdict_probes::{Group, ProbeOptions, Probes};
-use verdict_rules::{EpochCell, RuleSet};
+use verdict_rules::EpochCell;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Token};
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
 use crate::metrics::{self, Plane};
-use crate::scoring::{self, ModelsSource, Published};
+use crate::reload::{self, Sources};
+use crate::scoring::{self, ModelsSource};
 use crate::shard::{self, ExitNotice, ShardContext, ShardEvent, Takeover};
 use crate::stats::Snapshot;
 use crate::{memlock, mesh, uring};
@@ -75,30 +76,6 @@ fn reserve_shared_port(config: &TopologyConfig) -> anyhow::Result<(u16, Option<S
     Ok((port, Some(socket)))
 }
 
-/// Where the rule set comes from: a file or directory, or the shipped default built in.
-#[derive(Debug, Clone)]
-pub enum RulesSource {
-    Path(PathBuf),
-    Default,
-}
-
-impl RulesSource {
-    pub fn describe(&self) -> String {
-        match self {
-            RulesSource::Path(p) => p.display().to_string(),
-            RulesSource::Default => format!("{} (built in)", verdict_rules::DEFAULT_RULES_PATH),
-        }
-    }
-
-    /// Reads, checks and compiles the rule set.
-    pub fn load(&self, options: &verdict_rules::Options) -> Result<RuleSet, verdict_rules::Report> {
-        match self {
-            RulesSource::Path(p) => verdict_rules::load(p, &verdict_rules::Disk, options),
-            RulesSource::Default => verdict_rules::load_default(options),
-        }
-    }
-}
-
 /// What the rules are checked and compiled against in this engine, with `models` loaded.
 pub fn rules_options(config: &TopologyConfig, models: &ModelSet) -> verdict_rules::Options {
     verdict_rules::Options {
@@ -115,45 +92,21 @@ pub fn model_runtime(config: &TopologyConfig) -> anyhow::Result<Runtime> {
     Runtime::new(config.models.runtime(slots)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Where an epoch comes from, and the runtime models are compiled with: the control
-/// thread's state.
-pub struct Sources {
-    pub rules: RulesSource,
-    pub models: ModelsSource,
-    pub runtime: Runtime,
-}
-
-impl Sources {
-    /// Loads the models, then checks and compiles the rules against them. `previous`: the
-    /// models of the epoch being replaced (unchanged ones are kept, warm). Every error is
-    /// rendered.
-    pub fn load(
-        &self,
-        config: &TopologyConfig,
-        rules: &RulesSource,
-        previous: Option<&ModelSet>,
-    ) -> Result<Published, Vec<String>> {
-        let models = self
-            .models
-            .load(&self.runtime, previous)
-            .map_err(|e| scoring::render_errors(&e))?;
-        let options = rules_options(config, &models);
-        let set = rules
-            .load(&options)
-            .map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
-        Ok(Published::new(set, Arc::new(models)))
-    }
-}
-
 /// Serves until SIGINT/SIGTERM; returns after every shard has drained.
 pub fn serve(
     config: TopologyConfig,
     source: &str,
-    rules_source: RulesSource,
+    rules: Option<&Path>,
     models_source: ModelsSource,
 ) -> anyhow::Result<()> {
     // Install signal handlers first: a signal before this would kill the process outright.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    // The token first: a control API whose token others can read must not start at all.
+    let token = match config.admin.token_file.as_str() {
+        "" => None,
+        file => Some(Token::load(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?),
+    };
+    let (rules_source, rules_dir) = reload::confine(&config.rules.dir, rules)?;
     let report = uring::probe()?;
     info!("{}", report.summary());
     let hw = Hardware::detect()?;
@@ -172,8 +125,9 @@ pub fn serve(
         io.reason
     );
     let runtime = model_runtime(&config)?;
-    let mut sources = Sources {
+    let sources = Sources {
         rules: rules_source,
+        rules_dir,
         models: models_source,
         runtime,
     };
@@ -212,6 +166,9 @@ pub fn serve(
     let taken = Arc::new(Takeover::new(shard_count));
     let (shared_port, reservation) = reserve_shared_port(&config)?;
     let config = Arc::new(config);
+    // Reloads compile on their own thread from here on (it owns the sources).
+    let (reloads, reload_thread) =
+        reload::start(rules.clone(), taken.clone(), sources, config.clone())?;
     let mesh = (shard_count > 1)
         .then(|| mesh::builder(shard_count, config.limits.mesh_queue_depth as usize));
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -233,6 +190,7 @@ pub fn serve(
             rules: rules.clone(),
             taken: taken.clone(),
             reports: reports_tx.clone(),
+            reloads: reloads.clone(),
             exit: ExitNotice {
                 shard: i as u32,
                 events: events_tx.clone(),
@@ -281,9 +239,6 @@ pub fn serve(
                 stop(handles);
                 bail!("shard {shard} stopped during startup");
             }
-            Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
-            }
             Ok(ShardEvent::Stats { snapshots, reply }) => {
                 let _ = reply.send(stats_reply(&plane, snapshots));
             }
@@ -305,7 +260,14 @@ pub fn serve(
     });
     drop(reservation);
     let admin_addr = SocketAddr::new(config.listen.address, config.listen.admin_port());
-    let admin = match Admin::start(admin_addr, plane.clone()) {
+    let admin = match Admin::start(
+        admin_addr,
+        &config.admin,
+        plane.clone(),
+        reloads,
+        token,
+        Duration::from_millis(config.limits.reload_timeout_ms),
+    ) {
         Ok(a) => a,
         Err(e) => {
             stop(handles);
@@ -339,9 +301,6 @@ pub fn serve(
                 failed = Some(shard);
                 break 'wait;
             }
-            Ok(ShardEvent::Reload { rules_path, reply }) => {
-                let _ = reply.send(reload(&rules, &taken, &mut sources, &config, &rules_path));
-            }
             Ok(ShardEvent::Stats { snapshots, reply }) => {
                 let _ = reply.send(stats_reply(&plane, snapshots));
             }
@@ -356,6 +315,9 @@ pub fn serve(
     lock(&plane).set_draining();
     let clean = stop(handles);
     admin.stop();
+    // Every holder of the reload queue is gone now, so the thread ends after the reload it
+    // may be running (not joined: a long compile must not hold up the exit).
+    drop(reload_thread);
     match failed {
         Some(shard) => bail!("shard {shard} failed"),
         None if !clean => bail!("a shard failed while draining"),
@@ -413,89 +375,4 @@ fn stats_reply(plane: &Mutex<Plane>, snapshots: Vec<Snapshot>) -> StatsReply {
     let plane = lock(plane);
     let kernel = plane.kernel();
     plane.reply(snapshots, &kernel)
-}
-
-/// Compiles `rules_path` (empty: the source being served) and publishes it as the next
-/// epoch, which then is the source being served; on any error the current epoch stays and
-/// the errors go back to the caller. Runs on the control thread, never on a data core.
-fn reload(
-    cell: &EpochCell<Published>,
-    taken: &Takeover,
-    sources: &mut Sources,
-    config: &TopologyConfig,
-    rules_path: &str,
-) -> ReloadReply {
-    let source = if rules_path.is_empty() {
-        sources.rules.clone()
-    } else {
-        RulesSource::Path(PathBuf::from(rules_path))
-    };
-    let started = Instant::now();
-    let previous = cell.load();
-    let loaded = sources.load(config, &source, Some(&previous.models));
-    drop(previous);
-    let compile_us = started.elapsed().as_micros() as u64;
-    let rules_path = source.describe();
-    match loaded {
-        Ok(next) => {
-            let (count, digest) = (next.rules.rule_count() as u32, next.rules.digest.clone());
-            let models = next.describe_models();
-            let published_at = taken.now_ns();
-            let epoch = cell.publish(next);
-            let swap_us = wait_taken(taken, epoch, published_at);
-            sources.rules = source;
-            info!(
-                "reload: {rules_path}: {count} rules, digest {digest}, models {}, compiled in {compile_us} us; epoch {epoch} published, on every shard after {swap_us} us",
-                models.join(", ")
-            );
-            ReloadReply {
-                ok: true,
-                epoch,
-                rules_path,
-                rules: count,
-                digest,
-                compile_us,
-                errors: Vec::new(),
-                models,
-                swap_us,
-            }
-        }
-        Err(errors) => {
-            let epoch = cell.epoch();
-            warn!(
-                "reload: {rules_path}: {} errors; epoch {epoch} stays",
-                errors.len()
-            );
-            ReloadReply {
-                ok: false,
-                epoch,
-                rules_path,
-                rules: 0,
-                digest: String::new(),
-                compile_us,
-                errors,
-                models: Vec::new(),
-                swap_us: 0,
-            }
-        }
-    }
-}
-
-/// Longest the control thread waits for every shard to take a new epoch before answering a
-/// reload (an idle shard takes it within `runtime.tick_ms`).
-const SWAP_WAIT: Duration = Duration::from_secs(2);
-
-/// Microseconds from `published_ns` until every shard had taken `epoch` (as the shards
-/// stamped it); 0 if one has not within [`SWAP_WAIT`] (the epoch is published all the same).
-fn wait_taken(taken: &Takeover, epoch: u64, published_ns: u64) -> u64 {
-    let waiting = Instant::now();
-    loop {
-        if let Some(last_ns) = taken.all_took(epoch) {
-            return (last_ns.saturating_sub(published_ns) / 1000).max(1);
-        }
-        if waiting.elapsed() > SWAP_WAIT {
-            return 0;
-        }
-        std::thread::sleep(Duration::from_micros(20));
-    }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use log::{info, warn};
-use verdict_net::{ErrorCode, LoopStats, ReloadReply, StatsReply, TopologyReply};
+use verdict_net::{ErrorCode, LoopStats, StatsReply, TopologyReply};
 use verdict_rules::{EpochCell, VelocityState};
 
 use crate::config::{Limits, TopologyConfig};
@@ -26,6 +26,7 @@ use crate::drain::Drain;
 use crate::loop_time::Accounted;
 use crate::mesh::{Mesh, MeshPort};
 use crate::metrics::ReportSender;
+use crate::reload::Reloads;
 use crate::scoring::{CoreModels, Published};
 use crate::stats::{CoreStats, Snapshot};
 use crate::watch;
@@ -49,6 +50,8 @@ pub struct ShardContext {
     pub taken: Arc<Takeover>,
     /// Where this shard's stats snapshots go (the control thread's metrics plane).
     pub reports: ReportSender,
+    /// The reload thread's queue (used only where `[admin] wire_reload` keeps kind 0x06).
+    pub reloads: Reloads,
     /// Tells the control thread when this shard is gone, however that happens, including an
     /// executor that never started (the context is then dropped without `run` running).
     pub exit: ExitNotice,
@@ -67,12 +70,6 @@ pub enum ShardEvent {
     },
     Exited {
         shard: u32,
-    },
-    /// A client asked for a reload: compile `rules_path` (empty: the path being served) off
-    /// the data cores, publish it if it compiles, and answer on `reply`.
-    Reload {
-        rules_path: String,
-        reply: flume::Sender<ReloadReply>,
     },
     /// A client asked for stats: add the kernel columns to these fresh snapshots (every
     /// shard's) and answer on `reply`.
@@ -153,8 +150,10 @@ pub struct Shard {
     pub models: RefCell<CoreModels>,
     /// This shard's velocity windows (per-core, never shared).
     pub velocity: RefCell<VelocityState>,
-    /// Where reload requests go (the control thread).
+    /// Where stats requests go (the control thread).
     pub control: Sender<ShardEvent>,
+    /// Where reload requests go, when the data port serves them at all (`wire_reload`).
+    pub reloads: Option<Reloads>,
     pub stats: RefCell<CoreStats>,
     pub clock: quanta::Clock,
     pub mesh: Option<Rc<MeshPort>>,
@@ -317,6 +316,7 @@ pub async fn run(ctx: ShardContext) {
         rules: RefCell::new(rules),
         velocity: RefCell::new(velocity),
         control: ctx.events.clone(),
+        reloads: config.admin.wire_reload.then(|| ctx.reloads.clone()),
         stats: RefCell::new(stats),
         clock: quanta::Clock::new(),
         mesh,

@@ -7,6 +7,7 @@
 use hdrhistogram::Histogram;
 
 use crate::loop_time::LoopTime;
+use serde_json::json;
 use verdict_net::{
     ErrorCode, ErrorCount, KernelStats, LoopStats, ModelStats, Percentiles, ShardStats, StatsReply,
 };
@@ -308,6 +309,81 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         total,
         probes: Vec::new(),
     }
+}
+
+fn percentiles_json(p: &Percentiles) -> serde_json::Value {
+    json!({ "count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999, "max": p.max })
+}
+
+fn row_json(s: &ShardStats) -> serde_json::Value {
+    let errors: serde_json::Map<String, serde_json::Value> = s
+        .errors_by_code
+        .iter()
+        .map(|e| {
+            let name = ErrorCode::from_u16(e.code).map_or("unknown", |c| c.name());
+            (name.to_string(), json!(e.count))
+        })
+        .collect();
+    json!({
+        "shard": s.shard, "cpu": s.cpu, "epoch": s.epoch,
+        "requests": s.requests, "responses": s.responses, "events": s.events,
+        "errors": s.errors, "errors_by_code": errors,
+        "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
+        "connections_open": s.connections_open,
+        "connections_accepted": s.connections_accepted,
+        "connections_rejected": s.connections_rejected,
+        "batch_requests": percentiles_json(&s.batch_requests),
+        "batch_events": percentiles_json(&s.batch_events),
+        "latency_ns": percentiles_json(&s.latency_ns),
+        "runtime": runtime_json(&s.runtime),
+        "kernel": kernel_json(&s.kernel),
+        "models": s.models.iter().map(|m| json!({
+            "name": m.name, "version": m.version, "calls": m.calls, "rows": m.rows,
+            "traps": m.traps, "timeouts": m.timeouts, "errors": m.errors,
+            "exhausted_rows": m.exhausted_rows, "instances_ready": m.instances_ready,
+            "call_ns": percentiles_json(&m.call_ns),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn runtime_json(r: &LoopStats) -> serde_json::Value {
+    json!({
+        "uptime_ns": r.uptime_ns, "busy_ns": r.busy_ns, "io_poll_ns": r.io_poll_ns,
+        "parked_ns": r.parked_ns, "batch_ns": percentiles_json(&r.batch_ns),
+        "polls": r.polls, "poll_ns_max": r.poll_ns_max, "stalls": r.stalls,
+        "stall_threshold_ns": r.stall_threshold_ns,
+    })
+}
+
+fn kernel_json(k: &KernelStats) -> serde_json::Value {
+    json!({
+        "runq_delay_ns": percentiles_json(&k.runq_delay_ns),
+        "runq_delay_ns_log2": k.runq_delay_ns_log2,
+        "io_uring_submits": k.io_uring_submits,
+        "io_uring_completions": k.io_uring_completions,
+        "tcp_retransmits": k.tcp_retransmits,
+        "softirqs": k.softirqs, "softirq_ns": k.softirq_ns,
+        "syscall_ns": percentiles_json(&k.syscall_ns),
+        "syscall_ns_log2": k.syscall_ns_log2,
+    })
+}
+
+/// The JSON form of a stats reply: what `verdict stats --json` prints and the admin
+/// endpoint `/stats` serves.
+pub fn reply_json(reply: &StatsReply) -> serde_json::Value {
+    let mut total = row_json(&reply.total);
+    total["shard"] = json!("total");
+    total["cpu"] = json!(null);
+    let probes: Vec<serde_json::Value> = reply
+        .probes
+        .iter()
+        .map(|p| json!({ "group": p.group, "active": p.active, "reason": p.reason }))
+        .collect();
+    json!({
+        "shards": reply.shards.iter().map(row_json).collect::<Vec<_>>(),
+        "total": total,
+        "probes": probes,
+    })
 }
 
 #[cfg(test)]

@@ -50,10 +50,12 @@ fn probe_dir(score: f64) -> tempdir::Dir {
     dir
 }
 
+/// Serves the probe model; reloads go over the data port (`[admin] wire_reload`), the
+/// quickest way to swap models many times while clients stream.
 fn serve_probe(models: &Path) -> Server {
     Server::launch_with(
         &[],
-        &topology(&[0, 1], ""),
+        &(topology(&[0, 1], "") + "\n[admin]\nwire_reload = true\n"),
         &[("probe.rules", PROBE_RULES)],
         &["--models", models.to_str().unwrap()],
     )

@@ -140,20 +140,36 @@ fn check_takes_a_directory_as_one_rule_set() {
     );
 }
 
+/// `[admin] token_file` for the tests' token, in a directory of its own.
+fn with_token(toml: String, dir: &common::tempdir::Dir) -> String {
+    let token = common::token_file(&dir.0);
+    format!(
+        "{toml}\n[admin]\ntoken_file = {:?}\n",
+        token.display().to_string()
+    )
+}
+
 #[test]
 fn a_failed_reload_keeps_the_epoch_and_returns_the_errors() {
+    let secrets = common::tempdir::Dir::new("token");
     let server = Server::with_rules(
-        &topology(&[0, 1], ""),
+        &with_token(topology(&[0, 1], ""), &secrets),
         &[("a.rules", RULES_A), ("lists/vip.txt", VIP)],
     );
+    let admin = format!("127.0.0.1:{}", server.admin_port);
+    let token = secrets.0.join("admin.token");
+    let token = token.to_str().unwrap();
     let broken = server.dir().join("broken.rules");
     std::fs::write(&broken, "rule r { when amount > \"x\" score 1 }\n").unwrap();
+    // Paths are relative to rules.dir (here the directory of the served a.rules).
     let out = verdict(&[
         "reload",
-        "--addr",
-        &server.addr(),
+        "--admin",
+        &admin,
+        "--token-file",
+        token,
         "--rules",
-        broken.to_str().unwrap(),
+        "broken.rules",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -169,10 +185,12 @@ fn a_failed_reload_keeps_the_epoch_and_returns_the_errors() {
     std::fs::write(&b, RULES_B).unwrap();
     let out = verdict(&[
         "reload",
-        "--addr",
-        &server.addr(),
+        "--admin",
+        &admin,
+        "--token-file",
+        token,
         "--rules",
-        b.to_str().unwrap(),
+        "b.rules",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -197,15 +215,16 @@ fn a_failed_reload_keeps_the_epoch_and_returns_the_errors() {
     }
 }
 
+/// Reloads over the data port (kept by `[admin] wire_reload`), the fastest way to publish
+/// a hundred epochs while clients stream.
 #[test]
 fn a_hundred_reloads_under_streaming_load_fail_or_drop_no_request() {
     let server = Server::with_rules(
-        &topology(&[0, 1], ""),
+        &(topology(&[0, 1], "") + "\n[admin]\nwire_reload = true\n"),
         &[("a.rules", RULES_A), ("lists/vip.txt", VIP)],
     );
-    let a = server.dir().join("a.rules");
-    let b = server.dir().join("b.rules");
-    std::fs::write(&b, RULES_B).unwrap();
+    std::fs::write(server.dir().join("b.rules"), RULES_B).unwrap();
+    let (a, b) = ("a.rules", "b.rules");
     let stop = Arc::new(AtomicBool::new(false));
     let streams: Vec<_> = (0..2)
         .map(|shard| {
@@ -222,8 +241,8 @@ fn a_hundred_reloads_under_streaming_load_fail_or_drop_no_request() {
         .collect();
     let mut reloader = server.client();
     for i in 0..100u64 {
-        let path = if i % 2 == 0 { &b } else { &a };
-        let reply = reloader.reload(path.to_str().unwrap()).unwrap();
+        let path = if i % 2 == 0 { b } else { a };
+        let reply = reloader.reload(path).unwrap();
         assert!(reply.ok, "{:?}", reply.errors);
         assert_eq!(reply.epoch, i + 2);
     }

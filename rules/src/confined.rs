@@ -127,7 +127,9 @@ impl Confined {
             });
         }
         // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+        Ok(File::from(unsafe {
+            OwnedFd::from_raw_fd(fd as libc::c_int)
+        }))
     }
 }
 
@@ -224,8 +226,11 @@ mod tests {
             std::fs::create_dir_all(base.join("root/lists")).unwrap();
             std::fs::create_dir_all(base.join("outside")).unwrap();
             std::fs::write(base.join("outside/secret.txt"), SECRET).unwrap();
-            std::fs::write(base.join("root/a.rules"), "rule r { when amount > 1 score 1 }\n")
-                .unwrap();
+            std::fs::write(
+                base.join("root/a.rules"),
+                "rule r { when amount > 1 score 1 }\n",
+            )
+            .unwrap();
             std::fs::write(base.join("root/lists/l.txt"), "x\n").unwrap();
             Tree { base }
         }
@@ -267,7 +272,10 @@ mod tests {
         );
         // A symlink that stays inside is fine too.
         symlink("lists/l.txt", tree.root().join("link.txt")).unwrap();
-        assert_eq!(c.read(&tree.root().join("link.txt"), 1 << 20).unwrap(), "x\n");
+        assert_eq!(
+            c.read(&tree.root().join("link.txt"), 1 << 20).unwrap(),
+            "x\n"
+        );
         let listed = c.rules_in(&tree.root()).unwrap().unwrap();
         assert_eq!(listed, vec![tree.root().join("a.rules")]);
         assert_eq!(c.rules_in(&tree.root().join("a.rules")).unwrap(), None);

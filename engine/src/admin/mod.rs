@@ -1,29 +1,42 @@
-//! Admin HTTP on its own port, served by its own threads, never by a data core:
-//! - `GET /metrics`: Prometheus text exposition (per-core labels `shard`, `cpu`);
-//! - `GET /stats`: JSON, the shape `verdict stats --json` prints, from the shards' latest
-//!   snapshots (at most `runtime.stats_interval_ms` old; each shard's age is included);
-//! - `GET /healthz`: 200 while every shard keeps reporting, else 503 naming the silent ones;
-//! - `GET /readyz`: 200 once every shard listens, 503 while starting or draining.
+//! The admin port: HTTP on its own threads, never on a data core. Reads (`/metrics`,
+//! `/stats`, `/healthz`, `/readyz`) and the control API (`POST /v1/reload`, bearer token);
+//! the endpoints are in [`routes`], the token in [`token`], the HTTP in [`crate::http`].
 //!
-//! Every request reads the metrics plane under its mutex (the control thread and these
-//! threads are its only users), renders, and answers.
+//! Everything a client can make it hold is bounded (`[admin]` in shards.toml): one accept
+//! thread and `threads` workers, whatever the number of clients; at most `connections_max`
+//! connections being answered or waiting for a worker (one more is answered 503 and closed
+//! by the accept thread at once); a request must arrive whole within `read_timeout_ms` and
+//! within `header_bytes_max` + `body_bytes_max` bytes; a client that takes none of the
+//! answer for `write_timeout_ms` is dropped. One request per connection.
+//!
+//! (This replaced tiny_http, which starts a thread per connection and never times an idle
+//! one out: 1,000 idle connections meant 1,000 threads.)
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod routes;
+pub mod token;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use log::warn;
-use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::config::AdminConfig;
+use crate::http::{self, Bounds, ReadError, Response};
 use crate::metrics::Plane;
+use crate::reload::Reloads;
 
-/// Threads answering admin requests (a slow reader holds one of them, never a data core).
-const ADMIN_THREADS: usize = 2;
-/// How often an idle admin thread checks for shutdown.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+pub use routes::Routes;
+pub use token::Token;
+
+/// How often the accept thread checks for shutdown while no client connects.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long the accept thread spends telling a client over the cap to come back later.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
 pub struct Admin {
     pub port: u16,
@@ -31,28 +44,60 @@ pub struct Admin {
     stop: Arc<AtomicBool>,
 }
 
+/// What the admin threads share (read-only but for the counters).
+struct Shared {
+    routes: Routes,
+    config: AdminConfig,
+    /// Connections accepted and not yet finished (answered or waiting for a worker).
+    open: AtomicUsize,
+    stop: Arc<AtomicBool>,
+}
+
 impl Admin {
-    /// Binds `addr` and starts the admin threads.
-    pub fn start(addr: SocketAddr, plane: Arc<Mutex<Plane>>) -> anyhow::Result<Admin> {
-        let server = Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+    /// Binds `addr` and starts the accept thread and the workers.
+    pub fn start(
+        addr: SocketAddr,
+        config: &AdminConfig,
+        plane: Arc<Mutex<Plane>>,
+        reloads: Reloads,
+        token: Option<Token>,
+        reload_timeout: Duration,
+    ) -> anyhow::Result<Admin> {
+        let listener = TcpListener::bind(addr)
             .with_context(|| format!("binding the admin port {addr} (listen.admin_port)"))?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .context("admin listener has no port")?;
-        let server = Arc::new(server);
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..ADMIN_THREADS)
-            .map(|i| {
-                let (server, plane, stop) = (server.clone(), plane.clone(), stop.clone());
+        let shared = Arc::new(Shared {
+            routes: Routes {
+                plane,
+                reloads,
+                token,
+                token_for_reads: config.token_for_reads,
+                reload_timeout,
+            },
+            config: config.clone(),
+            open: AtomicUsize::new(0),
+            stop: stop.clone(),
+        });
+        let (work, queue) = flume::bounded::<TcpStream>(config.connections_max as usize);
+        let mut threads = Vec::with_capacity(config.threads as usize + 1);
+        for i in 0..config.threads {
+            let (shared, queue) = (shared.clone(), queue.clone());
+            threads.push(
                 std::thread::Builder::new()
                     .name(format!("verdict-admin-{i}"))
-                    .spawn(move || serve(&server, &plane, &stop))
-                    .context("starting an admin thread")
-            })
-            .collect::<anyhow::Result<_>>()?;
+                    .spawn(move || work_loop(&shared, &queue))
+                    .context("starting an admin thread")?,
+            );
+        }
+        let accepting = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("verdict-admin-accept".into())
+                .spawn(move || accept_loop(&listener, &accepting, work))
+                .context("starting the admin accept thread")?,
+        );
         Ok(Admin {
             port,
             threads,
@@ -68,77 +113,99 @@ impl Admin {
     }
 }
 
-fn serve(server: &Server, plane: &Mutex<Plane>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match server.recv_timeout(SHUTDOWN_POLL) {
-            Ok(Some(request)) => answer(request, plane),
-            Ok(None) => {}
-            Err(e) => {
-                warn!("admin: {e}");
+fn accept_loop(listener: &TcpListener, shared: &Shared, work: flume::Sender<TcpStream>) {
+    let cap = shared.config.connections_max as usize;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(SHUTDOWN_POLL);
+                continue;
             }
+            Err(e) => {
+                // Out of descriptors and the like: say so, back off, go on.
+                warn!("admin: accept: {e}");
+                std::thread::sleep(SHUTDOWN_POLL);
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        if shared.open.load(Ordering::Relaxed) >= cap {
+            refuse(stream, cap);
+            continue;
+        }
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = work.try_send(stream) {
+            // Cannot happen while `open` is under the queue's capacity; answer anyway.
+            shared.open.fetch_sub(1, Ordering::Relaxed);
+            refuse(e.into_inner(), cap);
+        }
+    }
+    // Dropping `work` here ends the workers once the queue is empty.
+}
+
+/// A 503 for a client over `admin.connections_max`, written without waiting on it.
+fn refuse(mut stream: TcpStream, cap: usize) {
+    let _ = stream.set_write_timeout(Some(REFUSE_WRITE_TIMEOUT));
+    let body = format!("busy: {cap} admin connections open (admin.connections_max); retry\n");
+    let _ = stream.write_all(
+        &Response::text(503, body)
+            .with_header("Retry-After", "1")
+            .to_bytes(false),
+    );
+}
+
+fn work_loop(shared: &Shared, queue: &flume::Receiver<TcpStream>) {
+    loop {
+        match queue.recv_timeout(SHUTDOWN_POLL) {
+            Ok(stream) => {
+                serve_one(shared, stream);
+                shared.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(flume::RecvTimeoutError::Timeout) if shared.stop.load(Ordering::Relaxed) => {
+                return;
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => return,
         }
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+/// Reads one request within the deadline and bounds, answers it, closes.
+fn serve_one(shared: &Shared, mut stream: TcpStream) {
+    let config = &shared.config;
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms)));
+    let deadline = Instant::now() + Duration::from_millis(config.read_timeout_ms);
+    let bounds = Bounds {
+        header_bytes_max: config.header_bytes_max as usize,
+        body_bytes_max: config.body_bytes_max as usize,
+    };
+    let (response, head) = match http::read_request(&mut stream, bounds, deadline) {
+        Ok(Some(request)) => (shared.routes.answer(&request), request.method == "HEAD"),
+        // Closed before saying anything: nothing is owed.
+        Ok(None) | Err(ReadError::TimedOut { started: false }) | Err(ReadError::Io(_)) => {
+            return;
+        }
+        Err(ReadError::TimedOut { started: true }) => (
+            Response::text(
+                408,
+                format!(
+                    "the request did not arrive whole within {} ms (admin.read_timeout_ms)\n",
+                    config.read_timeout_ms
+                ),
+            ),
+            false,
+        ),
+        Err(ReadError::Http(e)) => (Response::text(e.status(), format!("{e}\n")), false),
+    };
+    let _ = stream.write_all(&response.to_bytes(head));
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Closing with unread input resets the connection, and a reset can destroy the answer
+    // before the client reads it (a 413 for a body still arriving): read a little first.
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let _ = std::io::copy(&mut (&stream).take(LINGER_BYTES_MAX), &mut std::io::sink());
 }
 
-/// The body and content type of `path`, with its status.
-pub fn render(path: &str, plane: &Mutex<Plane>) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let plane = match plane.lock() {
-        Ok(p) => p,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            plane.prometheus(&plane.kernel()),
-        ),
-        "/stats" => {
-            let (reply, ages) = plane.latest_reply(&plane.kernel());
-            let mut json = crate::cli::stats::to_json(&reply);
-            json["snapshot_age_ms"] = ages
-                .iter()
-                .map(|(shard, ms)| serde_json::json!({ "shard": shard, "age_ms": ms }))
-                .collect();
-            let body = serde_json::to_string_pretty(&json).unwrap_or_default();
-            (200, "application/json", body)
-        }
-        "/healthz" => match plane.health() {
-            Ok(()) => (200, TEXT, "ok\n".into()),
-            Err(why) => (503, TEXT, format!("unhealthy: {why}\n")),
-        },
-        "/readyz" => match plane.readiness() {
-            Ok(()) => (200, TEXT, "ready\n".into()),
-            Err(why) => (503, TEXT, format!("not ready: {why}\n")),
-        },
-        _ => (
-            404,
-            TEXT,
-            "not found; endpoints: /metrics /stats /healthz /readyz\n".into(),
-        ),
-    }
-}
-
-fn answer(request: Request, plane: &Mutex<Plane>) {
-    let (status, kind, body) = match request.method() {
-        Method::Get | Method::Head => {
-            let path = request.url().split('?').next().unwrap_or("");
-            render(path, plane)
-        }
-        _ => (
-            405,
-            "text/plain; charset=utf-8",
-            "method not allowed: GET only\n".to_string(),
-        ),
-    };
-    let response = Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", kind));
-    // A client that went away is its own problem.
-    let _ = request.respond(response);
-}
+/// How long, and how many bytes, a closing connection's leftover input is read and dropped.
+const LINGER: Duration = Duration::from_millis(100);
+const LINGER_BYTES_MAX: u64 = 64 * 1024;

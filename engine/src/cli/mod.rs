@@ -13,6 +13,8 @@ use verdict_net::Client;
 
 /// Where client commands connect by default: the shipped shards.toml's shared port.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
+/// Where admin commands connect by default: the shipped shards.toml's admin port.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7480";
 
 pub fn connect(addr: &str) -> anyhow::Result<Client> {
     Client::connect(addr).with_context(|| format!("connecting to {addr}"))

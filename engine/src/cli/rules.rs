@@ -2,8 +2,10 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use verdict_net::ReloadReply;
 use verdict_rules::ir::Agg;
 use verdict_rules::{Disk, VelocityState};
 
@@ -110,19 +112,77 @@ pub fn check(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `verdict reload`: asks the engine at `addr` to compile `rules` (a path on this machine,
-/// made absolute here; none: the path the engine serves) and publish it.
-pub fn reload(addr: &str, rules: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rules_path = match rules {
-        None => String::new(),
-        Some(p) => std::fs::canonicalize(p)
-            .unwrap_or_else(|_| p.to_path_buf())
-            .display()
+/// `verdict reload`: asks the engine's control API at `admin` (its admin port) to compile
+/// `rules` (relative to the engine's rules.dir; "": the rules it serves) and publish them.
+pub fn reload(admin: &str, token_file: Option<&Path>, rules: &str) -> anyhow::Result<ExitCode> {
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?
+            .trim()
             .to_string(),
+        None => String::new(),
     };
+    let authorization = format!("Bearer {token}");
+    let mut headers = vec![("Content-Type", "application/json")];
+    if token_file.is_some() {
+        headers.push(("Authorization", authorization.as_str()));
+    }
+    let body = serde_json::json!({ "rules_path": rules }).to_string();
+    let (status, text) = crate::http::call(
+        admin,
+        "POST",
+        "/v1/reload",
+        &headers,
+        body.as_bytes(),
+        RELOAD_CALL_TIMEOUT,
+    )
+    .with_context(|| format!("reload through the admin port {admin}"))?;
+    let reply: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(_) => {
+            // 401, 403 and the like answer in plain text.
+            eprint!("{text}");
+            anyhow::bail!("reload through {admin}: HTTP {status}");
+        }
+    };
+    let strings = |key: &str| -> Vec<String> {
+        reply[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let reply = ReloadReply {
+        ok: reply["ok"].as_bool().unwrap_or(false),
+        epoch: reply["epoch"].as_u64().unwrap_or(0),
+        rules_path: reply["rules_path"].as_str().unwrap_or(rules).to_string(),
+        rules: reply["rules"].as_u64().unwrap_or(0) as u32,
+        digest: reply["digest"].as_str().unwrap_or("").to_string(),
+        compile_us: reply["compile_us"].as_u64().unwrap_or(0),
+        errors: strings("errors"),
+        models: strings("models"),
+        swap_us: reply["swap_us"].as_u64().unwrap_or(0),
+    };
+    print_reload(&reply)
+}
+
+/// How long `verdict reload` waits for the admin port's answer (a big rule set or model
+/// compiles for a while; the engine's own bound is limits.reload_timeout_ms).
+const RELOAD_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `verdict reload --addr`: the same over the data port (kind 0x06), for engines that keep
+/// `[admin] wire_reload = true`.
+pub fn reload_wire(addr: &str, rules: &str) -> anyhow::Result<ExitCode> {
     let reply = connect(addr)?
-        .reload(&rules_path)
+        .reload(rules)
         .with_context(|| format!("reload {addr}"))?;
+    print_reload(&reply)
+}
+
+fn print_reload(reply: &ReloadReply) -> anyhow::Result<ExitCode> {
     if reply.ok {
         println!(
             "epoch {} published: {} rules from {} (digest {}, compiled in {} us); every shard deciding with it {} us after publishing",
@@ -140,6 +200,9 @@ pub fn reload(addr: &str, rules: Option<&Path>) -> anyhow::Result<ExitCode> {
     } else {
         for e in &reply.errors {
             eprint!("{e}");
+            if !e.ends_with('\n') {
+                eprintln!();
+            }
         }
         eprintln!(
             "reload of {} failed with {} errors; epoch {} stays",

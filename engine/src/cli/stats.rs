@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use verdict_net::{ErrorCode, KernelStats, LoopStats, Percentiles, ShardStats, StatsReply};
+use verdict_net::{ErrorCode, ShardStats, StatsReply};
+
+use crate::stats::reply_json;
 
 use super::connect;
 
@@ -23,8 +24,8 @@ pub fn run(addr: &str, as_json: bool, watch: Option<u64>) -> anyhow::Result<Exit
         let reply = client.stats()?;
         match (as_json, watch.is_some()) {
             // One JSON document per line, so a watcher can pipe it.
-            (true, true) => println!("{}", serde_json::to_string(&to_json(&reply))?),
-            (true, false) => println!("{}", serde_json::to_string_pretty(&to_json(&reply))?),
+            (true, true) => println!("{}", serde_json::to_string(&reply_json(&reply))?),
+            (true, false) => println!("{}", serde_json::to_string_pretty(&reply_json(&reply))?),
             // Clear the screen and print from the top.
             (false, true) => print!("\x1b[2J\x1b[H{addr} every 1 s\n{}", table(&reply)),
             (false, false) => print!("{}", table(&reply)),
@@ -35,80 +36,6 @@ pub fn run(addr: &str, as_json: bool, watch: Option<u64>) -> anyhow::Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn percentiles_json(p: &Percentiles) -> serde_json::Value {
-    json!({ "count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999, "max": p.max })
-}
-
-fn row_json(s: &ShardStats) -> serde_json::Value {
-    let errors: serde_json::Map<String, serde_json::Value> = s
-        .errors_by_code
-        .iter()
-        .map(|e| {
-            let name = ErrorCode::from_u16(e.code).map_or("unknown", |c| c.name());
-            (name.to_string(), json!(e.count))
-        })
-        .collect();
-    json!({
-        "shard": s.shard, "cpu": s.cpu, "epoch": s.epoch,
-        "requests": s.requests, "responses": s.responses, "events": s.events,
-        "errors": s.errors, "errors_by_code": errors,
-        "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
-        "connections_open": s.connections_open,
-        "connections_accepted": s.connections_accepted,
-        "connections_rejected": s.connections_rejected,
-        "batch_requests": percentiles_json(&s.batch_requests),
-        "batch_events": percentiles_json(&s.batch_events),
-        "latency_ns": percentiles_json(&s.latency_ns),
-        "runtime": runtime_json(&s.runtime),
-        "kernel": kernel_json(&s.kernel),
-        "models": s.models.iter().map(|m| json!({
-            "name": m.name, "version": m.version, "calls": m.calls, "rows": m.rows,
-            "traps": m.traps, "timeouts": m.timeouts, "errors": m.errors,
-            "exhausted_rows": m.exhausted_rows, "instances_ready": m.instances_ready,
-            "call_ns": percentiles_json(&m.call_ns),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn runtime_json(r: &LoopStats) -> serde_json::Value {
-    json!({
-        "uptime_ns": r.uptime_ns, "busy_ns": r.busy_ns, "io_poll_ns": r.io_poll_ns,
-        "parked_ns": r.parked_ns, "batch_ns": percentiles_json(&r.batch_ns),
-        "polls": r.polls, "poll_ns_max": r.poll_ns_max, "stalls": r.stalls,
-        "stall_threshold_ns": r.stall_threshold_ns,
-    })
-}
-
-fn kernel_json(k: &KernelStats) -> serde_json::Value {
-    json!({
-        "runq_delay_ns": percentiles_json(&k.runq_delay_ns),
-        "runq_delay_ns_log2": k.runq_delay_ns_log2,
-        "io_uring_submits": k.io_uring_submits,
-        "io_uring_completions": k.io_uring_completions,
-        "tcp_retransmits": k.tcp_retransmits,
-        "softirqs": k.softirqs, "softirq_ns": k.softirq_ns,
-        "syscall_ns": percentiles_json(&k.syscall_ns),
-        "syscall_ns_log2": k.syscall_ns_log2,
-    })
-}
-
-/// The JSON form (also what the admin endpoint `/stats` serves).
-pub fn to_json(reply: &StatsReply) -> serde_json::Value {
-    let mut total = row_json(&reply.total);
-    total["shard"] = json!("total");
-    total["cpu"] = json!(null);
-    let probes: Vec<serde_json::Value> = reply
-        .probes
-        .iter()
-        .map(|p| json!({ "group": p.group, "active": p.active, "reason": p.reason }))
-        .collect();
-    json!({
-        "shards": reply.shards.iter().map(row_json).collect::<Vec<_>>(),
-        "total": total,
-        "probes": probes,
-    })
 }
 
 fn us(ns: u64) -> String {

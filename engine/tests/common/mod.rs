@@ -286,6 +286,51 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http(port, "GET", path)
 }
 
+/// A token the tests' engines accept on their control API.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Writes `TOKEN` to `dir/admin.token`, readable by its owner only; returns the path.
+pub fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("admin.token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// An HTTP request made by Python's `http.client` (a client nobody here wrote):
+/// (status, body). `headers` as (name, value).
+pub fn http_py(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let script = r#"
+import http.client, json, sys
+port, method, path, headers, body = sys.argv[1:]
+c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
+c.request(method, path, body=body.encode() if body else None, headers=json.loads(headers))
+r = c.getresponse()
+sys.stdout.write(str(r.status) + "\n" + r.read().decode("utf-8", "replace"))
+"#;
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string(), method, path])
+        .arg(serde_json::Value::Object(headers).to_string())
+        .arg(body)
+        .output()
+        .expect("python3 runs (scripts/setup.sh)");
+    assert!(out.status.success(), "python: {}", text(&out.stderr));
+    let out = text(&out.stdout);
+    let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (status.parse().unwrap(), body.to_string())
+}
+
 pub fn client(addr: &str) -> Client {
     let c = Client::connect(addr).unwrap();
     c.set_timeout(Some(Duration::from_secs(20))).unwrap();
