@@ -215,6 +215,16 @@ pub struct Limits {
     /// Receive buffer per connection; it grows only to fit one frame up to
     /// `frame_len_max_bytes` and shrinks back once drained.
     pub read_buffer_bytes: u32,
+    /// Response buffer a batch starts with (taken from the shard's pool while answers wait
+    /// to be written; an idle connection holds none).
+    pub write_buffer_bytes: u32,
+    /// All connection buffers of one shard together (receive and response, reserved and
+    /// grown): a connection whose base buffers do not fit is refused (error 8), a frame
+    /// that cannot be given room closes its connection (error 8).
+    pub connection_memory_bytes_max: u64,
+    /// A frame must arrive whole within this long of its first byte, else the connection is
+    /// closed (the frame was never accepted: no answer is owed).
+    pub frame_timeout_ms: u64,
     /// A connection that sends nothing for this long is closed. 0 = never.
     pub idle_timeout_ms: u64,
     /// A peer that accepts none of our response bytes for this long is closed.
@@ -244,7 +254,10 @@ impl Default for Limits {
             pipeline_depth_max: 256,
             batch_events_max: 1024,
             write_buffer_bytes_max: 256 * 1024,
-            read_buffer_bytes: 64 * 1024,
+            read_buffer_bytes: 16 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            connection_memory_bytes_max: 256 << 20,
+            frame_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
             write_timeout_ms: 30_000,
             shutdown_drain_ms: 5_000,
@@ -507,7 +520,7 @@ impl AdminConfig {
 impl Limits {
     fn check(&self) -> Result<(), ConfigError> {
         let l = self;
-        let ranges: [(&str, u64, u64, u64); 14] = [
+        let ranges: [(&str, u64, u64, u64); 17] = [
             (
                 "frame_len_max_bytes",
                 l.frame_len_max_bytes.into(),
@@ -539,6 +552,19 @@ impl Limits {
                 4096,
                 64 << 20,
             ),
+            (
+                "write_buffer_bytes",
+                l.write_buffer_bytes.into(),
+                1024,
+                64 << 20,
+            ),
+            (
+                "connection_memory_bytes_max",
+                l.connection_memory_bytes_max,
+                1 << 20,
+                1 << 40,
+            ),
+            ("frame_timeout_ms", l.frame_timeout_ms, 1, 3_600_000),
             ("idle_timeout_ms", l.idle_timeout_ms, 0, 86_400_000),
             ("write_timeout_ms", l.write_timeout_ms, 1, 3_600_000),
             ("shutdown_drain_ms", l.shutdown_drain_ms, 1, 600_000),
@@ -560,6 +586,25 @@ impl Limits {
                     format!("{value} is not in {min}..={max}"),
                 ));
             }
+        }
+        if l.write_buffer_bytes > l.write_buffer_bytes_max {
+            return Err(invalid(
+                "limits.write_buffer_bytes",
+                format!(
+                    "{} is over limits.write_buffer_bytes_max ({})",
+                    l.write_buffer_bytes, l.write_buffer_bytes_max
+                ),
+            ));
+        }
+        let base = u64::from(l.read_buffer_bytes) + u64::from(l.write_buffer_bytes);
+        if base > l.connection_memory_bytes_max {
+            return Err(invalid(
+                "limits.connection_memory_bytes_max",
+                format!(
+                    "{} cannot hold one connection's base buffers ({base} bytes)",
+                    l.connection_memory_bytes_max
+                ),
+            ));
         }
         Ok(())
     }
@@ -621,6 +666,15 @@ batch_events_max = {batch}
 write_buffer_bytes_max = {wbuf}
 # Receive buffer per connection in bytes; grows only to fit one frame, shrinks back.
 read_buffer_bytes = {rbuf}
+# Response buffer a batch starts with (bytes), from the shard's pool while answers wait to be
+# written; an idle connection holds none.
+write_buffer_bytes = {wbase}
+# All connection buffers of one shard together (bytes). A connection whose base buffers do
+# not fit is refused with error 8; a frame that cannot be given room gets error 8 and a close.
+connection_memory_bytes_max = {conn_mem}
+# A frame must arrive whole within this long (ms) of its first byte, else the connection is
+# closed (slow or stalled peers cannot hold a slot).
+frame_timeout_ms = {frame_to}
 # Close a connection silent for this long (ms). 0 = never.
 idle_timeout_ms = {idle}
 # Close a peer that takes none of our bytes for this long (ms).
@@ -735,6 +789,9 @@ dir = {rules_dir:?}
         batch = l.batch_events_max,
         wbuf = l.write_buffer_bytes_max,
         rbuf = l.read_buffer_bytes,
+        wbase = l.write_buffer_bytes,
+        conn_mem = l.connection_memory_bytes_max,
+        frame_to = l.frame_timeout_ms,
         idle = l.idle_timeout_ms,
         wto = l.write_timeout_ms,
         drain = l.shutdown_drain_ms,

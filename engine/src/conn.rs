@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::decide::{Decided, Scratch, decide, recycle};
 use crate::drain::Waiter;
@@ -41,9 +41,11 @@ enum Flow {
     Close,
 }
 
-/// A connection's buffers, reused for its whole life.
+/// A connection's buffers and scratch, reused for its whole life (the response buffer
+/// only while answers wait to be written: it comes from the shard's pool).
 struct Connection {
     recv: RecvBuffer,
+    /// Empty and unallocated between batches; taken from `Shard::buffers` for one.
     out: AlignedVec<FRAME_ALIGN>,
     encoder: FrameEncoder,
     /// Error messages are formatted here.
@@ -60,21 +62,26 @@ struct Connection {
     run_events: Vec<&'static ArchivedEvent>,
     /// Clock reading when the last read completed: when the frames it finished arrived.
     read_at: u64,
+    /// When the first byte of the incomplete frame at the front arrived (None: the buffer
+    /// holds no partial frame). It must be whole within `limits.frame_timeout_ms`.
+    partial_since: Option<Instant>,
 }
 
 /// Serves one connection until the peer closes, a framing error, an I/O error or timeout,
-/// or the end of the shutdown drain. `_slot` holds the connection's place under
-/// `connections_per_shard_max` until this returns.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlot) {
+/// a frame that does not arrive whole in time, or the end of the shutdown drain. `slot`
+/// holds the connection's place under `connections_per_shard_max` and its share of the
+/// shard's connection memory until this returns.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, slot: ConnectionSlot) {
     let limits = &shard.limits;
     let _ = stream.set_nodelay(true);
     let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
     let _ = stream.set_read_timeout(idle);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
     let waiter = shard.drain.waiter();
+    let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
     let mut conn = Connection {
         recv: RecvBuffer::new(limits.read_buffer_bytes as usize),
-        out: AlignedVec::with_capacity(limits.write_buffer_bytes_max as usize),
+        out: AlignedVec::new(),
         encoder: FrameEncoder::new(),
         message: String::with_capacity(256),
         views: Vec::new(),
@@ -83,21 +90,39 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
         run: Vec::new(),
         run_events: Vec::new(),
         read_at: 0,
+        partial_since: None,
     };
     loop {
         if !matches!(
             conn.recv.front(limits.frame_len_max_bytes),
             Scan::Frame(_) | Scan::Broken { .. }
         ) {
-            let read = match read_some(&shard, &waiter, &mut stream, &mut conn.recv).await {
+            // Room for a large frame's bytes comes out of the shard's connection memory.
+            let len = conn.recv.len_for_read(limits.frame_len_max_bytes);
+            if !slot.hold_grown((len - conn.recv.base_len()) as u64) {
+                refuse_room(&shard, &mut conn, &mut stream, len).await;
+                break;
+            }
+            let deadline = conn.partial_since.map(|since| since + frame_timeout);
+            let read = match read_some(&shard, &waiter, &mut stream, &mut conn.recv, deadline).await
+            {
                 ReadOutcome::Bytes(n) => n,
                 ReadOutcome::Draining => continue,
                 ReadOutcome::Done => break,
             };
             conn.read_at = shard.clock.raw();
+            conn.partial_since.get_or_insert_with(Instant::now);
             shard.stats.borrow_mut().bytes_in += read as u64;
         }
-        let flow = conn.answer_batch(&shard).await;
+        conn.out = shard.buffers.take_out();
+        let (flow, consumed) = conn.answer_batch(&shard).await;
+        // A partial frame left after whole ones began arriving with the last read.
+        if conn.recv.buffered() == 0 {
+            conn.partial_since = None;
+        } else if consumed {
+            conn.partial_since = Some(Instant::now());
+        }
+        slot.hold_grown((conn.recv.len() - conn.recv.base_len()) as u64);
         if !conn.out.is_empty() {
             // Let every other connection that is ready decide its batch before this one
             // sends: the shard's sends then leave back to back, and a client woken by the
@@ -109,13 +134,38 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _slot: ConnectionSlo
                 break;
             }
             shard.stats.borrow_mut().bytes_out += conn.out.len() as u64;
-            conn.out.clear();
         }
+        shard.buffers.give_back_out(std::mem::take(&mut conn.out));
         if flow == Flow::Close {
             break;
         }
     }
+    drop(slot);
     linger_close(&shard, stream).await;
+}
+
+/// No room in the shard's connection memory for the frame arriving: error 8, then close
+/// (its bytes cannot be skipped without reading them).
+async fn refuse_room(shard: &Shard, conn: &mut Connection, stream: &mut TcpStream, len: usize) {
+    let id = match conn.recv.front(shard.limits.frame_len_max_bytes) {
+        Scan::Incomplete { .. } => conn.recv.front_id().unwrap_or(0),
+        _ => 0,
+    };
+    conn.message.clear();
+    let _ = write!(
+        conn.message,
+        "no room for a {len}-byte receive buffer: shard {} has {} of {} bytes of connection memory in use (limits.connection_memory_bytes_max); closing the connection",
+        shard.index,
+        shard.buffers.in_use_bytes(),
+        shard.buffers.budget_bytes()
+    );
+    conn.out = shard.buffers.take_out();
+    conn.push_error(shard, id, ErrorCode::Overloaded);
+    shard.stats.borrow_mut().requests += 1;
+    if stream.write_all(&conn.out).await.is_ok() {
+        shard.stats.borrow_mut().bytes_out += conn.out.len() as u64;
+    }
+    shard.buffers.give_back_out(std::mem::take(&mut conn.out));
 }
 
 enum ReadOutcome {
@@ -126,14 +176,28 @@ enum ReadOutcome {
     Done,
 }
 
+/// Reads what the peer sent; `deadline`: when the partial frame in `recv` must be whole
+/// (the read ends the connection at it).
 async fn read_some(
     shard: &Shard,
     waiter: &Waiter,
     stream: &mut TcpStream,
     recv: &mut RecvBuffer,
+    deadline: Option<Instant>,
 ) -> ReadOutcome {
     let space = recv.read_space(shard.limits.frame_len_max_bytes);
-    let result = if shard.drain.is_draining() {
+    let result = if let Some(deadline) = deadline {
+        // A frame is arriving: it has until its deadline, draining or not (the drain's
+        // quiet time is the shorter bound while draining).
+        let mut left = deadline.saturating_duration_since(Instant::now());
+        if shard.drain.is_draining() {
+            left = left.min(Duration::from_millis(shard.limits.shutdown_quiet_ms));
+        }
+        match glommio::timer::timeout(left, async { Ok(stream.read(space).await) }).await {
+            Ok(r) => Some(r),
+            Err(_) => return ReadOutcome::Done,
+        }
+    } else if shard.drain.is_draining() {
         // The socket's own read timer may still run on the idle timeout; bound this read by
         // the quiet time explicitly.
         let quiet = Duration::from_millis(shard.limits.shutdown_quiet_ms);
@@ -187,16 +251,17 @@ async fn linger_close(shard: &Shard, stream: TcpStream) {
 
 impl Connection {
     /// Answers the whole frames at the front of the receive buffer, up to
-    /// `pipeline_depth_max` or until the write buffer is full.
-    async fn answer_batch(&mut self, shard: &Shard) -> Flow {
+    /// `pipeline_depth_max` or until the response buffer is full; whether any was answered.
+    async fn answer_batch(&mut self, shard: &Shard) -> (Flow, bool) {
         let limits = &shard.limits;
         let mut handled = 0u64;
         let mut flow = Flow::Continue;
         let started = shard.clock.raw();
         shard.refresh_rules();
-        while handled < u64::from(limits.pipeline_depth_max)
-            && self.out.len() < limits.write_buffer_bytes_max as usize
-        {
+        let out_cap = shard
+            .buffers
+            .out_cap(limits.write_buffer_bytes_max as usize);
+        while handled < u64::from(limits.pipeline_depth_max) && self.out.len() < out_cap {
             let at = match self.recv.front(limits.frame_len_max_bytes) {
                 Scan::Incomplete { .. } => break,
                 Scan::Broken { id, error } => {
@@ -246,7 +311,7 @@ impl Connection {
         if handled > 0 {
             s.record_batch_ns(took);
         }
-        flow
+        (flow, handled > 0)
     }
 
     /// Answers one frame; every path appends exactly one response frame.

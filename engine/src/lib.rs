@@ -7,6 +7,7 @@
 //! - [`shard`]: one core's state, its listeners and accept loop, drain on shutdown.
 //! - [`drain`]: the per-core shutdown signal connections and accept loops wait on.
 //! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
+//! - [`buffers`]: the shard's connection memory: a budget, response buffers for reuse.
 //! - [`decide`]: the pure decision for one event.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
 //! - [`loop_time`]: a shard's wall time split (busy, io_poll, parked), exact by construction.
@@ -21,6 +22,7 @@
 //! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
 
 pub mod admin;
+pub mod buffers;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -25,6 +25,7 @@ use verdict_probes::{Group, ProbeOptions, Probes};
 use verdict_rules::EpochCell;
 
 use crate::admin::{Admin, Token};
+use crate::buffers;
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
 use crate::metrics::{self, Plane};
@@ -36,6 +37,8 @@ use crate::{memlock, mesh, uring};
 
 /// How long shards get to bind their ports at start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the control thread hands free heap pages back to the system.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Checks that every shard's CPU exists; returns each shard's NUMA node.
 pub fn check_hardware(config: &TopologyConfig, hw: &Hardware) -> anyhow::Result<Vec<u32>> {
@@ -107,6 +110,7 @@ pub fn serve(
         file => Some(Token::load(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?),
     };
     let (rules_source, rules_dir) = reload::confine(&config.rules.dir, rules)?;
+    buffers::pin_malloc_mmap_threshold();
     let report = uring::probe()?;
     info!("{}", report.summary());
     let hw = Hardware::detect()?;
@@ -289,12 +293,19 @@ pub fn serve(
     );
 
     let mut failed = None;
+    let mut trimmed = Instant::now();
     'wait: loop {
         if let Some(sig) = signals.pending().next() {
             info!("signal {sig}: stopping accepts, draining in-flight requests");
             break 'wait;
         }
         lock(&plane).drain(&reports);
+        // Memory the shards freed (closed connections' buffers) goes back to the system
+        // rather than staying resident until reused.
+        if trimmed.elapsed() >= HEAP_TRIM_EVERY {
+            buffers::trim_heap();
+            trimmed = Instant::now();
+        }
         match events.recv_timeout(Duration::from_millis(20)) {
             Ok(ShardEvent::Exited { shard }) | Ok(ShardEvent::Failed { shard, .. }) => {
                 error!("shard {shard} stopped unexpectedly; shutting the engine down");

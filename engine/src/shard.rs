@@ -20,6 +20,7 @@ use log::{info, warn};
 use verdict_net::{ErrorCode, LoopStats, StatsReply, TopologyReply};
 use verdict_rules::{EpochCell, VelocityState};
 
+use crate::buffers::Buffers;
 use crate::config::{Limits, TopologyConfig};
 use crate::conn;
 use crate::drain::Drain;
@@ -155,6 +156,8 @@ pub struct Shard {
     /// Where reload requests go, when the data port serves them at all (`wire_reload`).
     pub reloads: Option<Reloads>,
     pub stats: RefCell<CoreStats>,
+    /// Connection buffers: the budget, and response buffers for reuse.
+    pub buffers: Buffers,
     pub clock: quanta::Clock,
     pub mesh: Option<Rc<MeshPort>>,
     /// The topology reply, with `shard` = this shard.
@@ -197,27 +200,55 @@ impl Shard {
     }
 }
 
-/// One open connection's claim on `connections_per_shard_max`: taken at accept time, before
-/// the connection's task is spawned, so a burst of accepts cannot overshoot the limit;
+/// One open connection's claim on `connections_per_shard_max` and on the shard's
+/// connection memory (its base buffers, and what it grows by): taken at accept time, before
+/// the connection's task is spawned, so a burst of accepts cannot overshoot either;
 /// released when the connection ends.
-pub struct ConnectionSlot(Rc<Shard>);
+pub struct ConnectionSlot {
+    shard: Rc<Shard>,
+    /// Bytes this connection holds beyond its base buffers.
+    grown_bytes: Cell<u64>,
+}
+
+/// Why a connection was refused at accept.
+enum Refusal {
+    Connections,
+    Memory,
+}
 
 impl ConnectionSlot {
-    fn take(shard: &Rc<Shard>) -> Option<ConnectionSlot> {
+    fn take(shard: &Rc<Shard>) -> Result<ConnectionSlot, Refusal> {
         let mut s = shard.stats.borrow_mut();
         if s.connections_open >= u64::from(shard.limits.connections_per_shard_max) {
             s.connections_rejected += 1;
-            return None;
+            return Err(Refusal::Connections);
+        }
+        if !shard.buffers.admit() {
+            s.connections_rejected += 1;
+            return Err(Refusal::Memory);
         }
         s.connections_open += 1;
         s.connections_accepted += 1;
-        Some(ConnectionSlot(shard.clone()))
+        Ok(ConnectionSlot {
+            shard: shard.clone(),
+            grown_bytes: Cell::new(0),
+        })
+    }
+
+    /// Sets what the connection holds beyond its base to `bytes`; false, changing nothing,
+    /// if that would pass the shard's `connection_memory_bytes_max`.
+    pub fn hold_grown(&self, bytes: u64) -> bool {
+        let mut grown = self.grown_bytes.get();
+        let ok = self.shard.buffers.regrow(&mut grown, bytes);
+        self.grown_bytes.set(grown);
+        ok
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.stats.borrow_mut().connections_open -= 1;
+        self.shard.buffers.release(self.grown_bytes.get());
+        self.shard.stats.borrow_mut().connections_open -= 1;
     }
 }
 
@@ -318,6 +349,11 @@ pub async fn run(ctx: ShardContext) {
         control: ctx.events.clone(),
         reloads: config.admin.wire_reload.then(|| ctx.reloads.clone()),
         stats: RefCell::new(stats),
+        buffers: Buffers::new(
+            config.limits.connection_memory_bytes_max,
+            u64::from(config.limits.read_buffer_bytes),
+            config.limits.write_buffer_bytes as usize,
+        ),
         clock: quanta::Clock::new(),
         mesh,
         topology,
@@ -377,19 +413,28 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         match ConnectionSlot::take(&shard) {
-            Some(slot) => watch::spawn(&shard, conn::serve(shard.clone(), stream, slot)),
-            None => watch::spawn(&shard, reject(shard.clone(), stream)),
+            Ok(slot) => watch::spawn(&shard, conn::serve(shard.clone(), stream, slot)),
+            Err(why) => watch::spawn(&shard, reject(shard.clone(), stream, why)),
         }
     }
     // Dropping the listener closes it: new connections are refused from here on.
 }
 
-/// Tells a connection over the limit why it is refused, then closes it.
-async fn reject(shard: Rc<Shard>, stream: TcpStream) {
-    let message = format!(
-        "shard {} is at its limit of {} connections (limits.connections_per_shard_max)",
-        shard.index, shard.limits.connections_per_shard_max
-    );
+/// Tells a connection over a limit why it is refused, then closes it.
+async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal) {
+    let message = match why {
+        Refusal::Connections => format!(
+            "shard {} is at its limit of {} connections (limits.connections_per_shard_max)",
+            shard.index, shard.limits.connections_per_shard_max
+        ),
+        Refusal::Memory => format!(
+            "shard {} has no room for another connection's buffers: {} of {} bytes in use \
+             (limits.connection_memory_bytes_max)",
+            shard.index,
+            shard.buffers.in_use_bytes(),
+            shard.buffers.budget_bytes()
+        ),
+    };
     let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.limits.write_timeout_ms)));
     conn::send_error_and_close(&shard, stream, 0, ErrorCode::Overloaded, &message).await;
 }

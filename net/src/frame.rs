@@ -278,6 +278,49 @@ impl RecvBuffer {
         self.end - self.start
     }
 
+    /// The buffer's size now, bytes (its base, or more while a large frame is arriving).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Never empty: a receive buffer always has its base size.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The id in the header at the front, once its 16 bytes are in (for an error answer to a
+    /// frame that cannot be read whole).
+    pub fn front_id(&self) -> Option<u64> {
+        let head = self.buf[self.start..self.end].first_chunk::<HEADER_LEN>()?;
+        Some(u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")))
+    }
+
+    /// The size the buffer starts with and shrinks back to, bytes.
+    pub fn base_len(&self) -> usize {
+        self.base_len
+    }
+
+    /// The size [`RecvBuffer::read_space`] would give the buffer (it grows only when an
+    /// incomplete frame no longer fits), so a caller can check a budget before it grows.
+    pub fn len_for_read(&self, len_max: u32) -> usize {
+        let need = match self.front(len_max) {
+            Scan::Incomplete { need } => need,
+            _ => 0,
+        };
+        let compacts =
+            self.start > 0 && (self.end == self.buf.len() || self.start + need > self.buf.len());
+        let end = if compacts {
+            self.end - self.start
+        } else {
+            self.end
+        };
+        if end == self.buf.len() && need > self.buf.len() {
+            (self.buf.len() * 2).min(need)
+        } else {
+            self.buf.len()
+        }
+    }
+
     /// Free space to read into, after compacting. When the buffer is full and the frame at
     /// the front (whose header passed `len_max`) is still incomplete, it grows by doubling,
     /// capped at that frame's length: memory follows the bytes that actually arrived (at
@@ -581,6 +624,10 @@ mod tests {
         let mut rb = RecvBuffer::new(32);
         let mut got = Vec::new();
         for &byte in stream.iter() {
+            // The size announced before reading is the size reading takes.
+            let announced = rb.len_for_read(1024);
+            rb.read_space(1024);
+            assert_eq!(rb.len(), announced);
             let space = rb.read_space(1024);
             space[0] = byte;
             rb.filled(1);
@@ -612,6 +659,9 @@ mod tests {
         // Feed the frame; the buffer grows with what arrives, at most doubling each time.
         let mut fed = 16;
         while fed < HEADER_LEN + (1 << 20) {
+            let announced = rb.len_for_read(1 << 20);
+            rb.read_space(1 << 20);
+            assert_eq!(rb.buf.len(), announced);
             let space = rb.read_space(1 << 20);
             let before = fed;
             let n = space.len().min(HEADER_LEN + (1 << 20) - fed);
