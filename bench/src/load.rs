@@ -77,6 +77,9 @@ pub struct Outcome {
     pub errors: u64,
     pub errors_by_code: BTreeMap<u16, u64>,
     pub timeouts: u64,
+    /// Requests in flight on a connection that died (closed or reset by the server, or a
+    /// failed write): sent, never answered.
+    pub lost: u64,
     /// Connections that could not be opened or broke.
     pub connection_failures: u64,
     pub window: Duration,
@@ -100,6 +103,7 @@ impl Outcome {
             errors: 0,
             errors_by_code: BTreeMap::new(),
             timeouts: 0,
+            lost: 0,
             connection_failures: 0,
             window,
         }
@@ -114,6 +118,7 @@ impl Outcome {
             *self.errors_by_code.entry(*code).or_default() += n;
         }
         self.timeouts += other.timeouts;
+        self.lost += other.lost;
         self.connection_failures += other.connection_failures;
     }
 }
@@ -382,10 +387,21 @@ impl Conn {
         }
     }
 
-    fn count_timeouts(&self, pending: &VecDeque<u64>) {
+    /// Requests of the window still in `pending`.
+    fn in_window(&self, pending: &VecDeque<u64>) -> u64 {
         let (from, to) = self.window();
-        let lost = pending.iter().filter(|t| (from..to).contains(t)).count() as u64;
-        self.outcome.borrow_mut().timeouts += lost;
+        pending.iter().filter(|t| (from..to).contains(t)).count() as u64
+    }
+
+    fn count_timeouts(&self, pending: &VecDeque<u64>) {
+        let n = self.in_window(pending);
+        self.outcome.borrow_mut().timeouts += n;
+    }
+
+    /// The connection died with these in flight: they are lost.
+    fn count_lost(&self, pending: &VecDeque<u64>) {
+        let n = self.in_window(pending);
+        self.outcome.borrow_mut().lost += n;
     }
 
     async fn connect(&self) -> std::io::Result<TcpStream> {
@@ -416,7 +432,10 @@ impl Conn {
             if !out.is_empty() {
                 let (res, buf) = stream.write_all(out).await;
                 out = buf;
-                res?;
+                if let Err(e) = res {
+                    self.count_lost(&pending);
+                    return Err(e);
+                }
                 out.clear();
             }
             if pending.is_empty() {
@@ -437,9 +456,16 @@ impl Conn {
                 }
             };
             resp.buf = slice.into_inner();
-            if res? == 0 {
-                self.count_timeouts(&pending);
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            match res {
+                Ok(0) => {
+                    self.count_lost(&pending);
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Err(e) => {
+                    self.count_lost(&pending);
+                    return Err(e);
+                }
+                Ok(_) => {}
             }
             let now = self.ns_since_start();
             while let Some(code) = resp.next(self.plan.workload) {
@@ -535,13 +561,17 @@ impl Conn {
                             continue;
                         }
                         self.count_timeouts(&pending.borrow());
+                        pending.borrow_mut().clear();
                         return Ok(());
                     }
                 };
                 resp.buf = slice.into_inner();
-                if res? == 0 {
-                    self.count_timeouts(&pending.borrow());
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                // A dead connection's in-flight requests are counted once both halves are
+                // done (the writer may still add some).
+                match res {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
                 }
                 let now = self.ns_since_start();
                 let mut p = pending.borrow_mut();
@@ -552,6 +582,9 @@ impl Conn {
             }
         };
         let (_, read_result) = futures_lite::future::zip(writer, reader).await;
+        if read_result.is_err() {
+            self.count_lost(&pending.borrow());
+        }
         read_result
     }
 }

@@ -58,22 +58,24 @@ pub fn to_json(o: &Outcome, offered_rps: Option<f64>) -> serde_json::Value {
         "errors": o.errors,
         "errors_by_code": errors,
         "timeouts": o.timeouts,
+        "lost": o.lost,
         "connection_failures": o.connection_failures,
         "window_s": o.window.as_secs_f64(),
         "latency_us": latency_us(o),
     })
 }
 
-pub const TABLE_HEADER: &str = "| offered rps | achieved rps | errors | timeouts | p50 us | p90 us | p99 us | p999 us | max us |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+pub const TABLE_HEADER: &str = "| offered rps | achieved rps | errors | timeouts | lost | p50 us | p90 us | p99 us | p999 us | max us |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
 pub fn table_row(o: &Outcome, offered_rps: Option<f64>) -> String {
     let l = latency_us(o);
     let offered = offered_rps.map_or("closed loop".to_string(), |r| format!("{r:.0}"));
     format!(
-        "| {offered} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+        "| {offered} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
         o.achieved_rps(),
         o.errors,
         o.timeouts,
+        o.lost,
         l.p50,
         l.p90,
         l.p99,

@@ -174,12 +174,13 @@ impl Sweep {
          -> anyhow::Result<Outcome> {
             let o = load::run(&plan(target, &s, self.client_cpu, conns, depth, rate, dur))?;
             eprintln!(
-                "  {name:<28} achieved {:>9.0} rps  p50 {:>8.1} us  p99 {:>8.1} us  errors {} timeouts {}",
+                "  {name:<28} achieved {:>9.0} rps  p50 {:>8.1} us  p99 {:>8.1} us  errors {} timeouts {} lost {}",
                 o.achieved_rps(),
                 report::latency_us(&o).p50,
                 report::latency_us(&o).p99,
                 o.errors,
-                o.timeouts
+                o.timeouts,
+                o.lost
             );
             std::fs::write(self.out.join(format!("{name}.hgrm")), report::hgrm(&o))?;
             Ok(o)
@@ -464,7 +465,7 @@ impl Sweep {
                 json!({
                     "offered_rps": rate, "achieved_rps": o.achieved_rps(),
                     "p50_us": l.p50, "p90_us": l.p90, "p99_us": l.p99, "p999_us": l.p999, "max_us": l.max,
-                    "errors": o.errors, "timeouts": o.timeouts,
+                    "errors": o.errors, "timeouts": o.timeouts, "lost": o.lost,
                 })
             }).collect::<Vec<_>>(),
             "echo_open_50pct": report::to_json(i.echo_half, Some(i.engine_max * 0.5)),

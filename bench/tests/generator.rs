@@ -91,3 +91,40 @@ fn a_dead_server_is_counted_not_hidden() {
     assert_eq!(o.connection_failures, 4);
     assert_eq!(o.completed, 0);
 }
+
+#[test]
+fn requests_in_flight_on_a_connection_that_dies_are_counted_lost() {
+    // A server that reads everything, answers nothing, and hangs up 500 ms in (inside the
+    // measurement window, which starts after 200 ms of warm-up), on every connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let until = std::time::Instant::now() + Duration::from_millis(500);
+                let mut buf = [0u8; 4096];
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    if matches!(stream.read(&mut buf), Ok(0)) {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // Open loop: requests go out during the window whether or not answers come.
+    let o = load::run(&plan(addr, 4, Some(1_000.0), Workload::Evaluate)).unwrap();
+    assert_eq!(o.completed, 0);
+    assert!(
+        o.lost > 0,
+        "in-flight requests of a dead connection are lost: sent {}",
+        o.sent
+    );
+    assert_eq!(o.timeouts, 0, "a dead connection is not a timeout");
+    assert_eq!(
+        o.lost, o.sent,
+        "every request sent in the window was in flight at the close"
+    );
+}
