@@ -50,6 +50,9 @@ enum Command {
         /// example models (models/examples), built into the binary.
         #[arg(long)]
         models: Option<PathBuf>,
+        /// Override [admin] token_file: the control API's bearer token (owner-only file).
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Check a rules file or directory (and the models it calls): every error with
     /// file:line:col; exit 1 if any.
@@ -155,8 +158,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             shard_port_base,
             rules,
             models,
+            admin_token_file,
         } => {
             let (mut config, source) = load_topology(shards)?;
+            if let Some(f) = admin_token_file {
+                config.admin.token_file = f.display().to_string();
+            }
             if let Some(a) = address {
                 config.listen.address = a;
             }

@@ -324,3 +324,43 @@ fn slow_oversized_and_chunked_admin_requests_get_their_status() {
         200
     );
 }
+
+/// The capabilities `scripts/verdict.service` grants are enough: as `nobody` with exactly
+/// CAP_BPF, CAP_PERFMON and CAP_IPC_LOCK (ambient, as systemd's AmbientCapabilities gives
+/// them), the engine serves, locks its io_uring memory and loads every default probe group.
+#[test]
+fn the_service_units_capabilities_are_enough_for_an_unprivileged_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch to nobody with capabilities");
+        return;
+    }
+    let caps = "-all,+bpf,+perfmon,+ipc_lock";
+    let prefix = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+        &format!("--bounding-set={caps}"),
+    ];
+    let toml = topology(&[0], "") + "\n[models]\ncache_dir = \"off\"\n";
+    let server = Server::launch(
+        &prefix.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        &toml,
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.contains("65534"), "runs as nobody: {uid}");
+    let stats = server.client().stats().unwrap();
+    for probe in &stats.probes {
+        if probe.group != "syscalls" {
+            assert!(probe.active, "{}: {}", probe.group, probe.reason);
+        }
+    }
+    assert_eq!(
+        server.client().evaluate(&common::event(1)).unwrap().epoch,
+        1
+    );
+}
