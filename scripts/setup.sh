@@ -5,9 +5,10 @@ set -euo pipefail
 
 # Debian packages: hwloc + udev for hwlocality, a C toolchain and git for glommio's bundled
 # liburing, pkg-config to find them, clang + libbpf headers for the eBPF probes, DejaVu for
-# latency plots, Debian's Python Prometheus client (the tests parse /metrics with it).
+# latency plots, Debian's Python Prometheus client (the tests parse /metrics with it), openssl (the
+# TLS tests make their certificates with it).
 VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang libbpf-dev
-    fonts-dejavu-core python3-prometheus-client)
+    fonts-dejavu-core python3-prometheus-client openssl)
 # Rust components the scripts use, and the target the example models are built for.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)
 VERDICT_RUST_TARGETS=(wasm32-unknown-unknown)

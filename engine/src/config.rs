@@ -30,6 +30,27 @@ pub struct TopologyConfig {
     pub admin: AdminConfig,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: TLS (rustls) on every data port and the admin port, re-read on every reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM). "" = plaintext (with `key_file` "").
+    pub cert_file: String,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. "" = no client
+    /// certificates.
+    pub client_ca_file: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
 }
 
 /// `[admin]`: the admin HTTP port: who may read it, who may change the engine through it,
@@ -377,6 +398,7 @@ impl TopologyConfig {
             probes: ProbesConfig::default(),
             admin: AdminConfig::default(),
             rules: RulesConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -475,7 +497,21 @@ impl TopologyConfig {
         if !(1..=4096).contains(&m.rows_per_call_max) {
             return Err(invalid("models.rows_per_call_max", "must be 1..=4096"));
         }
-        self.admin.check()
+        self.admin.check()?;
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together: both (TLS) or neither (plaintext)",
+            ));
+        }
+        if !t.client_ca_file.is_empty() && t.cert_file.is_empty() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "client certificates need TLS: set tls.cert_file and tls.key_file too",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -764,7 +800,18 @@ write_timeout_ms = {admin_write}
 # The only directory rules and lists are read from (at start and on reload; a reload names
 # a path relative to it). "" = the directory of the rules given with --rules.
 dir = {rules_dir:?}
+
+[tls]
+# TLS (rustls) on every data port and the admin port: the certificate chain and its key (PEM).
+# "" = plaintext. Re-read on every reload.
+cert_file = {tls_cert:?}
+key_file = {tls_key:?}
+# Require client certificates signed by this CA (PEM): mutual TLS. "" = none required.
+client_ca_file = {tls_ca:?}
 "#,
+        tls_cert = config.tls.cert_file,
+        tls_key = config.tls.key_file,
+        tls_ca = config.tls.client_ca_file,
         token = config.admin.token_file,
         token_reads = config.admin.token_for_reads,
         wire_reload = config.admin.wire_reload,

@@ -24,7 +24,8 @@ use crate::drain::Waiter;
 use crate::mesh::MeshError;
 use crate::reload::SubmitError;
 use crate::shard::{ConnectionSlot, Shard, ShardEvent};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use crate::transport::Transport;
+use futures_lite::{AsyncReadExt, future};
 use glommio::net::TcpStream;
 use rkyv::{rancor, util::AlignedVec};
 use verdict_net::frame::{FRAME_ALIGN, FrameAt, RecvBuffer, Scan};
@@ -71,14 +72,27 @@ struct Connection {
 /// a frame that does not arrive whole in time, or the end of the shutdown drain. `slot`
 /// holds the connection's place under `connections_per_shard_max` and its share of the
 /// shard's connection memory until this returns.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, slot: ConnectionSlot) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
     let limits = &shard.limits;
     let _ = stream.set_nodelay(true);
     let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
     let _ = stream.set_read_timeout(idle);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
-    let waiter = shard.drain.waiter();
     let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
+    // Under TLS the handshake comes first, bounded like a frame; a peer that does not speak
+    // TLS (or lacks a required client certificate) gets rustls' alert and the close.
+    let tls = shard.rules.borrow().tls.clone();
+    let mut stream = match Transport::accept(stream, tls, Instant::now() + frame_timeout).await {
+        Ok(transport) => transport,
+        Err((_, socket)) => {
+            shard.stats.borrow_mut().tls_handshakes_failed += 1;
+            if let Some(socket) = socket {
+                linger_close(&shard, Transport::Plain(socket)).await;
+            }
+            return;
+        }
+    };
+    let waiter = shard.drain.waiter();
     let mut conn = Connection {
         recv: RecvBuffer::new(limits.read_buffer_bytes as usize),
         out: AlignedVec::new(),
@@ -146,7 +160,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, slot: ConnectionSlot
 
 /// No room in the shard's connection memory for the frame arriving: error 8, then close
 /// (its bytes cannot be skipped without reading them).
-async fn refuse_room(shard: &Shard, conn: &mut Connection, stream: &mut TcpStream, len: usize) {
+async fn refuse_room(shard: &Shard, conn: &mut Connection, stream: &mut Transport, len: usize) {
     let id = match conn.recv.front(shard.limits.frame_len_max_bytes) {
         Scan::Incomplete { .. } => conn.recv.front_id().unwrap_or(0),
         _ => 0,
@@ -181,7 +195,7 @@ enum ReadOutcome {
 async fn read_some(
     shard: &Shard,
     waiter: &Waiter,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     recv: &mut RecvBuffer,
     deadline: Option<Instant>,
 ) -> ReadOutcome {
@@ -231,15 +245,19 @@ const LINGER_DISCARD_BYTES_MAX: usize = 256 * 1024;
 /// whatever the peer still sends (bounded in bytes and by `shutdown_quiet_ms`), because
 /// closing a socket with unread input makes the kernel reset the connection and drop our
 /// unacknowledged responses, the error frame that explains the close among them.
-async fn linger_close(shard: &Shard, stream: TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+async fn linger_close(shard: &Shard, mut stream: Transport) {
+    stream.shutdown_write().await;
     let quiet = Duration::from_millis(shard.limits.shutdown_quiet_ms);
-    let mut stream = stream;
+    // What is left is discarded unread, ciphertext or not: read the socket itself.
+    let mut socket = match stream {
+        Transport::Plain(s) => s,
+        Transport::Tls(t) => t.into_tcp(),
+    };
     let _ = glommio::timer::timeout(quiet, async {
         let mut scratch = [0u8; 4096];
         let mut discarded = 0;
         while discarded < LINGER_DISCARD_BYTES_MAX {
-            match stream.read(&mut scratch).await {
+            match socket.read(&mut scratch).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
@@ -684,14 +702,27 @@ where
     ErrorCode::InvalidPayload
 }
 
-/// Writes one error frame and closes: for connections refused before they are served.
+/// Writes one error frame and closes: for connections refused before they are served
+/// (after the TLS handshake on a TLS port, so the client can read why).
 pub async fn send_error_and_close(
     shard: &Shard,
-    mut stream: TcpStream,
+    stream: TcpStream,
     id: u64,
     code: ErrorCode,
     message: &str,
 ) {
+    let tls = shard.rules.borrow().tls.clone();
+    let deadline = Instant::now() + Duration::from_millis(shard.limits.frame_timeout_ms);
+    let mut stream = match Transport::accept(stream, tls, deadline).await {
+        Ok(transport) => transport,
+        Err((_, socket)) => {
+            shard.stats.borrow_mut().tls_handshakes_failed += 1;
+            if let Some(socket) = socket {
+                linger_close(shard, Transport::Plain(socket)).await;
+            }
+            return;
+        }
+    };
     let mut out = AlignedVec::new();
     let reply = ErrorReplyView {
         code: code as u16,

@@ -195,6 +195,83 @@ impl ReadTimeout for TcpStream {
     }
 }
 
+/// The server side of an admin connection: plain, or TLS over it.
+pub enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl ServerStream {
+    /// Plain, or TLS with `config` once the handshake is done, all of it by `deadline`.
+    pub fn accept(
+        stream: TcpStream,
+        config: Option<std::sync::Arc<rustls::ServerConfig>>,
+        deadline: Instant,
+    ) -> io::Result<ServerStream> {
+        let Some(config) = config else {
+            return Ok(ServerStream::Plain(stream));
+        };
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, stream);
+        while tls.conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            tls.sock.set_read_timeout(Some(left))?;
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(ServerStream::Tls(Box::new(tls)))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Ends our sending side (after a TLS close_notify).
+    pub fn shutdown_write(&mut self) {
+        if let ServerStream::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.conn.complete_io(&mut t.sock);
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Read for ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ServerStream::Plain(s) => s.read(buf),
+            ServerStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for ServerStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ServerStream::Plain(s) => s.write(buf),
+            ServerStream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ServerStream::Plain(s) => s.flush(),
+            ServerStream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+impl ReadTimeout for ServerStream {
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+}
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -275,9 +352,11 @@ impl Response {
     }
 }
 
-/// The client half: one request, one response (status and body), all within `timeout`.
+/// The client half: one request, one response (status and body), all within `timeout`;
+/// over TLS when `tls` is given.
 pub fn call(
     addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -287,9 +366,13 @@ pub fn call(
     let target = addr.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address"))
     })?;
-    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let tcp = TcpStream::connect_timeout(&target, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut stream = match tls {
+        Some(config) => verdict_net::tls::Stream::tls(tcp, config, addr)?,
+        None => verdict_net::tls::Stream::Plain(tcp),
+    };
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -300,11 +383,18 @@ pub fn call(
     request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
     stream.write_all(body)?;
+    stream.flush()?;
     let mut response = Vec::new();
     // The server closes after its answer; a bounded read keeps a rogue one from filling us.
-    stream
+    // (A TLS peer that closes without close_notify still ended its answer: keep what came.)
+    match (&mut stream)
         .take(RESPONSE_BYTES_MAX as u64)
-        .read_to_end(&mut response)?;
+        .read_to_end(&mut response)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e),
+    }
     parse_response(&response)
 }
 

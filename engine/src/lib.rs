@@ -8,6 +8,8 @@
 //! - [`drain`]: the per-core shutdown signal connections and accept loops wait on.
 //! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
 //! - [`buffers`]: the shard's connection memory: a budget, response buffers for reuse.
+//! - [`transport`]: a connection's bytes, plain or TLS (handshake on the shard's core);
+//!   [`tls`]: the server's rustls configuration, rebuilt on every reload.
 //! - [`decide`]: the pure decision for one event.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
 //! - [`loop_time`]: a shard's wall time split (busy, io_poll, parked), exact by construction.
@@ -39,5 +41,7 @@ pub mod runtime;
 pub mod scoring;
 pub mod shard;
 pub mod stats;
+pub mod tls;
+pub mod transport;
 pub mod uring;
 pub mod watch;

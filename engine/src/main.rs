@@ -82,6 +82,8 @@ enum Command {
         /// [admin] wire_reload = true serve it.
         #[arg(long, value_name = "ADDR", conflicts_with = "token_file")]
         addr: Option<String>,
+        #[command(flatten)]
+        tls: cli::TlsArgs,
     },
     /// Print this machine's hardware and the shard map, or write a topology for it.
     Topology {
@@ -101,6 +103,8 @@ enum Command {
         /// Requests in flight at once (pipelining).
         #[arg(long, default_value_t = 64)]
         depth: usize,
+        #[command(flatten)]
+        tls: cli::TlsArgs,
     },
     /// Print per-core stats and the total.
     Stats {
@@ -112,6 +116,8 @@ enum Command {
         /// Print again every second (until interrupted, or COUNT times).
         #[arg(long, value_name = "COUNT", num_args = 0..=1, default_missing_value = "0")]
         watch: Option<u64>,
+        #[command(flatten)]
+        tls: cli::TlsArgs,
     },
     /// Measure the round trip of a ping.
     Ping {
@@ -120,6 +126,8 @@ enum Command {
         /// Number of pings.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        #[command(flatten)]
+        tls: cli::TlsArgs,
     },
 }
 
@@ -213,16 +221,27 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             token_file,
             rules,
             addr,
+            tls,
         } => {
             let rules = rules.unwrap_or_default();
             match addr {
-                Some(addr) => cli::rules::reload_wire(&addr, &rules),
-                None => cli::rules::reload(&admin, token_file.as_deref(), &rules),
+                Some(addr) => cli::rules::reload_wire(&addr, tls.config()?, &rules),
+                None => cli::rules::reload(&admin, tls.config()?, token_file.as_deref(), &rules),
             }
         }
-        Command::Send { addr, file, depth } => cli::send::run(&addr, file.as_deref(), depth),
-        Command::Stats { addr, json, watch } => cli::stats::run(&addr, json, watch),
-        Command::Ping { addr, count } => cli::ping(&addr, count),
+        Command::Send {
+            addr,
+            file,
+            depth,
+            tls,
+        } => cli::send::run(&addr, tls.config()?, file.as_deref(), depth),
+        Command::Stats {
+            addr,
+            json,
+            watch,
+            tls,
+        } => cli::stats::run(&addr, tls.config()?, json, watch),
+        Command::Ping { addr, count, tls } => cli::ping(&addr, tls.config()?, count),
     }
 }
 

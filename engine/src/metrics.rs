@@ -254,7 +254,7 @@ impl Plane {
             &per_shard(&|s| s.stats.epoch as f64),
         );
         type Field = fn(&ShardStats) -> u64;
-        let counters: [(&str, &str, Field); 9] = [
+        let counters: [(&str, &str, Field); 10] = [
             (
                 "verdict_requests_total",
                 "Requests read (whole frames), every kind.",
@@ -284,8 +284,13 @@ impl Plane {
             ),
             (
                 "verdict_connections_rejected_total",
-                "Connections refused at limits.connections_per_shard_max.",
+                "Connections refused at limits.connections_per_shard_max or connection_memory_bytes_max.",
                 |s| s.connections_rejected,
+            ),
+            (
+                "verdict_tls_handshakes_failed_total",
+                "Connections closed because their TLS handshake failed or timed out.",
+                |s| s.tls_handshakes_failed,
             ),
             (
                 "verdict_stalls_total",

@@ -123,7 +123,10 @@ impl Sources {
             (RulesSource::Default, _) => verdict_rules::load_default(&options),
         }
         .map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
-        Ok(Published::new(set, Arc::new(models)))
+        let tls = crate::tls::server_config(&config.tls).map_err(|e| vec![format!("{e}\n")])?;
+        let mut published = Published::new(set, Arc::new(models));
+        published.tls = tls;
+        Ok(published)
     }
 
     /// The source a reload's `rules_path` names: empty = the one being served; else a path

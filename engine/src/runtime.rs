@@ -267,6 +267,7 @@ pub fn serve(
     let admin = match Admin::start(
         admin_addr,
         &config.admin,
+        rules.clone(),
         plane.clone(),
         reloads,
         token,

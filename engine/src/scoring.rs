@@ -30,6 +30,9 @@ pub struct Published {
     pub models: Arc<ModelSet>,
     /// `used[i]` is the model behind `rules.models()[i]`.
     pub used: Vec<Arc<Model>>,
+    /// TLS for new connections (`None`: plaintext), read from `[tls]` with the rest of the
+    /// epoch, so a reload serves a renewed certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Epoch for Published {
@@ -55,6 +58,7 @@ impl Published {
             rules,
             models,
             used,
+            tls: None,
         }
     }
 

@@ -351,7 +351,13 @@ pub async fn run(ctx: ShardContext) {
         stats: RefCell::new(stats),
         buffers: Buffers::new(
             config.limits.connection_memory_bytes_max,
-            u64::from(config.limits.read_buffer_bytes),
+            // A TLS connection also holds rustls' buffers and ours for ciphertext.
+            u64::from(config.limits.read_buffer_bytes)
+                + if config.tls.enabled() {
+                    crate::tls::TLS_CONNECTION_BYTES
+                } else {
+                    0
+                },
             config.limits.write_buffer_bytes as usize,
         ),
         clock: quanta::Clock::new(),

@@ -37,6 +37,7 @@ pub struct CoreStats {
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_rejected: u64,
+    pub tls_handshakes_failed: u64,
     batch_requests: Histogram<u64>,
     batch_events: Histogram<u64>,
     latency_ns: Histogram<u64>,
@@ -69,6 +70,7 @@ impl CoreStats {
             connections_open: 0,
             connections_accepted: 0,
             connections_rejected: 0,
+            tls_handshakes_failed: 0,
             batch_requests: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             batch_events: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             latency_ns: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds"),
@@ -147,6 +149,7 @@ impl CoreStats {
                 connections_open: self.connections_open,
                 connections_accepted: self.connections_accepted,
                 connections_rejected: self.connections_rejected,
+                tls_handshakes_failed: self.tls_handshakes_failed,
                 batch_requests: percentiles(&self.batch_requests),
                 batch_events: percentiles(&self.batch_events),
                 latency_ns: percentiles(&self.latency_ns),
@@ -266,6 +269,7 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         t.connections_open += x.connections_open;
         t.connections_accepted += x.connections_accepted;
         t.connections_rejected += x.connections_rejected;
+        t.tls_handshakes_failed += x.tls_handshakes_failed;
         let (tr, xr) = (&mut t.runtime, &x.runtime);
         tr.uptime_ns = tr.uptime_ns.max(xr.uptime_ns);
         tr.busy_ns += xr.busy_ns;
@@ -332,6 +336,7 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "connections_open": s.connections_open,
         "connections_accepted": s.connections_accepted,
         "connections_rejected": s.connections_rejected,
+        "tls_handshakes_failed": s.tls_handshakes_failed,
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,6 +26,7 @@ use crate::schema::{
     Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, ReloadReply, ReloadRequest,
     StatsReply, TopologyReply,
 };
+use crate::tls::Stream;
 
 /// What went wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -231,9 +233,9 @@ impl Codec {
     }
 }
 
-/// A blocking client on a std TCP stream.
+/// A blocking client on a std TCP stream, plain or TLS.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     codec: Codec,
 }
 
@@ -243,14 +245,36 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         Ok(Client {
-            stream,
+            stream: Stream::Plain(stream),
             codec: Codec::new(),
         })
     }
 
+    /// Connects and speaks TLS (`tls`: see [`crate::tls::ClientTls`]); the server's
+    /// certificate must name `addr`'s host.
+    pub fn connect_tls(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Client, ClientError> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        Ok(Client {
+            stream: Stream::tls(tcp, tls, addr)?,
+            codec: Codec::new(),
+        })
+    }
+
+    /// [`Client::connect_tls`] when `tls` is given, else [`Client::connect`].
+    pub fn connect_with(
+        addr: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, ClientError> {
+        match tls {
+            Some(config) => Client::connect_tls(addr, config),
+            None => Client::connect(addr),
+        }
+    }
+
     /// Read timeout for `recv`; `None` waits forever.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        self.stream.set_read_timeout(timeout)?;
+        self.stream.tcp().set_read_timeout(timeout)?;
         Ok(())
     }
 
@@ -258,8 +282,9 @@ impl Client {
         &mut self.codec
     }
 
+    /// The socket underneath (TLS or not).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Queues a request (not yet written); returns its id.

@@ -11,6 +11,7 @@
 //! - [`routing`]: which shard owns an account.
 //! - [`json`]: the JSON-lines forms of events and decisions.
 //! - [`client`]: a blocking client and an async pipelined client.
+//! - [`tls`]: TLS for clients (rustls), and the PEM loading the server shares.
 
 pub mod client;
 pub mod codes;
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod json;
 pub mod routing;
 pub mod schema;
+pub mod tls;
 pub mod validate;
 
 pub use client::{AsyncClient, Client, ClientError, Codec, Response};

@@ -198,8 +198,12 @@ pub struct ShardStats {
     pub bytes_out: u64,
     pub connections_open: u64,
     pub connections_accepted: u64,
-    /// Connections refused because the shard was at `connections_per_shard_max`.
+    /// Connections refused because the shard was at `connections_per_shard_max` or had no
+    /// room for their buffers in `connection_memory_bytes_max`.
     pub connections_rejected: u64,
+    /// Connections closed because their TLS handshake failed or timed out (a plaintext
+    /// client on a TLS port, a missing client certificate, ...).
+    pub tls_handshakes_failed: u64,
     /// Requests handled per read batch (one read's worth of whole frames).
     pub batch_requests: Percentiles,
     /// Events per evaluate-batch request.

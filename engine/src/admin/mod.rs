@@ -26,9 +26,11 @@ use anyhow::Context;
 use log::warn;
 
 use crate::config::AdminConfig;
-use crate::http::{self, Bounds, ReadError, Response};
+use crate::http::{self, Bounds, ReadError, Response, ServerStream};
 use crate::metrics::Plane;
 use crate::reload::Reloads;
+use crate::scoring::Published;
+use verdict_rules::EpochCell;
 
 pub use routes::Routes;
 pub use token::Token;
@@ -50,6 +52,8 @@ struct Shared {
     config: AdminConfig,
     /// Connections accepted and not yet finished (answered or waiting for a worker).
     open: AtomicUsize,
+    /// The epoch cell: its TLS configuration is the one new admin connections get.
+    epochs: Arc<EpochCell<Published>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -58,6 +62,7 @@ impl Admin {
     pub fn start(
         addr: SocketAddr,
         config: &AdminConfig,
+        epochs: Arc<EpochCell<Published>>,
         plane: Arc<Mutex<Plane>>,
         reloads: Reloads,
         token: Option<Token>,
@@ -78,6 +83,7 @@ impl Admin {
             },
             config: config.clone(),
             open: AtomicUsize::new(0),
+            epochs,
             stop: stop.clone(),
         });
         let (work, queue) = flume::bounded::<TcpStream>(config.connections_max as usize);
@@ -172,10 +178,16 @@ fn work_loop(shared: &Shared, queue: &flume::Receiver<TcpStream>) {
 }
 
 /// Reads one request within the deadline and bounds, answers it, closes.
-fn serve_one(shared: &Shared, mut stream: TcpStream) {
+fn serve_one(shared: &Shared, stream: TcpStream) {
     let config = &shared.config;
     let _ = stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms)));
     let deadline = Instant::now() + Duration::from_millis(config.read_timeout_ms);
+    // TLS as the current epoch has it (re-read on every reload); the handshake counts
+    // against the request's deadline.
+    let tls = shared.epochs.load().tls.clone();
+    let Ok(mut stream) = ServerStream::accept(stream, tls, deadline) else {
+        return;
+    };
     let bounds = Bounds {
         header_bytes_max: config.header_bytes_max as usize,
         body_bytes_max: config.body_bytes_max as usize,
@@ -199,11 +211,13 @@ fn serve_one(shared: &Shared, mut stream: TcpStream) {
         Err(ReadError::Http(e)) => (Response::text(e.status(), format!("{e}\n")), false),
     };
     let _ = stream.write_all(&response.to_bytes(head));
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.flush();
+    stream.shutdown_write();
     // Closing with unread input resets the connection, and a reset can destroy the answer
     // before the client reads it (a 413 for a body still arriving): read a little first.
-    let _ = stream.set_read_timeout(Some(LINGER));
-    let _ = std::io::copy(&mut (&stream).take(LINGER_BYTES_MAX), &mut std::io::sink());
+    let socket = stream.tcp();
+    let _ = socket.set_read_timeout(Some(LINGER));
+    let _ = std::io::copy(&mut socket.take(LINGER_BYTES_MAX), &mut std::io::sink());
 }
 
 /// How long, and how many bytes, a closing connection's leftover input is read and dropped.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -114,7 +115,12 @@ pub fn check(
 
 /// `verdict reload`: asks the engine's control API at `admin` (its admin port) to compile
 /// `rules` (relative to the engine's rules.dir; "": the rules it serves) and publish them.
-pub fn reload(admin: &str, token_file: Option<&Path>, rules: &str) -> anyhow::Result<ExitCode> {
+pub fn reload(
+    admin: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token_file: Option<&Path>,
+    rules: &str,
+) -> anyhow::Result<ExitCode> {
     let token = match token_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("--token-file {}", path.display()))?
@@ -130,6 +136,7 @@ pub fn reload(admin: &str, token_file: Option<&Path>, rules: &str) -> anyhow::Re
     let body = serde_json::json!({ "rules_path": rules }).to_string();
     let (status, text) = crate::http::call(
         admin,
+        tls,
         "POST",
         "/v1/reload",
         &headers,
@@ -175,8 +182,12 @@ const RELOAD_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `verdict reload --addr`: the same over the data port (kind 0x06), for engines that keep
 /// `[admin] wire_reload = true`.
-pub fn reload_wire(addr: &str, rules: &str) -> anyhow::Result<ExitCode> {
-    let reply = connect(addr)?
+pub fn reload_wire(
+    addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    rules: &str,
+) -> anyhow::Result<ExitCode> {
+    let reply = connect(addr, tls)?
         .reload(rules)
         .with_context(|| format!("reload {addr}"))?;
     print_reload(&reply)

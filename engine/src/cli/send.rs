@@ -29,7 +29,12 @@ struct Totals {
     errors: u64,
 }
 
-pub fn run(addr: &str, file: Option<&Path>, depth: usize) -> anyhow::Result<ExitCode> {
+pub fn run(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    file: Option<&Path>,
+    depth: usize,
+) -> anyhow::Result<ExitCode> {
     let input: Box<dyn std::io::Read> = match file {
         Some(p) => {
             Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
@@ -37,7 +42,7 @@ pub fn run(addr: &str, file: Option<&Path>, depth: usize) -> anyhow::Result<Exit
         None => Box::new(std::io::stdin()),
     };
     let mut reader = BufReader::with_capacity(1 << 16, input);
-    let mut client = connect(addr)?;
+    let mut client = connect(addr, tls)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let depth = depth.max(1);

@@ -12,8 +12,13 @@ use super::connect;
 
 /// `watch`: `None` prints once; `Some(0)` refreshes every second until interrupted;
 /// `Some(n)` prints n times.
-pub fn run(addr: &str, as_json: bool, watch: Option<u64>) -> anyhow::Result<ExitCode> {
-    let mut client = connect(addr)?;
+pub fn run(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    as_json: bool,
+    watch: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr, tls)?;
     let rounds = match watch {
         None => 1,
         Some(0) => u64::MAX,
