@@ -14,6 +14,7 @@ pub mod events;
 pub mod load;
 pub mod report;
 pub mod sweep;
+pub mod tls;
 
 /// Runs `future` on a monoio runtime for one generator or echo thread: io_uring (epoll where
 /// the kernel has none), timers on, 1024 ring entries, and, where the kernel has it

@@ -24,6 +24,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use verdict_net::frame::{HEADER_LEN, KIND_ERROR, Scan, scan};
 
+use crate::tls::TlsClient;
+
 /// What each request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,6 +65,8 @@ pub struct Plan {
     /// unanswered requests count as timeouts.
     pub timeout: Duration,
     pub workload: Workload,
+    /// Speak TLS with this client configuration (`None`: plaintext).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a run measured (warm-up excluded).
@@ -410,8 +414,51 @@ impl Conn {
         Ok(stream)
     }
 
+    /// The TLS handshake when the plan speaks TLS.
+    async fn handshake(&self, stream: &mut TcpStream) -> std::io::Result<Option<Rc<TlsClient>>> {
+        match &self.plan.tls {
+            Some(config) => {
+                let addr = self.target.addr.to_string();
+                Ok(Some(
+                    TlsClient::connect(stream, config.clone(), &addr).await?,
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads more response bytes into `resp` (plain or through TLS): `None` when nothing
+    /// came within the plan's timeout.
+    async fn read<R: AsyncReadRent>(
+        &self,
+        r: &mut R,
+        tls: Option<&TlsClient>,
+        resp: &mut Responses,
+    ) -> Option<std::io::Result<usize>> {
+        match tls {
+            Some(t) => monoio::time::timeout(self.plan.timeout, t.read(r, &mut resp.buf))
+                .await
+                .ok(),
+            None => {
+                let len = resp.buf.len();
+                let buf = std::mem::take(&mut resp.buf);
+                match monoio::time::timeout(self.plan.timeout, r.read(buf.slice_mut(len..))).await {
+                    Ok((res, slice)) => {
+                        resp.buf = slice.into_inner();
+                        Some(res)
+                    }
+                    Err(_) => {
+                        resp.buf = Vec::with_capacity(READ_BUFFER_BYTES);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     async fn closed_loop(&self) -> std::io::Result<()> {
         let mut stream = self.connect().await?;
+        let tls = self.handshake(&mut stream).await?;
         let (_, end) = self.window();
         let depth = self.plan.depth.max(1);
         let mut pending: VecDeque<u64> = VecDeque::with_capacity(depth);
@@ -430,8 +477,14 @@ impl Conn {
                 self.count_sent(now);
             }
             if !out.is_empty() {
-                let (res, buf) = stream.write_all(out).await;
-                out = buf;
+                let res = match &tls {
+                    Some(t) => t.write(&mut stream, &out).await,
+                    None => {
+                        let (res, buf) = stream.write_all(out).await;
+                        out = buf;
+                        res.map(|_| ())
+                    }
+                };
                 if let Err(e) = res {
                     self.count_lost(&pending);
                     return Err(e);
@@ -442,20 +495,13 @@ impl Conn {
                 return Ok(());
             }
             resp.compact();
-            let len = resp.buf.len();
-            let read = monoio::time::timeout(
-                self.plan.timeout,
-                stream.read(std::mem::take(&mut resp.buf).slice_mut(len..)),
-            )
-            .await;
-            let (res, slice) = match read {
-                Ok(r) => r,
-                Err(_) => {
+            let res = match self.read(&mut stream, tls.as_deref(), &mut resp).await {
+                Some(res) => res,
+                None => {
                     self.count_timeouts(&pending);
                     return Ok(());
                 }
             };
-            resp.buf = slice.into_inner();
             match res {
                 Ok(0) => {
                     self.count_lost(&pending);
@@ -478,7 +524,8 @@ impl Conn {
     }
 
     async fn open_loop(&self, rate_per_conn: f64) -> std::io::Result<()> {
-        let stream = self.connect().await?;
+        let mut stream = self.connect().await?;
+        let tls = self.handshake(&mut stream).await?;
         let (mut rd, mut wr) = stream.into_split();
         let (_, end) = self.window();
         let interval_ns = (1e9 / rate_per_conn.max(1e-3)) as u64;
@@ -489,9 +536,14 @@ impl Conn {
         let cap = self.plan.depth.max(1) * 64;
         let pacer = Pacer::new(self.start)?;
 
+        // The writer borrows the write half: dropping it shuts the socket's sending side,
+        // which must wait until the reader has every answer (a server may stop answering
+        // a half-closed connection, and a TLS server sees a close without close_notify).
+        let wr = &mut wr;
         let writer = {
             let pending = pending.clone();
             let writer_done = writer_done.clone();
+            let tls = tls.clone();
             async move {
                 let mut out = Vec::with_capacity(64 * 1024);
                 let mut k = 0u64;
@@ -521,8 +573,14 @@ impl Conn {
                         p.len() >= cap
                     };
                     if !out.is_empty() {
-                        let (res, buf) = wr.write_all(out).await;
-                        out = buf;
+                        let res = match &tls {
+                            Some(t) => t.write(wr, &out).await,
+                            None => {
+                                let (res, buf) = wr.write_all(out).await;
+                                out = buf;
+                                res.map(|_| ())
+                            }
+                        };
                         out.clear();
                         if res.is_err() {
                             break;
@@ -546,18 +604,11 @@ impl Conn {
                     return Ok(());
                 }
                 resp.compact();
-                let len = resp.buf.len();
-                let read = monoio::time::timeout(
-                    self.plan.timeout,
-                    rd.read(std::mem::take(&mut resp.buf).slice_mut(len..)),
-                )
-                .await;
-                let (res, slice) = match read {
-                    Ok(r) => r,
-                    Err(_) => {
+                let res = match self.read(&mut rd, tls.as_deref(), &mut resp).await {
+                    Some(res) => res,
+                    None => {
                         if pending.borrow().is_empty() && !writer_done.get() {
                             // Idle between sends at a very low rate: keep waiting.
-                            resp.buf = Vec::with_capacity(READ_BUFFER_BYTES);
                             continue;
                         }
                         self.count_timeouts(&pending.borrow());
@@ -565,7 +616,6 @@ impl Conn {
                         return Ok(());
                     }
                 };
-                resp.buf = slice.into_inner();
                 // A dead connection's in-flight requests are counted once both halves are
                 // done (the writer may still add some).
                 match res {

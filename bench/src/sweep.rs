@@ -143,6 +143,7 @@ fn plan(
         duration,
         timeout: Duration::from_secs(5),
         workload: Workload::Evaluate,
+        tls: None,
     }
 }
 

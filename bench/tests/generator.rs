@@ -49,6 +49,7 @@ fn plan(addr: SocketAddr, depth: usize, rate: Option<f64>, workload: Workload) -
         duration: Duration::from_millis(800),
         timeout: Duration::from_secs(5),
         workload,
+        tls: None,
     }
 }
 
@@ -127,4 +128,74 @@ fn requests_in_flight_on_a_connection_that_dies_are_counted_lost() {
         o.lost, o.sent,
         "every request sent in the window was in flight at the close"
     );
+}
+
+#[test]
+fn the_generator_speaks_tls_to_a_python_ssl_server() {
+    // Python's ssl (a TLS stack nobody here wrote) answers every request frame with an empty
+    // response frame of the same id, closed loop and open loop.
+    let dir = std::env::temp_dir().join(format!("verdict-load-tls-{}", std::process::id()));
+    verdict_net::tls::make_test_pki(&dir);
+    let script = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+        buf = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return
+            buf += data
+            out = b""
+            while len(buf) >= 16:
+                size = 16 + ((int.from_bytes(buf[4:8], "little") + 15) // 16) * 16
+                if len(buf) < size:
+                    break
+                out += buf[0:3] + bytes([buf[3] | 0x80]) + bytes(4) + buf[8:16]
+                buf = buf[size:]
+            if out:
+                s.sendall(out)
+    except (ssl.SSLError, OSError):
+        return
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("the port");
+    let server = Echo(child, SocketAddr::from(([127, 0, 0, 1], port)));
+    let tls = verdict_net::tls::ClientTls {
+        ca_file: dir.join("ca.pem"),
+        ..Default::default()
+    }
+    .config()
+    .unwrap();
+    for rate in [None, Some(1_000.0)] {
+        let mut p = plan(server.1, 8, rate, Workload::Evaluate);
+        p.tls = Some(tls.clone());
+        let o = load::run(&p).unwrap();
+        assert!(o.completed > 100, "{rate:?}: {} completed", o.completed);
+        assert_eq!(
+            (o.errors, o.timeouts, o.lost, o.connection_failures),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(o.completed, o.sent, "{rate:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

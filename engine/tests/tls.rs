@@ -18,79 +18,12 @@ struct Pki {
     dir: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        text(&out.stderr)
-    );
-}
-
 impl Pki {
-    /// `name`.pem/.key: a CA; server.pem/.key for 127.0.0.1; client.pem/.key.
+    /// A CA with a server certificate for 127.0.0.1 and a client certificate, in `dir/name`
+    /// (made by openssl: `verdict_net::tls::make_test_pki`).
     fn new(dir: &Path, name: &str) -> Pki {
         let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
-        ca.extend(["-subj", "/CN=verdict test CA"]);
-        openssl(&dir, &ca);
-        for (who, ext) in [
-            (
-                "server",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-            ),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            let (key, csr, pem, extfile) = (
-                format!("{who}.key"),
-                format!("{who}.csr"),
-                format!("{who}.pem"),
-                format!("{who}.ext"),
-            );
-            std::fs::write(
-                dir.join(&extfile),
-                format!("basicConstraints=CA:FALSE\n{ext}"),
-            )
-            .unwrap();
-            let mut req = vec!["req"];
-            req.extend(ec);
-            req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=verdict test"]);
-            openssl(&dir, &req);
-            openssl(
-                &dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &pem,
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &extfile,
-                ],
-            );
-        }
+        verdict_net::tls::make_test_pki(&dir);
         Pki { dir }
     }
 

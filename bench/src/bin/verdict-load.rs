@@ -75,6 +75,15 @@ enum Cmd {
         /// Write the percentile distribution (.hgrm) here.
         #[arg(long)]
         hgrm: Option<PathBuf>,
+        /// Speak TLS, trusting the CA certificates in FILE (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate chain (PEM) for mutual TLS.
+        #[arg(long, value_name = "FILE", requires = "tls_ca")]
+        tls_cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// The latency baseline: reference ceiling, engine maximum, open-loop sweep, summary.
     Sweep {
@@ -148,7 +157,21 @@ fn main() -> anyhow::Result<()> {
             pool,
             json,
             hgrm,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } => {
+            let tls = match tls_ca {
+                Some(ca_file) => Some(
+                    verdict_net::tls::ClientTls {
+                        ca_file,
+                        cert_file: tls_cert,
+                        key_file: tls_key,
+                    }
+                    .config()?,
+                ),
+                None => None,
+            };
             let workload = match workload {
                 WorkloadArg::Evaluate => Workload::Evaluate,
                 WorkloadArg::Ping => Workload::Ping,
@@ -179,7 +202,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
             let targets = if shard_aware {
-                let topo = verdict_net::Client::connect(base)?
+                let topo = verdict_net::Client::connect_with(&base.to_string(), tls.clone())?
                     .topology()
                     .context("asking for the topology")?;
                 topo.shard_ports
@@ -209,6 +232,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(duration),
                 timeout: Duration::from_secs_f64(timeout),
                 workload,
+                tls,
             };
             let outcome = load::run(&plan)?;
             print!(
