@@ -135,10 +135,11 @@ fn dribbling_peers_are_closed_at_the_frame_deadline_and_new_clients_are_served()
             c
         })
         .collect();
-    // One more byte a little later: still inside the frame's deadline, and no extension.
+    // One more byte a little later: progress on a frame does not extend its deadline. (On
+    // a slow machine the deadline may already have closed some: their write may fail.)
     std::thread::sleep(Duration::from_millis(300));
     for c in &mut slow {
-        c.write_all(&frame[HEADER_LEN + 3..HEADER_LEN + 4]).unwrap();
+        let _ = c.write_all(&frame[HEADER_LEN + 3..HEADER_LEN + 4]);
     }
     let started = Instant::now();
     for c in &mut slow {

@@ -68,9 +68,8 @@ impl Admin {
         token: Option<Token>,
         reload_timeout: Duration,
     ) -> anyhow::Result<Admin> {
-        let listener = TcpListener::bind(addr)
+        let listener = bind(addr)
             .with_context(|| format!("binding the admin port {addr} (listen.admin_port)"))?;
-        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
@@ -117,6 +116,21 @@ impl Admin {
             let _ = t.join();
         }
     }
+}
+
+/// Connections the kernel queues before the accept thread takes them.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A non-blocking listener with a backlog deep enough that a burst of clients is accepted
+/// (and answered, 503 past the cap) rather than left retrying SYNs (std's backlog is 128).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Shared, work: flume::Sender<TcpStream>) {
