@@ -1,8 +1,12 @@
 //! Proves the codec half of the hot path allocates nothing once warm: validating an event in
 //! place and encoding its decision (and a batch of them) into a reused buffer.
+//!
+//! Allocations are counted per thread: the test harness's own threads allocate when they
+//! please (on a loaded machine that once landed 4 allocations inside the measured window),
+//! and only the thread doing the work is under test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use rkyv::util::AlignedVec;
 use verdict_net::frame::{FrameEncoder, Scan, scan};
@@ -13,18 +17,32 @@ use verdict_net::{
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn counted() {
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        counted();
         unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        counted();
+        unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        counted();
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -77,11 +95,11 @@ fn validating_and_answering_allocates_nothing_once_warm() {
     for _ in 0..10 {
         round(&mut out);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..10_000 {
         round(&mut out);
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = allocations();
     assert_eq!(after - before, 0, "allocations on the warm path");
     assert!(matches!(scan(&out, 1 << 20), Scan::Frame(_)));
 }
