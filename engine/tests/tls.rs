@@ -52,6 +52,15 @@ fn tls_server(dir: &Path, pki: &Pki, extra: &str) -> Server {
     )
 }
 
+/// A fresh directory, PKI and TLS server (`extra`: more `[tls]` lines), and the CA's path.
+fn setup(tag: &str, extra: impl Fn(&Pki) -> String) -> (tempdir::Dir, Pki, Server, String) {
+    let dir = tempdir::Dir::new(tag);
+    let pki = Pki::new(&dir.0, "pki");
+    let server = tls_server(&dir.0, &pki, &extra(&pki));
+    let ca = pki.path("ca.pem");
+    (dir, pki, server, ca)
+}
+
 /// Python's ssl client: connects to `port` trusting `ca` (with a client certificate when
 /// `client` names one), sends the bytes of `request_file` (if any; else a ping frame), and
 /// prints the status of each step and the response bytes in hex.
@@ -106,10 +115,7 @@ except (ssl.SSLError, OSError) as e:
 
 #[test]
 fn the_cli_pings_evaluates_and_reads_stats_over_tls_and_https() {
-    let dir = tempdir::Dir::new("tls-cli");
-    let pki = Pki::new(&dir.0, "pki");
-    let server = tls_server(&dir.0, &pki, "");
-    let ca = pki.path("ca.pem");
+    let (dir, _pki, server, ca) = setup("tls-cli", |_| String::new());
     let out = verdict(&[
         "ping",
         "--addr",
@@ -169,10 +175,7 @@ fn the_cli_pings_evaluates_and_reads_stats_over_tls_and_https() {
 
 #[test]
 fn python_ssl_pings_and_evaluates_on_the_data_port() {
-    let dir = tempdir::Dir::new("tls-py");
-    let pki = Pki::new(&dir.0, "pki");
-    let server = tls_server(&dir.0, &pki, "");
-    let ca = pki.path("ca.pem");
+    let (dir, _pki, server, ca) = setup("tls-py", |_| String::new());
     let answer = python_tls(server.port, &ca, None, None);
     let mut words = answer.split_whitespace();
     assert_eq!(words.next(), Some("ok"), "{answer}");
@@ -210,14 +213,9 @@ fn python_ssl_pings_and_evaluates_on_the_data_port() {
 
 #[test]
 fn mutual_tls_refuses_a_client_without_a_certificate() {
-    let dir = tempdir::Dir::new("tls-mtls");
-    let pki = Pki::new(&dir.0, "pki");
-    let server = tls_server(
-        &dir.0,
-        &pki,
-        &format!("client_ca_file = {:?}\n", pki.path("ca.pem")),
-    );
-    let ca = pki.path("ca.pem");
+    let (_dir, pki, server, ca) = setup("tls-mtls", |pki| {
+        format!("client_ca_file = {:?}\n", pki.path("ca.pem"))
+    });
     let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
     // Python without a client certificate: the handshake or the first exchange fails.
     let answer = python_tls(server.port, &ca, None, None);
@@ -248,9 +246,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate() {
 
 #[test]
 fn a_plaintext_client_on_a_tls_port_is_closed_cleanly() {
-    let dir = tempdir::Dir::new("tls-plain");
-    let pki = Pki::new(&dir.0, "pki");
-    let server = tls_server(&dir.0, &pki, "");
+    let (_dir, _pki, server, ca) = setup("tls-plain", |_| String::new());
     let mut raw = std::net::TcpStream::connect(server.addr()).unwrap();
     raw.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
@@ -262,7 +258,6 @@ fn a_plaintext_client_on_a_tls_port_is_closed_cleanly() {
     let _ = raw.read_to_end(&mut got);
     assert!(got.is_empty() || got[0] == 21, "{got:?}");
     // The shard serves on.
-    let ca = pki.path("ca.pem");
     let out = verdict(&["ping", "--addr", &server.addr(), "--tls-ca", &ca]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = verdict(&["stats", "--addr", &server.addr(), "--tls-ca", &ca, "--json"]);
