@@ -128,15 +128,25 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             conn.partial_since.get_or_insert_with(Instant::now);
             shard.stats.borrow_mut().bytes_in += read as u64;
         }
+        // A batch's answers may grow past the response buffer's base into what the memory
+        // budget has free: reserve that first, so the connections answered while this one's
+        // answers wait to be written see it taken.
+        let recv_grown = (conn.recv.len() - conn.recv.base_len()) as u64;
+        let mut out_cap = shard
+            .buffers
+            .out_cap(limits.write_buffer_bytes_max as usize);
+        let out_extra = out_cap.saturating_sub(limits.write_buffer_bytes as usize) as u64;
+        if !slot.hold_grown(recv_grown + out_extra) {
+            out_cap = limits.write_buffer_bytes as usize;
+        }
         conn.out = shard.buffers.take_out();
-        let (flow, consumed) = conn.answer_batch(&shard).await;
+        let (flow, consumed) = conn.answer_batch(&shard, out_cap).await;
         // A partial frame left after whole ones began arriving with the last read.
         if conn.recv.buffered() == 0 {
             conn.partial_since = None;
         } else if consumed {
             conn.partial_since = Some(Instant::now());
         }
-        slot.hold_grown((conn.recv.len() - conn.recv.base_len()) as u64);
         if !conn.out.is_empty() {
             // Let every other connection that is ready decide its batch before this one
             // sends: the shard's sends then leave back to back, and a client woken by the
@@ -150,6 +160,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             shard.stats.borrow_mut().bytes_out += conn.out.len() as u64;
         }
         shard.buffers.give_back_out(std::mem::take(&mut conn.out));
+        // Written: the answers' reservation goes back; what the receive buffer holds stays.
+        slot.hold_grown((conn.recv.len() - conn.recv.base_len()) as u64);
         if flow == Flow::Close {
             break;
         }
@@ -269,16 +281,14 @@ async fn linger_close(shard: &Shard, mut stream: Transport) {
 
 impl Connection {
     /// Answers the whole frames at the front of the receive buffer, up to
-    /// `pipeline_depth_max` or until the response buffer is full; whether any was answered.
-    async fn answer_batch(&mut self, shard: &Shard) -> (Flow, bool) {
+    /// `pipeline_depth_max` or until the answers reach `out_cap` bytes; whether any was
+    /// answered.
+    async fn answer_batch(&mut self, shard: &Shard, out_cap: usize) -> (Flow, bool) {
         let limits = &shard.limits;
         let mut handled = 0u64;
         let mut flow = Flow::Continue;
         let started = shard.clock.raw();
         shard.refresh_rules();
-        let out_cap = shard
-            .buffers
-            .out_cap(limits.write_buffer_bytes_max as usize);
         while handled < u64::from(limits.pipeline_depth_max) && self.out.len() < out_cap {
             let at = match self.recv.front(limits.frame_len_max_bytes) {
                 Scan::Incomplete { .. } => break,
@@ -702,8 +712,8 @@ where
     ErrorCode::InvalidPayload
 }
 
-/// Writes one error frame and closes: for connections refused before they are served
-/// (after the TLS handshake on a TLS port, so the client can read why).
+/// Writes one error frame and closes: for connections refused before they are served, on
+/// plaintext ports (a TLS port closes a refused connection without a handshake).
 pub async fn send_error_and_close(
     shard: &Shard,
     stream: TcpStream,
@@ -711,18 +721,7 @@ pub async fn send_error_and_close(
     code: ErrorCode,
     message: &str,
 ) {
-    let tls = shard.rules.borrow().tls.clone();
-    let deadline = Instant::now() + Duration::from_millis(shard.limits.frame_timeout_ms);
-    let mut stream = match Transport::accept(stream, tls, deadline).await {
-        Ok(transport) => transport,
-        Err((_, socket)) => {
-            shard.stats.borrow_mut().tls_handshakes_failed += 1;
-            if let Some(socket) = socket {
-                linger_close(shard, Transport::Plain(socket)).await;
-            }
-            return;
-        }
-    };
+    let mut stream = Transport::Plain(stream);
     let mut out = AlignedVec::new();
     let reply = ErrorReplyView {
         code: code as u16,

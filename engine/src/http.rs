@@ -195,10 +195,40 @@ impl ReadTimeout for TcpStream {
     }
 }
 
-/// The server side of an admin connection: plain, or TLS over it.
+/// A socket whose reads must all be done by one deadline: each read waits at most the time
+/// left, so a peer sending a byte now and then cannot stretch it (rustls' handshake and
+/// record reads loop over many socket reads).
+pub struct Deadlined {
+    pub tcp: TcpStream,
+    pub read_by: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.read_by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// The server side of an admin connection: plain, or TLS over it; reads bounded by one
+/// deadline either way.
 pub enum ServerStream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    Plain(Deadlined),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, Deadlined>>),
 }
 
 impl ServerStream {
@@ -208,26 +238,32 @@ impl ServerStream {
         config: Option<std::sync::Arc<rustls::ServerConfig>>,
         deadline: Instant,
     ) -> io::Result<ServerStream> {
+        let socket = Deadlined {
+            tcp: stream,
+            read_by: deadline,
+        };
         let Some(config) = config else {
-            return Ok(ServerStream::Plain(stream));
+            return Ok(ServerStream::Plain(socket));
         };
         let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        let mut tls = rustls::StreamOwned::new(conn, stream);
+        let mut tls = rustls::StreamOwned::new(conn, socket);
         while tls.conn.is_handshaking() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            tls.sock.set_read_timeout(Some(left))?;
             tls.conn.complete_io(&mut tls.sock)?;
         }
         Ok(ServerStream::Tls(Box::new(tls)))
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    fn socket(&mut self) -> &mut Deadlined {
         match self {
             ServerStream::Plain(s) => s,
-            ServerStream::Tls(t) => &t.sock,
+            ServerStream::Tls(t) => &mut t.sock,
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(s) => &s.tcp,
+            ServerStream::Tls(t) => &t.sock.tcp,
         }
     }
 
@@ -267,8 +303,11 @@ impl Write for ServerStream {
 }
 
 impl ReadTimeout for ServerStream {
+    /// Moves the deadline every read is bounded by (`None`: an hour, a bound all the same).
     fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_read_timeout(timeout)
+        let left = timeout.unwrap_or(Duration::from_secs(3600));
+        self.socket().read_by = Instant::now() + left;
+        Ok(())
     }
 }
 

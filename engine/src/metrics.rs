@@ -105,6 +105,18 @@ impl Plane {
         }
     }
 
+    /// Connections closed so far, all shards, as their latest reports say.
+    pub fn connections_closed(&self) -> u64 {
+        self.latest
+            .iter()
+            .flatten()
+            .map(|(_, s)| {
+                let s = &s.stats;
+                s.connections_accepted.saturating_sub(s.connections_open)
+            })
+            .sum()
+    }
+
     pub fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
     }

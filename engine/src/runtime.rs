@@ -35,10 +35,13 @@ use crate::shard::{self, ExitNotice, ShardContext, ShardEvent, Takeover};
 use crate::stats::Snapshot;
 use crate::{memlock, mesh, uring};
 
+/// While connections are closing, how often the control thread hands free heap pages back to
+/// the system, and for how long after the last close it keeps doing so.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(1);
+const HEAP_TRIM_AFTER_CHURN: Duration = Duration::from_secs(3);
+
 /// How long shards get to bind their ports at start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the control thread hands free heap pages back to the system.
-const HEAP_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Checks that every shard's CPU exists; returns each shard's NUMA node.
 pub fn check_hardware(config: &TopologyConfig, hw: &Hardware) -> anyhow::Result<Vec<u32>> {
@@ -294,7 +297,7 @@ pub fn serve(
     );
 
     let mut failed = None;
-    let mut trimmed = Instant::now();
+    let (mut closed_seen, mut churn_at, mut trimmed) = (0, None::<Instant>, Instant::now());
     'wait: loop {
         if let Some(sig) = signals.pending().next() {
             info!("signal {sig}: stopping accepts, draining in-flight requests");
@@ -302,10 +305,21 @@ pub fn serve(
         }
         lock(&plane).drain(&reports);
         // Memory the shards freed (closed connections' buffers) goes back to the system
-        // rather than staying resident until reused.
-        if trimmed.elapsed() >= HEAP_TRIM_EVERY {
-            buffers::trim_heap();
-            trimmed = Instant::now();
+        // rather than staying resident until reused: once a second for a few seconds after
+        // connections closed (a closed connection's buffers are freed a little after it is
+        // counted), never otherwise (a trim locks each malloc arena in turn).
+        let closed = lock(&plane).connections_closed();
+        if closed != closed_seen {
+            (closed_seen, churn_at) = (closed, Some(Instant::now()));
+        }
+        if let Some(at) = churn_at {
+            if trimmed.elapsed() >= HEAP_TRIM_EVERY {
+                buffers::trim_heap();
+                trimmed = Instant::now();
+            }
+            if at.elapsed() > HEAP_TRIM_AFTER_CHURN {
+                churn_at = None;
+            }
         }
         match events.recv_timeout(Duration::from_millis(20)) {
             Ok(ShardEvent::Exited { shard }) | Ok(ShardEvent::Failed { shard, .. }) => {

@@ -158,6 +158,8 @@ pub struct Shard {
     pub stats: RefCell<CoreStats>,
     /// Connection buffers: the budget, and response buffers for reuse.
     pub buffers: Buffers,
+    /// Refused connections still being told why (bounded by `REFUSALS_IN_FLIGHT_MAX`).
+    pub refusals_in_flight: Cell<u32>,
     pub clock: quanta::Clock,
     pub mesh: Option<Rc<MeshPort>>,
     /// The topology reply, with `shard` = this shard.
@@ -360,6 +362,7 @@ pub async fn run(ctx: ShardContext) {
                 },
             config.limits.write_buffer_bytes as usize,
         ),
+        refusals_in_flight: Cell::new(0),
         clock: quanta::Clock::new(),
         mesh,
         topology,
@@ -420,11 +423,26 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         };
         match ConnectionSlot::take(&shard) {
             Ok(slot) => watch::spawn(&shard, conn::serve(shard.clone(), stream, slot)),
-            Err(why) => watch::spawn(&shard, reject(shard.clone(), stream, why)),
+            // Telling a refused client why costs a task and a few hundred ms of lingering:
+            // bounded, and never a TLS handshake (a flood past the cap must stay cheap). Past
+            // the bound, and on TLS ports, the refusal is the close itself.
+            Err(why)
+                if shard.refusals_in_flight.get() < REFUSALS_IN_FLIGHT_MAX
+                    && shard.rules.borrow().tls.is_none() =>
+            {
+                shard
+                    .refusals_in_flight
+                    .set(shard.refusals_in_flight.get() + 1);
+                watch::spawn(&shard, reject(shard.clone(), stream, why));
+            }
+            Err(_) => drop(stream),
         }
     }
     // Dropping the listener closes it: new connections are refused from here on.
 }
+
+/// Refused connections being told why at once, per shard; past it they are just closed.
+const REFUSALS_IN_FLIGHT_MAX: u32 = 64;
 
 /// Tells a connection over a limit why it is refused, then closes it.
 async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal) {
@@ -441,6 +459,11 @@ async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal) {
             shard.buffers.budget_bytes()
         ),
     };
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.limits.write_timeout_ms)));
+    // A refusal gets a short write timeout: it is owed a try, not the patience a served
+    // connection gets.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.limits.shutdown_quiet_ms)));
     conn::send_error_and_close(&shard, stream, 0, ErrorCode::Overloaded, &message).await;
+    shard
+        .refusals_in_flight
+        .set(shard.refusals_in_flight.get() - 1);
 }

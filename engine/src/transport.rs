@@ -15,6 +15,9 @@ use rustls::{ServerConfig, ServerConnection};
 
 /// Ciphertext read from the socket per read: one full TLS record and its header.
 const TLS_READ_CHUNK_BYTES: usize = 16 * 1024 + 512;
+/// Ciphertext buffer a TLS connection keeps between writes (one full record); a larger
+/// answer's is given back once written.
+const OUTGOING_KEPT_BYTES: usize = 16 * 1024 + 512;
 
 pub enum Transport {
     Plain(TcpStream),
@@ -28,8 +31,10 @@ pub struct Tls {
     incoming: Box<[u8]>,
     start: usize,
     end: usize,
-    /// Ciphertext rustls produced, on its way to the socket (reused).
+    /// Ciphertext rustls produced, on its way to the socket: `outgoing[sent..]` is not
+    /// written yet. Kept across a cancelled flush, so no record is ever cut short.
     outgoing: Vec<u8>,
+    sent: usize,
 }
 
 /// Why a TLS connection could not be set up.
@@ -64,6 +69,7 @@ impl Transport {
             start: 0,
             end: 0,
             outgoing: Vec::new(),
+            sent: 0,
         });
         let left = deadline.saturating_duration_since(Instant::now());
         let done = glommio::timer::timeout(left, async { Ok(tls.handshake().await) }).await;
@@ -194,13 +200,27 @@ impl Tls {
         Ok(())
     }
 
-    /// Sends every byte of ciphertext rustls has ready.
+    /// Sends every byte of ciphertext rustls has ready. Safe to cancel: what was handed to
+    /// the socket is remembered write by write, and the next flush finishes the rest first.
     async fn flush(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
+        loop {
+            while self.sent < self.outgoing.len() {
+                let n = self.stream.write(&self.outgoing[self.sent..]).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.sent += n;
+            }
             self.outgoing.clear();
+            self.sent = 0;
+            if self.outgoing.capacity() > OUTGOING_KEPT_BYTES {
+                // A large answer's ciphertext is not kept for an idle connection.
+                self.outgoing.shrink_to(OUTGOING_KEPT_BYTES);
+            }
+            if !self.conn.wants_write() {
+                return Ok(());
+            }
             self.conn.write_tls(&mut self.outgoing)?;
-            self.stream.write_all(&self.outgoing).await?;
         }
-        Ok(())
     }
 }

@@ -271,6 +271,18 @@ fn a_thousand_idle_admin_connections_add_no_thread_and_slots_come_back() {
     // however slowly the machine opens a thousand of them.
     let (server, _secrets) =
         guarded("connections_max = 32\nthreads = 2\nread_timeout_ms = 60000\n");
+    // A thousand sockets here too: lift this process's soft descriptor limit to the hard one
+    // (the soft default is 1024 on many systems).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
     let before = threads(&server);
     let idle: Vec<TcpStream> = (0..1000)
         .map(|_| TcpStream::connect(("127.0.0.1", server.admin_port)).unwrap())

@@ -228,10 +228,18 @@ fn serve_one(shared: &Shared, stream: TcpStream) {
     let _ = stream.flush();
     stream.shutdown_write();
     // Closing with unread input resets the connection, and a reset can destroy the answer
-    // before the client reads it (a 413 for a body still arriving): read a little first.
-    let socket = stream.tcp();
-    let _ = socket.set_read_timeout(Some(LINGER));
-    let _ = std::io::copy(&mut socket.take(LINGER_BYTES_MAX), &mut std::io::sink());
+    // before the client reads it (a 413 for a body still arriving): read a little first,
+    // within one deadline however the client trickles.
+    if let Ok(tcp) = stream.tcp().try_clone() {
+        let mut socket = http::Deadlined {
+            tcp,
+            read_by: Instant::now() + LINGER,
+        };
+        let _ = std::io::copy(
+            &mut (&mut socket).take(LINGER_BYTES_MAX),
+            &mut std::io::sink(),
+        );
+    }
 }
 
 /// How long, and how many bytes, a closing connection's leftover input is read and dropped.

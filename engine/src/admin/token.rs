@@ -25,7 +25,13 @@ impl Token {
     /// Reads the token (surrounding whitespace trimmed) from `path`.
     pub fn load(path: &Path) -> Result<Token, String> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("admin.token_file {shown}: {e}"))?;
+        // Checked on the file opened, not the path: a swap between check and read changes
+        // nothing.
+        let file =
+            std::fs::File::open(path).map_err(|e| format!("admin.token_file {shown}: {e}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("admin.token_file {shown}: {e}"))?;
         if !meta.is_file() {
             return Err(format!("admin.token_file {shown}: not a regular file"));
         }
@@ -37,8 +43,8 @@ impl Token {
             ));
         }
         let mut text = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(TOKEN_FILE_BYTES_MAX + 1).read_to_end(&mut text))
+        file.take(TOKEN_FILE_BYTES_MAX + 1)
+            .read_to_end(&mut text)
             .map_err(|e| format!("admin.token_file {shown}: {e}"))?;
         if text.len() as u64 > TOKEN_FILE_BYTES_MAX {
             return Err(format!(
