@@ -12,10 +12,15 @@
 //! - [`json`]: the JSON-lines forms of events and decisions.
 //! - [`client`]: a blocking client and an async pipelined client.
 //! - [`tls`]: TLS for clients (rustls), and the PEM loading the server shares.
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `net/fuzz/`, which
+//! `tests/fuzz_corpus.rs` also runs over the committed corpus.
 
 pub mod client;
 pub mod codes;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod routing;
 pub mod schema;
