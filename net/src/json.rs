@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn numbers_parse_to_the_nearest_f64_and_round_trip() {
+        // serde_json's default float parser read this as 8.744325850953595e299, one ULP off
+        // (found by the `payload` fuzz target: an event's JSON form parsed to another event).
+        let text = "8.744325850953594e+299";
+        let line = LINE.replace("[0.5,1]", &format!("[{text}]"));
+        let e = event_from_json(&line).unwrap();
+        assert_eq!(e.features, vec![text.parse::<f64>().unwrap()]);
+        let back = event_from_json(&event_to_json(&e).to_string()).unwrap();
+        assert_eq!(back.features[0].to_bits(), e.features[0].to_bits());
+    }
+
+    #[test]
     fn decision_json_has_the_fixed_names() {
         let d = Decision {
             event_id: "e-1".into(),
