@@ -15,6 +15,9 @@
 //!   files only, bounded reads, nothing outside it (the kernel's `openat2` judges links).
 //!
 //! The language is documented in `rules/README.md`.
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `rules/fuzz/`, which
+//! `tests/fuzz_corpus.rs` also runs over the committed corpus.
 
 pub mod ast;
 mod atoms;
@@ -26,6 +29,8 @@ pub mod diag;
 mod entity_index;
 pub mod epoch;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interp;
 pub mod ir;
 pub mod lexer;
