@@ -188,19 +188,22 @@ pub fn lex(text: &str) -> (Vec<Token>, Vec<Diagnostic>) {
                     }
                     b'\n' => break,
                     b'\\' if i + 1 < bytes.len() => {
-                        match bytes[i + 1] {
-                            b'"' => value.push('"'),
-                            b'\\' => value.push('\\'),
-                            b'n' => value.push('\n'),
-                            b't' => value.push('\t'),
+                        // The escaped character may take several bytes: step over all of them.
+                        let escaped = text[i + 1..].chars().next().expect("in bounds");
+                        let end = i + 1 + escaped.len_utf8();
+                        match escaped {
+                            '"' => value.push('"'),
+                            '\\' => value.push('\\'),
+                            'n' => value.push('\n'),
+                            't' => value.push('\t'),
                             other => {
                                 errors.push(Diagnostic::new(
-                                    Span::new(i, i + 2),
-                                    format!("unknown escape `\\{}`", other as char),
+                                    Span::new(i, end),
+                                    format!("unknown escape `\\{other}`"),
                                 ));
                             }
                         }
-                        i += 2;
+                        i = end;
                     }
                     _ => {
                         let ch = text[i..].chars().next().expect("in bounds");
@@ -314,6 +317,23 @@ mod tests {
                 Tok::Eof,
             ]
         );
+    }
+
+    #[test]
+    fn an_unknown_escape_of_a_multibyte_character_is_reported_whole() {
+        // Found by fuzzing: the lexer stepped two bytes past the backslash, into the middle of
+        // `é`, and panicked slicing the text there.
+        let text = "\"a\\\u{e9}b\" x";
+        let (t, e) = lex(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].message, "unknown escape `\\\u{e9}`");
+        assert_eq!(
+            e[0].span,
+            Span::new(2, 5),
+            "the backslash and all of `\u{e9}`"
+        );
+        assert_eq!(t[0].tok, Tok::Str("ab".into()));
+        assert_eq!(t[1].tok, Tok::Ident("x".into()));
     }
 
     #[test]
