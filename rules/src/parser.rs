@@ -33,6 +33,9 @@ pub const KEYWORDS: [&str; 18] = [
     "ends_with",
 ];
 
+/// Words that open an item: error recovery stops before them.
+const ITEM_WORDS: [&str; 6] = ["rule", "shadow", "list", "attribute", "policy", "fallback"];
+
 /// `contains` is an operator too, but may still appear as an attribute name in calls; it is
 /// recognised only in operator position.
 const CONTAINS: &str = "contains";
@@ -173,15 +176,7 @@ impl Parser {
                         return;
                     }
                 }
-                Tok::Ident(w)
-                    if depth <= 0
-                        && matches!(
-                            w.as_str(),
-                            "rule" | "shadow" | "list" | "attribute" | "policy" | "fallback"
-                        ) =>
-                {
-                    return;
-                }
+                Tok::Ident(w) if depth <= 0 && ITEM_WORDS.contains(&w.as_str()) => return,
                 _ => {}
             }
             self.bump();
@@ -200,14 +195,7 @@ impl Parser {
                 Tok::RBrace => depth -= 1,
                 Tok::Semi if depth <= 0 => return,
                 Tok::Ident(w) if depth <= 0 && clauses.contains(&w.as_str()) => return,
-                Tok::Ident(w)
-                    if matches!(
-                        w.as_str(),
-                        "rule" | "shadow" | "list" | "attribute" | "policy" | "fallback"
-                    ) =>
-                {
-                    return;
-                }
+                Tok::Ident(w) if ITEM_WORDS.contains(&w.as_str()) => return,
                 _ => {}
             }
             self.bump();
@@ -451,6 +439,11 @@ impl Parser {
                     self.bump();
                 }
                 Tok::Eof => return self.expected("`}` to close the policy"),
+                // The next item: the policy was never closed. (Recovering from an arm stops
+                // before these words, so trying them as an action would never move on.)
+                Tok::Ident(w) if ITEM_WORDS.contains(&w.as_str()) => {
+                    return self.expected("`}` to close the policy");
+                }
                 Tok::Ident(w) if w == "otherwise" => {
                     let at = self.bump().span;
                     if otherwise.is_some() {
@@ -742,6 +735,30 @@ mod tests {
         assert_eq!(
             messages("rule r { when amount > 1  score 5  score 7 }"),
             vec!["a second `score` in rule `r`: a rule has one"]
+        );
+    }
+
+    #[test]
+    fn a_policy_cut_short_by_the_next_item_ends_there() {
+        // Found by fuzzing: an arm that failed at `rule` recovered to just before it, the
+        // policy loop tried `rule` as an action again, and so on until memory ran out.
+        let (file, errors) =
+            parse("policy { deny when score >= 80;\nrule r { when amount > 1  score 5 }");
+        let first: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            first,
+            vec!["expected `}` to close the policy, found `rule`"]
+        );
+        assert!(
+            matches!(&file.items[..], [Item::Rule(r)] if r.name.name == "r"),
+            "{file:?}"
+        );
+        assert_eq!(
+            messages("policy { deny when score >= 80; review when  policy { }"),
+            vec![
+                "expected a value, found keyword `policy`",
+                "expected `}` to close the policy, found `policy`"
+            ]
         );
     }
 
