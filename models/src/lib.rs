@@ -10,10 +10,15 @@
 //! The engine computes the features (they are rules-language expressions, compiled by
 //! verdict-rules); this crate never sees an event. The ABI is documented in
 //! `models/README.md`.
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `models/fuzz/`, which
+//! `tests/fuzz_corpus.rs` also runs over the committed corpus.
 
 mod abi;
 mod cache;
 pub mod examples;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 mod pool;
 
