@@ -22,6 +22,9 @@
 //!   `/readyz`) and the token-authenticated control API (`POST /v1/reload`), bounded.
 //! - [`http`]: the bounded HTTP/1.1 both ends of the admin port speak.
 //! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `engine/fuzz/`, which
+//! `tests/fuzz_corpus.rs` also runs over the committed corpus.
 
 pub mod admin;
 pub mod buffers;
@@ -30,6 +33,8 @@ pub mod config;
 pub mod conn;
 pub mod decide;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardware;
 pub mod http;
 pub mod loop_time;
