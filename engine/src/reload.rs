@@ -179,6 +179,13 @@ pub enum SubmitError {
 }
 
 impl Reloads {
+    /// A way in to a reload thread that has stopped: every submit answers
+    /// [`SubmitError::Stopped`] (for code that must hold a `Reloads` and never reload).
+    pub fn stopped() -> Reloads {
+        let (jobs, _) = flume::bounded(1);
+        Reloads { jobs }
+    }
+
     /// Queues a reload of `rules_path` (empty: the rules being served); its answer comes on
     /// the returned channel.
     pub fn submit(&self, rules_path: String) -> Result<flume::Receiver<ReloadReply>, SubmitError> {

@@ -1,9 +1,10 @@
 //! The fuzz corpus as an ordinary test (CI runs no fuzzer). Every file under
 //! `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` goes through
 //! `verdict_engine::fuzzing::<target>`, the same body `cargo fuzz` runs. Proves that topology
-//! parsing and checking hold their properties on every seed and every crash found so far (no
-//! panic; an accepted file has distinct CPUs and ports and renders back to itself), so a
-//! fixed crash stays fixed.
+//! parsing and checking, and the admin port's request parsing and routing, hold their
+//! properties on every seed and every crash found so far (no panic; an accepted file has
+//! distinct CPUs and ports and renders back to itself; a request is taken whole and within
+//! its bounds, a refusal carries its status), so a fixed crash stays fixed.
 //!
 //! The seeds are the repository's shards.toml and variants of it, written by `write_seeds`
 //! (ignored here): `cargo test -p verdict-engine --test fuzz_corpus -- --ignored`.
@@ -14,7 +15,10 @@ use verdict_engine::config::{FILE_HEADER, TopologyConfig, render};
 use verdict_engine::fuzzing;
 use verdict_net::fuzzing::{Target, replay};
 
-const TARGETS: [Target; 1] = [("topology", fuzzing::topology)];
+const TARGETS: [Target; 2] = [
+    ("topology", fuzzing::topology),
+    ("admin_request", fuzzing::admin_request),
+];
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
