@@ -466,17 +466,20 @@ impl TopologyConfig {
                 "must be 1..=10000000",
             ));
         }
-        if self.listen.admin_port.is_some() && self.listen.admin_port() != 0 {
-            let admin = self.listen.admin_port();
-            let taken = self.listen.port == admin
-                || (base != 0
-                    && (base..base.saturating_add(self.shards.len() as u16)).contains(&admin));
-            if taken {
-                return Err(invalid(
-                    "listen.admin_port",
-                    format!("{admin} collides with the shared or a shard port"),
-                ));
-            }
+        // The admin port left out is port + 80, and must not collide either.
+        let admin = self.listen.admin_port();
+        let shard_ports = u32::from(base)..u32::from(base) + self.shards.len() as u32;
+        let taken =
+            self.listen.port == admin || (base != 0 && shard_ports.contains(&u32::from(admin)));
+        if admin != 0 && taken {
+            let defaulted = match self.listen.admin_port {
+                Some(_) => "",
+                None => " (port + 80, as admin_port is left out)",
+            };
+            return Err(invalid(
+                "listen.admin_port",
+                format!("{admin}{defaulted} collides with the shared or a shard port"),
+            ));
         }
         if self.runtime.spin_before_park_us > 1_000_000 {
             return Err(invalid(
@@ -937,6 +940,34 @@ cpu = 1
         c.models.cache_dir = "/var/cache/a\u{1}b\"c\\d\u{e9}".into();
         let text = render(&c, "# test\n");
         assert_eq!(TopologyConfig::parse(&text, "r.toml").unwrap(), c);
+    }
+
+    #[test]
+    fn the_admin_port_collides_with_no_other_even_when_left_out() {
+        // Caught by the topology fuzz target's distinct-ports property: only an admin_port
+        // written in the file was checked, so port + 80 could be a shard port; and the last
+        // port a shard may take, 65535, was outside the range checked.
+        let defaulted = MINIMAL.replace("shard_port_base = 7410", "shard_port_base = 7479");
+        let err = TopologyConfig::parse(&defaulted, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("listen.admin_port: 7480 (port + 80"),
+            "{err}"
+        );
+        let last = MINIMAL.replace(
+            "shard_port_base = 7410",
+            "shard_port_base = 65534\nadmin_port = 65535",
+        );
+        let err = TopologyConfig::parse(&last, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("listen.admin_port: 65535 collides"),
+            "{err}"
+        );
+        let apart = MINIMAL.replace("shard_port_base = 7410", "shard_port_base = 7481");
+        assert!(TopologyConfig::parse(&apart, "t.toml").is_ok());
     }
 
     #[test]
