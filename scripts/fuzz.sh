@@ -41,7 +41,7 @@ for ct in "${targets[@]}"; do
     mkdir -p "$learned"
     inputs=("$learned" "fuzz/corpus/$target")
     [ -d "$here/$crate/fuzz/regressions/$target" ] && inputs+=("fuzz/regressions/$target")
-    status="found nothing"
+    status="found nothing in ${seconds}s"
     if ! (cd "$here/$crate" && nice -n 19 cargo fuzz run --target-dir "$build" "$target" \
         "${inputs[@]}" -- -max_total_time="$seconds" -timeout=30 -print_final_stats=1) \
         >"$log" 2>&1; then
@@ -55,6 +55,6 @@ for ct in "${targets[@]}"; do
     fi
     execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' ||
         grep -aoE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
-    printf '%-22s %12s executions in %ss  %s\n' "$ct" "${execs:-?}" "$seconds" "$status"
+    printf '%-18s %10s executions  %s\n' "$ct" "${execs:-?}" "$status"
 done
 exit "$crashed"
