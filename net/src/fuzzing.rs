@@ -17,6 +17,9 @@
 //!   answer on the re-encoded archive, and an event that passes them survives the JSON form.
 //! - [`json_event`]: a JSON line. An event that parses re-serializes to JSON that parses to
 //!   the same event, and encodes to an archive that validates and decodes to it again.
+//!
+//! [`replay`] runs a crate's committed corpus and regressions through its bodies: every
+//! crate's `tests/fuzz_corpus.rs` uses it (they all depend on this crate).
 
 use rkyv::{
     Archive, Deserialize, Serialize,

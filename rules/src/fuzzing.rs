@@ -5,9 +5,10 @@
 //! drives the real code path, and panics when a property that must hold for any input does
 //! not. For every input, nothing panics, and:
 //!
-//! - [`syntax`]: the lexer's tokens cover the text in order on character boundaries and end
-//!   with one `Eof`; every diagnostic of [`lex`], [`parse`] and [`parse_expr`] has a span
-//!   inside the text on character boundaries and renders with a line and column inside it.
+//! - [`syntax`]: the lexer's tokens are non-empty, in text order without overlap, on
+//!   character boundaries, and end with one `Eof`; every diagnostic of [`lex`], [`parse`]
+//!   and [`parse_expr`] has a span inside the text on character boundaries and renders
+//!   with a line and column inside it.
 //! - [`rule_set`]: the whole pipeline, [`crate::load`]: read, parse, check (lists, models,
 //!   several files), compile. The input is a rules file, optionally followed by more files,
 //!   each introduced by a line `#= PATH` (a comment to the lexer), relative to the rules
