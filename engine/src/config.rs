@@ -781,7 +781,7 @@ syscalls = {syscalls}
 [admin]
 # Bearer token file for the control API (POST /v1/reload on the admin port). "" = none:
 # every mutating endpoint answers 403. Must be readable by its owner only (chmod 600).
-token_file = {token:?}
+token_file = {token}
 # Also require the token for /metrics, /stats, /healthz and /readyz.
 token_for_reads = {token_reads}
 # Serve reload requests (kind 0x06) on the data ports, unauthenticated. Only on a trusted
@@ -802,20 +802,20 @@ write_timeout_ms = {admin_write}
 [rules]
 # The only directory rules and lists are read from (at start and on reload; a reload names
 # a path relative to it). "" = the directory of the rules given with --rules.
-dir = {rules_dir:?}
+dir = {rules_dir}
 
 [tls]
 # TLS (rustls) on every data port and the admin port: the certificate chain and its key (PEM).
 # "" = plaintext. Re-read on every reload.
-cert_file = {tls_cert:?}
-key_file = {tls_key:?}
+cert_file = {tls_cert}
+key_file = {tls_key}
 # Require client certificates signed by this CA (PEM): mutual TLS. "" = none required.
-client_ca_file = {tls_ca:?}
+client_ca_file = {tls_ca}
 "#,
-        tls_cert = config.tls.cert_file,
-        tls_key = config.tls.key_file,
-        tls_ca = config.tls.client_ca_file,
-        token = config.admin.token_file,
+        tls_cert = toml::Value::String(config.tls.cert_file.clone()),
+        tls_key = toml::Value::String(config.tls.key_file.clone()),
+        tls_ca = toml::Value::String(config.tls.client_ca_file.clone()),
+        token = toml::Value::String(config.admin.token_file.clone()),
         token_reads = config.admin.token_for_reads,
         wire_reload = config.admin.wire_reload,
         admin_threads = config.admin.threads,
@@ -824,7 +824,7 @@ client_ca_file = {tls_ca:?}
         admin_body = config.admin.body_bytes_max,
         admin_read = config.admin.read_timeout_ms,
         admin_write = config.admin.write_timeout_ms,
-        rules_dir = config.rules.dir,
+        rules_dir = toml::Value::String(config.rules.dir.clone()),
         probes = config.probes.enabled,
         syscalls = config.probes.syscalls,
         stats_every = config.runtime.stats_interval_ms,
@@ -938,6 +938,15 @@ cpu = 1
         // Caught by the topology fuzz target's round trip: the cache directory was written
         // with Rust's escapes, which TOML does not read.
         c.models.cache_dir = "/var/cache/a\u{1}b\"c\\d\u{e9}".into();
+        let text = render(&c, "# test\n");
+        assert_eq!(TopologyConfig::parse(&text, "r.toml").unwrap(), c);
+        // The same for every path the file names.
+        let odd = "/etc/v\u{1}e\"r\\d\u{e9}ict";
+        c.admin.token_file = format!("{odd}/admin.token");
+        c.rules.dir = format!("{odd}/rules");
+        c.tls.cert_file = format!("{odd}/cert.pem");
+        c.tls.key_file = format!("{odd}/key.pem");
+        c.tls.client_ca_file = format!("{odd}/ca.pem");
         let text = render(&c, "# test\n");
         assert_eq!(TopologyConfig::parse(&text, "r.toml").unwrap(), c);
     }
