@@ -13,7 +13,7 @@ use std::path::Path;
 
 use verdict_engine::config::{FILE_HEADER, TopologyConfig, render};
 use verdict_engine::fuzzing;
-use verdict_net::fuzzing::{Target, replay};
+use verdict_net::fuzzing::Target;
 
 const TARGETS: [Target; 2] = [
     ("topology", fuzzing::topology),
@@ -26,14 +26,7 @@ fn crate_dir() -> &'static Path {
 
 #[test]
 fn corpus_and_regressions_replay_without_a_panic() {
-    match replay(&crate_dir().join("fuzz"), &TARGETS) {
-        Ok(runs) => assert!(runs > 0),
-        Err(failures) => panic!(
-            "{} failing inputs:\n{}",
-            failures.len(),
-            failures.join("\n")
-        ),
-    }
+    verdict_net::fuzzing::assert_replays(&crate_dir().join("fuzz"), &TARGETS);
 }
 
 #[test]

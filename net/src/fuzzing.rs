@@ -474,6 +474,18 @@ fn json_round_trip(event: &Event) {
 /// A fuzz target: its name (the directory of its corpus) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
+/// [`replay`] for a test: panics listing every failing input, or if nothing ran.
+pub fn assert_replays(fuzz_dir: &std::path::Path, targets: &[Target]) {
+    match replay(fuzz_dir, targets) {
+        Ok(runs) => assert!(runs > 0, "no input under {}", fuzz_dir.display()),
+        Err(failures) => panic!(
+            "{} failing inputs:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ),
+    }
+}
+
 /// Runs every file under `<fuzz_dir>/corpus/<name>/` and `<fuzz_dir>/regressions/<name>/`
 /// through the body of target `name`, catching panics. Returns how many inputs ran, or one
 /// line per input that panicked (and per directory that names no target, or target

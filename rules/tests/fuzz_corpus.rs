@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use verdict_net::fuzzing::{Target, replay};
+use verdict_net::fuzzing::Target;
 use verdict_rules::fuzzing;
 
 const TARGETS: [Target; 3] = [
@@ -26,14 +26,7 @@ fn crate_dir() -> &'static Path {
 
 #[test]
 fn corpus_and_regressions_replay_without_a_panic() {
-    match replay(&crate_dir().join("fuzz"), &TARGETS) {
-        Ok(runs) => assert!(runs > 0),
-        Err(failures) => panic!(
-            "{} failing inputs:\n{}",
-            failures.len(),
-            failures.join("\n")
-        ),
-    }
+    verdict_net::fuzzing::assert_replays(&crate_dir().join("fuzz"), &TARGETS);
 }
 
 // ---- the seeds ----
