@@ -50,6 +50,9 @@ enum SampleFn {
 
 struct CompiledVelocity {
     key: VelocityKey,
+    /// Its place among the functions of the same key (where its value sits in what that
+    /// key's owner returns, see [`RuleSet::record_key`]).
+    rank: u32,
     sample: SampleFn,
 }
 
@@ -211,11 +214,16 @@ impl RuleSet {
         for (i, r) in program.rules.iter().enumerate() {
             shadow[i / 64] |= u64::from(r.shadow) << (i % 64);
         }
+        let mut ranks = [0u32; 4];
         let velocity = program
             .velocity
             .iter()
             .map(|v| CompiledVelocity {
                 key: v.key,
+                rank: {
+                    ranks[v.key as usize] += 1;
+                    ranks[v.key as usize] - 1
+                },
                 sample: match (v.agg, &v.field) {
                     (Agg::Count, _) => SampleFn::Count,
                     (Agg::Sum, Some(f)) => SampleFn::Sum(b.num(&fold(f))),
@@ -345,11 +353,25 @@ impl RuleSet {
     /// First half of a decision: reads the event into `out` and records it in the velocity
     /// state (prepared for this set). Model features can be read from `out` after it.
     pub fn prepare(&self, event: &ArchivedEvent, state: &mut VelocityState, out: &mut Outcome) {
+        self.prepare_with(event, state, &[None; 4], out);
+    }
+
+    /// [`prepare`](Self::prepare) for a core that owns only some of the event's keys:
+    /// `remote[key as usize]`, when set, holds the values of the key's functions (in
+    /// function order) as the key's owner recorded them with [`record_key`](Self::record_key);
+    /// the other keys are recorded in `state`.
+    pub fn prepare_with(
+        &self,
+        event: &ArchivedEvent,
+        state: &mut VelocityState,
+        remote: &[Option<&[f64]>; 4],
+        out: &mut Outcome,
+    ) {
         if state.prepared_for() != self.uid {
             state.prepare(self.uid, &self.program.velocity);
         }
         self.layout.load(event, &mut out.regs);
-        self.record_velocity(event, state, &mut out.regs);
+        self.record_velocity(event, state, remote, &mut out.regs);
         out.velocity.clear();
         out.velocity
             .extend_from_slice(self.layout.velocity(&out.regs));
@@ -427,13 +449,78 @@ impl RuleSet {
         out.score = score;
     }
 
-    /// Records the event in every velocity function and writes each value to its register.
-    fn record_velocity(&self, event: &ArchivedEvent, state: &mut VelocityState, regs: &mut [f64]) {
+    /// How many velocity functions count by each key (`[key as usize]`): what
+    /// [`record_key`](Self::record_key) returns for it.
+    pub fn functions_by_key(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for v in &self.velocity {
+            n[v.key as usize] += 1;
+        }
+        n
+    }
+
+    /// For the core that owns `event`'s value of `key`: records the event in this set's
+    /// functions of that key only, and appends each one's value, in function order, to
+    /// `values` (what the deciding core passes to [`prepare_with`](Self::prepare_with)).
+    /// `scratch` is an outcome of this set, used for the event's registers.
+    pub fn record_key(
+        &self,
+        event: &ArchivedEvent,
+        key: VelocityKey,
+        state: &mut VelocityState,
+        scratch: &mut Outcome,
+        values: &mut Vec<f64>,
+    ) {
+        if state.prepared_for() != self.uid {
+            state.prepare(self.uid, &self.program.velocity);
+        }
+        let ts = event.timestamp_ms.to_native();
+        let (ip, ip_v4) = Ctx::ip_of(event);
+        let entity = entity_hash(key, event, (ip, ip_v4), state).map(|h| state.entity(key, h, ts));
+        // Sum and distinct values are expressions over the event's fields (the checker keeps
+        // velocity and models out of them): the loaded registers are all they read.
+        self.layout.load(event, &mut scratch.regs);
+        for (i, v) in self
+            .velocity
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.key == key)
+        {
+            let ctx = Ctx {
+                event,
+                regs: &scratch.regs,
+                ip,
+                ip_v4,
+                bits: &[],
+            };
+            values.push(match entity {
+                None => 0.0,
+                Some(entity) => {
+                    let sample = sample_of(&v.sample, &ctx, state);
+                    state.record_at(i, entity, ts, sample)
+                }
+            });
+        }
+    }
+
+    /// Records the event in every velocity function whose key has no `remote` values, and
+    /// writes each function's value to its register.
+    fn record_velocity(
+        &self,
+        event: &ArchivedEvent,
+        state: &mut VelocityState,
+        remote: &[Option<&[f64]>; 4],
+        regs: &mut [f64],
+    ) {
         let ts = event.timestamp_ms.to_native();
         // Each key is hashed and looked up once per event, however many functions use it.
         let mut entities: [Option<Option<u32>>; 4] = [None; 4];
         let (ip, ip_v4) = Ctx::ip_of(event);
         for (i, v) in self.velocity.iter().enumerate() {
+            if let Some(values) = remote[v.key as usize] {
+                regs[self.layout.velocity as usize + i] = values[v.rank as usize];
+                continue;
+            }
             let ctx = Ctx {
                 event,
                 regs,
@@ -447,11 +534,7 @@ impl RuleSet {
             let value = match entity {
                 None => 0.0,
                 Some(entity) => {
-                    let sample = match &v.sample {
-                        SampleFn::Count => Sample::Count,
-                        SampleFn::Sum(f) => Sample::Sum(f(&ctx)),
-                        SampleFn::Distinct(f) => Sample::Distinct(f(&ctx, state.value_hasher())),
-                    };
+                    let sample = sample_of(&v.sample, &ctx, state);
                     state.record_at(i, entity, ts, sample)
                 }
             };
@@ -476,6 +559,45 @@ impl RuleSet {
             }
         }
     }
+}
+
+/// What one event adds to a function's window.
+#[inline]
+fn sample_of(f: &SampleFn, ctx: &Ctx, state: &VelocityState) -> Sample {
+    match f {
+        SampleFn::Count => Sample::Count,
+        SampleFn::Sum(f) => Sample::Sum(f(ctx)),
+        SampleFn::Distinct(f) => Sample::Distinct(f(ctx, state.value_hasher())),
+    }
+}
+
+/// The bytes `event`'s value of `key` is placed by (its partition is `fnv1a64` of them): the
+/// UTF-8 bytes of the account, device or merchant id; an IP's address bytes in network
+/// order (4 for IPv4, 16 for IPv6), written into `ip_bytes`. `None` when the event has no
+/// such value (an empty id, the unspecified address): it is not tracked, so no one owns it.
+pub fn key_value<'e>(
+    event: &'e ArchivedEvent,
+    key: VelocityKey,
+    ip_bytes: &'e mut [u8; 16],
+) -> Option<&'e [u8]> {
+    let value = match key {
+        VelocityKey::Account => event.account_id.as_bytes(),
+        VelocityKey::Device => event.device_id.as_bytes(),
+        VelocityKey::Merchant => event.merchant_id.as_bytes(),
+        VelocityKey::Ip => {
+            let (ip, ip_v4) = Ctx::ip_of(event);
+            if ip == 0 {
+                return None;
+            }
+            *ip_bytes = ip.to_be_bytes();
+            if ip_v4 {
+                &ip_bytes[12..]
+            } else {
+                &ip_bytes[..]
+            }
+        }
+    };
+    (!value.is_empty()).then_some(value)
 }
 
 /// The entity hash of `event`'s `key` (`ip`: [`Ctx::ip_of`]); `None` when the event has no

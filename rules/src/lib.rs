@@ -42,10 +42,11 @@ pub mod velocity;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use compile::{Outcome, RuleSet, Shape};
+pub use compile::{Outcome, RuleSet, Shape, key_value};
 pub use confined::{Confined, join_relative};
 pub use diag::{Diagnostic, Report, RuleError, Source, Span};
 pub use epoch::{Epoch, EpochCell};
+pub use ir::VelocityKey;
 pub use parser::parse;
 pub use velocity::VelocityState;
 use verdict_net::Action;

@@ -27,9 +27,12 @@
 //! reading the window of an in-order event costs no loop over the buckets.
 //!
 //! State survives a rule reload: stores are matched by the function's canonical text, and a
-//! key's table stays while any function counts by it.
+//! key's table stays while any function counts by it. The state keeps the layouts of the
+//! last [`LAYOUTS_KEPT`] rule sets it served (which store each of their functions uses), so
+//! a core can record an event for a shard still deciding with the previous epoch, or the
+//! next one, without losing or resetting either epoch's windows: switching between kept
+//! layouts allocates nothing.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
@@ -43,6 +46,10 @@ pub const BUCKETS: usize = 32;
 pub const DISTINCT_VALUES_MAX: usize = 32;
 /// Entities sampled to choose one to evict.
 pub const EVICTION_SAMPLE: usize = 5;
+/// Rule sets whose store layouts a state keeps: the current one and the one before, so
+/// while a reload reaches the cores one by one, a core records for both epochs. (Memory: a
+/// function dropped by a reload keeps its store until the next reload.)
+pub const LAYOUTS_KEPT: usize = 2;
 
 /// What one event adds to a store.
 #[derive(Debug, Clone, Copy)]
@@ -55,14 +62,28 @@ pub enum Sample {
 
 /// The velocity state of one core.
 pub struct VelocityState {
-    /// Per [`VelocityKey`] (as `usize`), while some function counts by it.
+    /// Per [`VelocityKey`] (as `usize`), while some store counts by it.
     tables: [Option<Table>; 4],
+    /// Every store a kept layout uses.
     stores: Vec<Store>,
+    /// The kept layouts; `layouts[current]` is the one `record_at` uses.
+    layouts: Vec<LayoutOf>,
+    current: usize,
+    /// Bumped on every switch of layout: which layout was used least recently.
+    switches: u64,
     entities_max: usize,
     hasher: RandomState,
     rng: fastrand::Rng,
-    /// The rule set the stores are laid out for.
+    /// The rule set the current layout is for.
     prepared_for: u64,
+}
+
+/// Which store each velocity function of one rule set uses.
+struct LayoutOf {
+    uid: u64,
+    /// `stores[spec]`: the index in `VelocityState::stores` of the rule set's function `spec`.
+    stores: Vec<usize>,
+    used_at: u64,
 }
 
 impl VelocityState {
@@ -71,6 +92,9 @@ impl VelocityState {
         VelocityState {
             tables: [None, None, None, None],
             stores: Vec::new(),
+            layouts: Vec::new(),
+            current: 0,
+            switches: 0,
             entities_max,
             hasher: RandomState::default(),
             rng: fastrand::Rng::with_seed(0x5EED_7E10),
@@ -83,34 +107,95 @@ impl VelocityState {
         self.prepared_for
     }
 
-    /// Lays the stores out for a rule set's velocity functions: a function the previous rule
-    /// set also had keeps its state; new ones start empty; the rest are dropped. Allocates
-    /// (new stores); called between batches, never per event.
+    /// Lays the stores out for a rule set's velocity functions (`uid` names the set): a
+    /// function a kept layout also has keeps its state; new ones start empty. A set whose
+    /// layout is kept is switched to without allocating. Past [`LAYOUTS_KEPT`] layouts the
+    /// least recently used is forgotten, and the stores only it used are dropped. Called
+    /// between batches, or before recording for another core's rule set; never per event.
     pub fn prepare(&mut self, uid: u64, specs: &[VelocitySpec]) {
-        let mut used = [false; 4];
-        for spec in specs {
-            used[spec.key as usize] = true;
+        self.switches += 1;
+        if let Some(i) = self.layouts.iter().position(|l| l.uid == uid) {
+            self.layouts[i].used_at = self.switches;
+            self.current = i;
+            self.prepared_for = uid;
+            return;
         }
-        for (table, used) in self.tables.iter_mut().zip(used) {
-            match (table.is_some(), used) {
-                (true, false) => *table = None,
-                (false, true) => *table = Some(Table::new(self.entities_max)),
-                _ => {}
+        for spec in specs {
+            let table = &mut self.tables[spec.key as usize];
+            if table.is_none() {
+                *table = Some(Table::new(self.entities_max));
             }
         }
-        let mut old: HashMap<String, Store> =
-            self.stores.drain(..).map(|s| (s.id.clone(), s)).collect();
-        let tables = &self.tables;
-        self.stores = specs
+        let stores = specs
             .iter()
             .map(|spec| {
-                old.remove(&spec.id).unwrap_or_else(|| {
-                    let table = tables[spec.key as usize].as_ref().expect("made above");
-                    Store::new(spec, self.entities_max, table.meta.len())
-                })
+                self.stores
+                    .iter()
+                    .position(|s| s.id == spec.id)
+                    .unwrap_or_else(|| {
+                        let table = self.tables[spec.key as usize].as_ref().expect("made above");
+                        let store = Store::new(spec, self.entities_max, table.meta.len());
+                        self.stores.push(store);
+                        self.stores.len() - 1
+                    })
             })
             .collect();
+        self.layouts.push(LayoutOf {
+            uid,
+            stores,
+            used_at: self.switches,
+        });
+        if self.layouts.len() > LAYOUTS_KEPT {
+            let oldest = (0..self.layouts.len())
+                .min_by_key(|&i| self.layouts[i].used_at)
+                .expect("more than one layout");
+            self.layouts.swap_remove(oldest);
+            self.drop_unused_stores();
+        }
+        self.current = self
+            .layouts
+            .iter()
+            .position(|l| l.uid == uid)
+            .expect("just pushed");
         self.prepared_for = uid;
+    }
+
+    /// Drops the stores no kept layout uses (renumbering the rest), and the tables of keys
+    /// no store counts by.
+    fn drop_unused_stores(&mut self) {
+        let mut used = vec![false; self.stores.len()];
+        for l in &self.layouts {
+            for &s in &l.stores {
+                used[s] = true;
+            }
+        }
+        let mut renumbered = vec![usize::MAX; self.stores.len()];
+        let mut next = 0;
+        for (i, &u) in used.iter().enumerate() {
+            if u {
+                renumbered[i] = next;
+                next += 1;
+            }
+        }
+        let mut i = 0;
+        self.stores.retain(|_| {
+            i += 1;
+            used[i - 1]
+        });
+        for l in &mut self.layouts {
+            for s in &mut l.stores {
+                *s = renumbered[*s];
+            }
+        }
+        let mut keys = [false; 4];
+        for s in &self.stores {
+            keys[s.key as usize] = true;
+        }
+        for (table, used) in self.tables.iter_mut().zip(keys) {
+            if !used {
+                *table = None;
+            }
+        }
     }
 
     /// Records one event in store `spec` under `key` and returns the window's value for it.
@@ -119,7 +204,8 @@ impl VelocityState {
     pub fn record(&mut self, spec: usize, key: &[u8], ts_ms: u64, sample: Sample) -> f64 {
         match self.key_hash(key) {
             Some(hash) => {
-                let entity = self.entity(self.stores[spec].key, hash, ts_ms);
+                let store = self.layouts[self.current].stores[spec];
+                let entity = self.entity(self.stores[store].key, hash, ts_ms);
                 self.record_at(spec, entity, ts_ms, sample)
             }
             None => 0.0,
@@ -184,7 +270,8 @@ impl VelocityState {
     /// the store's key) and returns the window's value for it.
     #[inline]
     pub fn record_at(&mut self, spec: usize, entity: u32, ts_ms: u64, sample: Sample) -> f64 {
-        self.stores[spec].record(entity as usize, ts_ms, sample)
+        let store = self.layouts[self.current].stores[spec];
+        self.stores[store].record(entity as usize, ts_ms, sample)
     }
 
     /// The keyed hasher `distinct` hashes values with.
@@ -192,11 +279,17 @@ impl VelocityState {
         &self.hasher
     }
 
-    /// Entities tracked per function (those of its key), for stats and tests.
+    /// Entities tracked per function of the current layout (those of its key), for stats
+    /// and tests.
     pub fn entities(&self) -> Vec<(String, usize)> {
-        self.stores
+        let Some(layout) = self.layouts.get(self.current) else {
+            return Vec::new();
+        };
+        layout
+            .stores
             .iter()
-            .map(|s| {
+            .map(|&i| {
+                let s = &self.stores[i];
                 let table = self.tables[s.key as usize].as_ref();
                 (s.id.clone(), table.map_or(0, |t| t.meta.len()))
             })
@@ -616,5 +709,30 @@ mod tests {
         assert_eq!(s.prepared_for(), 2);
         assert_eq!(s.record(1, b"a", 1, Sample::Count), 2.0);
         assert_eq!(s.record(0, b"a", 1, Sample::Sum(5.0)), 5.0);
+    }
+
+    /// While a reload reaches the cores one by one, a core records for the old epoch and the
+    /// new one in turn: both keep their windows, and a function the new set dropped is still
+    /// there for the old one until a third set pushes the old layout out.
+    #[test]
+    fn kept_layouts_switch_back_and_forth_without_losing_windows() {
+        let shared = spec(Agg::Count, 60_000);
+        let mut dropped = spec(Agg::Sum, 60_000);
+        dropped.id = "sum(amount, account, 1m)".into();
+        let mut s = state(&[shared.clone(), dropped.clone()], 10);
+        assert_eq!(s.record(1, b"a", 0, Sample::Sum(1.0)), 1.0);
+        s.prepare(2, std::slice::from_ref(&shared));
+        assert_eq!(s.record(0, b"a", 0, Sample::Count), 1.0);
+        s.prepare(1, &[shared.clone(), dropped.clone()]);
+        assert_eq!(s.record(0, b"a", 0, Sample::Count), 2.0);
+        assert_eq!(s.record(1, b"a", 0, Sample::Sum(1.0)), 2.0);
+        s.prepare(2, std::slice::from_ref(&shared));
+        assert_eq!(s.record(0, b"a", 0, Sample::Count), 3.0);
+        // A third rule set: the least recently used layout (1) goes, and its sum with it.
+        s.prepare(3, std::slice::from_ref(&shared));
+        assert_eq!(s.stores.len(), 1);
+        s.prepare(1, &[shared, dropped]);
+        assert_eq!(s.record(0, b"a", 0, Sample::Count), 4.0);
+        assert_eq!(s.record(1, b"a", 0, Sample::Sum(1.0)), 1.0);
     }
 }

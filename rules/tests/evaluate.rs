@@ -1398,3 +1398,108 @@ fn shared_tests_and_wide_conditions_decide_like_single_rules() {
         }
     }
 }
+
+/// Each key's windows kept by a different core (the engine's per-key owners): the deciding
+/// core records the account, asks the device's, IP's and merchant's owners to record theirs
+/// (`record_key`), and decides with their values (`prepare_with`). Every value and every
+/// decision equals one core keeping everything.
+#[test]
+fn windows_kept_by_each_keys_owner_decide_like_one_core() {
+    use verdict_rules::VelocityKey;
+    let src = r#"
+        rule device_burst { when count(device, 10m) >= 5  score 50 }
+        rule ip_spend { when sum(amount, ip, 1h) > 300.00  score 20 }
+        rule merchant_accounts { when distinct(account, merchant, 1h) >= 3  score 10 }
+        rule account_devices { when distinct(device, account, 1h) >= 2 and count(account, 1h) > 2  action review }
+        policy { deny when score >= 60; review when score >= 20; otherwise allow }
+    "#;
+    let mut whole = Engine::new(compile(src));
+    let rs = compile(src);
+    // Core 0 decides and keeps accounts; core k keeps key k (device, ip, merchant).
+    let mut states: Vec<VelocityState> = (0..4).map(|_| VelocityState::new(1024)).collect();
+    let (mut out, mut scratch) = (rs.outcome(), rs.outcome());
+    let per_key = rs.functions_by_key();
+    assert_eq!(per_key, [2, 1, 1, 1]);
+    let keys = [VelocityKey::Device, VelocityKey::Ip, VelocityKey::Merchant];
+    for i in 0..200u64 {
+        let e = with(|e| {
+            e.event_id = format!("evt-{i}");
+            e.timestamp_ms = T0 + i * 7_000;
+            e.account_id = format!("acct-{}", i % 7);
+            e.device_id = format!("d-{}", i % 3);
+            e.merchant_id = format!("m-{}", i % 5);
+            e.ip = format!("203.0.113.{}", i % 4).parse().unwrap();
+            e.amount_minor = 1_000 + (i as i64 * 37) % 9_000;
+        });
+        let expected = whole.run(&e);
+        let bytes = archive(&e);
+        let event = access(&bytes);
+        let mut values: [Vec<f64>; 4] = Default::default();
+        for key in keys {
+            let owner = &mut states[key as usize];
+            rs.record_key(event, key, owner, &mut scratch, &mut values[key as usize]);
+            assert_eq!(values[key as usize].len(), per_key[key as usize]);
+        }
+        let remote = [
+            None,
+            Some(&values[1][..]),
+            Some(&values[2][..]),
+            Some(&values[3][..]),
+        ];
+        rs.prepare_with(event, &mut states[0], &remote, &mut out);
+        rs.decide(event, &[], &mut out);
+        let names =
+            |v: &[u32]| -> Vec<String> { v.iter().map(|&r| rs.rule_name(r).to_string()).collect() };
+        let split = Decided {
+            action: out.action(),
+            score: out.score,
+            fired: names(&out.fired),
+            shadow: names(&out.shadow_fired),
+            velocity: out.velocity.clone(),
+        };
+        assert_eq!(split, expected, "event {i}");
+    }
+    // The account's core never saw a device, IP or merchant.
+    assert_eq!(
+        states[0]
+            .entities()
+            .iter()
+            .filter(|(id, n)| !id.contains("account") && *n > 0)
+            .count(),
+        0,
+        "{:?}",
+        states[0].entities()
+    );
+}
+
+/// What a key value is placed by: ids' UTF-8 bytes, an IP's address bytes; nothing for a
+/// value that is not tracked.
+#[test]
+fn key_values_are_the_bytes_partitions_hash() {
+    use verdict_rules::{VelocityKey, key_value};
+    let e = with(|e| e.device_id = String::new());
+    let bytes = archive(&e);
+    let event = access(&bytes);
+    let mut ip = [0u8; 16];
+    assert_eq!(
+        key_value(event, VelocityKey::Account, &mut ip),
+        Some(&b"acct-1"[..])
+    );
+    assert_eq!(
+        key_value(event, VelocityKey::Merchant, &mut ip),
+        Some(&b"m-1"[..])
+    );
+    assert_eq!(key_value(event, VelocityKey::Device, &mut ip), None);
+    assert_eq!(
+        key_value(event, VelocityKey::Ip, &mut ip),
+        Some(&[203, 0, 113, 9][..])
+    );
+    let v6 = with(|e| e.ip = "2001:db8::1".parse().unwrap());
+    let bytes = archive(&v6);
+    let got = key_value(access(&bytes), VelocityKey::Ip, &mut ip).map(<[u8]>::to_vec);
+    let want: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    assert_eq!(got, Some(want.octets().to_vec()));
+    let none = with(|e| e.ip = "0.0.0.0".parse().unwrap());
+    let bytes = archive(&none);
+    assert_eq!(key_value(access(&bytes), VelocityKey::Ip, &mut ip), None);
+}
