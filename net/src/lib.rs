@@ -8,9 +8,11 @@
 //!   the borrowed views the server serializes without allocating.
 //! - [`validate`]: field-range checks on an archived event.
 //! - [`codes`]: the error codes of error frames.
-//! - [`routing`]: which shard owns an account.
+//! - [`routing`]: partitions and the partition table: which shard owns an account (or a
+//!   device, an IP, a merchant).
 //! - [`json`]: the JSON-lines forms of events and decisions.
 //! - [`client`]: a blocking client and an async pipelined client.
+//! - [`sharded`]: shard-aware clients: one connection per shard, each event to its owner.
 //! - [`tls`]: TLS for clients (rustls), and the PEM loading the server shares.
 //!
 //! `fuzzing` (hidden) holds the bodies of the fuzz targets in `net/fuzz/`, which
@@ -24,6 +26,7 @@ pub mod fuzzing;
 pub mod json;
 pub mod routing;
 pub mod schema;
+pub mod sharded;
 pub mod tls;
 pub mod validate;
 
@@ -31,6 +34,7 @@ pub use client::{AsyncClient, Client, ClientError, Codec, Response};
 pub use codes::ErrorCode;
 pub use frame::{FrameEncoder, FrameError, Header, Kind};
 pub use schema::*;
+pub use sharded::{AsyncShardedClient, ShardedClient};
 
 /// A well-formed event for tests and examples.
 #[doc(hidden)]

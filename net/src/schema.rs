@@ -204,6 +204,12 @@ pub struct ShardStats {
     /// Connections closed because their TLS handshake failed or timed out (a plaintext
     /// client on a TLS port, a missing client certificate, ...).
     pub tls_handshakes_failed: u64,
+    /// Events this shard sent to other shards: to their account's owner to decide, or to a key's owner to record.
+    pub mesh_events_sent: u64,
+    /// Events other shards forwarded to this one, the owner of their account, to decide.
+    pub mesh_events_decided: u64,
+    /// Events this shard recorded for other shards in the windows of the keys it owns (device, IP, merchant).
+    pub mesh_events_recorded: u64,
     /// Requests handled per read batch (one read's worth of whole frames).
     pub batch_requests: Percentiles,
     /// Events per evaluate-batch request.
@@ -328,6 +334,11 @@ pub struct TopologyReply {
     pub shard_ports: Vec<u16>,
     /// `cpus[i]` is the CPU shard i is pinned to.
     pub cpus: Vec<u32>,
+    /// How many partitions key values are placed in (`routing.partitions`).
+    pub partitions: u32,
+    /// `partition_shards[p]` is the shard that owns partition `p` (`partitions` entries):
+    /// send an event to the owner of its account's partition, see [`crate::routing`].
+    pub partition_shards: Vec<u16>,
 }
 
 /// The payload of a reload request.

@@ -106,6 +106,8 @@ fn topology() -> TopologyReply {
         port: 7400,
         shard_ports: vec![7410, 7411],
         cpus: vec![0, 1],
+        partitions: 4,
+        partition_shards: vec![0, 1, 0, 1],
     }
 }
 
