@@ -15,7 +15,7 @@ use rkyv::util::AlignedVec;
 use std::sync::Arc;
 use verdict_bench::events::{EventGen, encode_events};
 
-use verdict_engine::decide::{Decided, Scratch, decide};
+use verdict_engine::decide::{Decided, Names, Remote, Scratch, decide};
 use verdict_engine::scoring::{CoreModels, Published, model_inputs};
 use verdict_models::{Runtime, RuntimeConfig};
 use verdict_net::ArchivedEvent;
@@ -66,6 +66,9 @@ fn bench(c: &mut Criterion) {
     let mut velocity = VelocityState::new(65_536);
     let mut scratch = Scratch::default();
     let mut decided = Decided::default();
+    // Every key's windows are kept here (one shard).
+    let here = Remote::default();
+    let mut reused_names: Names<'static> = Names::default();
 
     let mut g = c.benchmark_group("decode");
     let mut i = 0;
@@ -105,9 +108,24 @@ fn bench(c: &mut Criterion) {
             validate_event(e).unwrap();
             let events = &[e];
             let (v, m) = (&mut velocity, &mut core_models);
-            decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
-            let view = decided.verdicts[0].view(e, &decided, 0, 1234);
+            decided.clear();
+            decide(
+                events,
+                &published,
+                v,
+                &here,
+                m,
+                &clock,
+                &mut scratch,
+                &mut decided,
+            );
+            let mut names = std::mem::take(&mut reused_names).recycle();
+            let verdict = &decided.verdicts[0];
+            let placed = names.add(&published, &decided, verdict);
+            let view = names.view(&placed, verdict, e, 0, 1234);
             enc.push(&mut out, 0x82, i as u64, &view).unwrap();
+            names.clear();
+            reused_names = names.recycle();
         })
     });
     g.finish();
@@ -116,18 +134,30 @@ fn bench(c: &mut Criterion) {
     let first = rkyv::access::<ArchivedEvent, rkyv::rancor::Failure>(first).unwrap();
     let events = &[first];
     let (v, m) = (&mut velocity, &mut core_models);
-    decide(events, &published, v, m, &clock, &mut scratch, &mut decided);
+    decided.clear();
+    decide(
+        events,
+        &published,
+        v,
+        &here,
+        m,
+        &clock,
+        &mut scratch,
+        &mut decided,
+    );
     let verdict = decided.verdicts[0].clone();
+    let mut names = Names::default();
+    let placed = names.add(&published, &decided, &verdict);
     let sample = {
         let mut o = AlignedVec::<16>::new();
         FrameEncoder::new()
-            .push(&mut o, 0x82, 1, &verdict.view(first, &decided, 0, 1))
+            .push(&mut o, 0x82, 1, &names.view(&placed, &verdict, first, 0, 1))
             .unwrap();
         o.to_vec()
     };
     let mut g = c.benchmark_group("response");
     g.bench_function("encode a decision frame", |b| {
-        let view = verdict.view(first, &decided, 0, 1);
+        let view = names.view(&placed, &verdict, first, 0, 1);
         b.iter(|| {
             if out.len() > (1 << 19) {
                 out.clear();

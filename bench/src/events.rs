@@ -119,16 +119,17 @@ pub fn encode_events(events: &[Event]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// `count` events owned by `shard` of `shard_count` (all events when `shard` is `None`).
+/// `count` events whose account shard `shard` owns under `table` (all events when `shard`
+/// is `None`).
 pub fn events_for_shard(
     source: &mut dyn FnMut() -> Event,
-    shard: Option<(u32, u32)>,
+    shard: Option<(u32, &routing::PartitionTable)>,
     count: usize,
 ) -> Vec<Event> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let e = source();
-        if shard.is_none_or(|(s, n)| routing::shard_for(&e.account_id, n) == s) {
+        if shard.is_none_or(|(s, table)| table.owner_of_account(&e.account_id) == s) {
             out.push(e);
         }
     }
@@ -195,11 +196,12 @@ mod tests {
     fn shard_filtering_keeps_only_owned_accounts() {
         let mut g = EventGen::new(3);
         let mut next = || g.next_event();
-        let events = events_for_shard(&mut next, Some((1, 2)), 100);
+        let table = routing::PartitionTable::modulo(routing::PARTITIONS_DEFAULT, 2).unwrap();
+        let events = events_for_shard(&mut next, Some((1, &table)), 100);
         assert!(
             events
                 .iter()
-                .all(|e| routing::shard_for(&e.account_id, 2) == 1)
+                .all(|e| table.owner_of_account(&e.account_id) == 1)
         );
     }
 }

@@ -32,6 +32,26 @@ pub struct TopologyConfig {
     pub rules: RulesConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// `[routing]`: how key values are placed on shards (see `verdict_net::routing`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Virtual partitions key values are hashed into (`fnv1a64(value) % partitions`); the
+    /// partition table gives partition `p` to shard `p % shard_count`. At least the shard
+    /// count, at most 65536; fixed for a deployment (changing it moves keys).
+    pub partitions: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            partitions: verdict_net::routing::PARTITIONS_DEFAULT,
+        }
+    }
 }
 
 /// `[tls]`: TLS (rustls) on every data port and the admin port, re-read on every reload.
@@ -257,7 +277,11 @@ pub struct Limits {
     pub shutdown_quiet_ms: u64,
     /// Messages queued per pair of shards on the cross-shard channel mesh.
     pub mesh_queue_depth: u32,
-    /// How long a shard waits for the others to answer a cross-shard request (stats).
+    /// Events one shard may have waiting on another (forwarded to it to decide, or sent to
+    /// it to record a device's, IP's or merchant's windows); events past it get error 8.
+    pub mesh_events_in_flight_max: u32,
+    /// How long a shard waits for another to answer a cross-shard request (stats, a
+    /// forwarded event, the windows of a key it owns); past it the events get error 9.
     pub mesh_reply_timeout_ms: u64,
     /// Entities of each velocity key (accounts, devices, IPs, merchants) tracked per shard,
     /// shared by the functions of that key; a new one past this evicts the least recently
@@ -284,6 +308,7 @@ impl Default for Limits {
             shutdown_drain_ms: 5_000,
             shutdown_quiet_ms: 200,
             mesh_queue_depth: 1024,
+            mesh_events_in_flight_max: 65_536,
             mesh_reply_timeout_ms: 1_000,
             velocity_entities_max: 65_536,
             reload_timeout_ms: 60_000,
@@ -399,6 +424,7 @@ impl TopologyConfig {
             admin: AdminConfig::default(),
             rules: RulesConfig::default(),
             tls: TlsConfig::default(),
+            routing: RoutingConfig::default(),
         }
     }
 
@@ -454,6 +480,18 @@ impl TopologyConfig {
             }
         }
         self.limits.check()?;
+        let partitions = self.routing.partitions;
+        if !(self.shards.len() as u32..=verdict_net::routing::PARTITIONS_MAX).contains(&partitions)
+        {
+            return Err(invalid(
+                "routing.partitions",
+                format!(
+                    "{partitions} is not in {}..={} (at least one partition per shard)",
+                    self.shards.len(),
+                    verdict_net::routing::PARTITIONS_MAX
+                ),
+            ));
+        }
         if self.runtime.tick_ms == 0 || self.runtime.tick_ms > 1_000 {
             return Err(invalid("runtime.tick_ms", "must be 1..=1000"));
         }
@@ -559,7 +597,7 @@ impl AdminConfig {
 impl Limits {
     fn check(&self) -> Result<(), ConfigError> {
         let l = self;
-        let ranges: [(&str, u64, u64, u64); 17] = [
+        let ranges: [(&str, u64, u64, u64); 18] = [
             (
                 "frame_len_max_bytes",
                 l.frame_len_max_bytes.into(),
@@ -609,6 +647,12 @@ impl Limits {
             ("shutdown_drain_ms", l.shutdown_drain_ms, 1, 600_000),
             ("shutdown_quiet_ms", l.shutdown_quiet_ms, 1, 60_000),
             ("mesh_queue_depth", l.mesh_queue_depth.into(), 1, 1 << 20),
+            (
+                "mesh_events_in_flight_max",
+                l.mesh_events_in_flight_max.into(),
+                1,
+                1 << 24,
+            ),
             ("mesh_reply_timeout_ms", l.mesh_reply_timeout_ms, 1, 60_000),
             (
                 "velocity_entities_max",
@@ -724,7 +768,11 @@ shutdown_drain_ms = {drain}
 shutdown_quiet_ms = {quiet}
 # Messages queued between each pair of shards on the cross-shard mesh.
 mesh_queue_depth = {mesh}
-# How long (ms) a shard waits for the others to answer a cross-shard request (stats).
+# Events one shard may have waiting on another (forwarded to their account's owner, or sent
+# to record a device's, IP's or merchant's windows). Past it: error 8 for those events.
+mesh_events_in_flight_max = {mesh_events}
+# How long (ms) a shard waits for another to answer (stats, a forwarded event, a key's
+# windows). Past it: error 9 for those events.
 mesh_reply_timeout_ms = {mesh_to}
 # Entities (accounts, devices, IPs, merchants) each velocity function tracks per shard.
 # A new one past this evicts the least recently seen of a small random sample. Memory per
@@ -811,10 +859,18 @@ cert_file = {tls_cert}
 key_file = {tls_key}
 # Require client certificates signed by this CA (PEM): mutual TLS. "" = none required.
 client_ca_file = {tls_ca}
+
+[routing]
+# Virtual partitions key values (account, device, IP, merchant) are hashed into:
+# partition = fnv1a64(value bytes) % partitions; partition p belongs to shard
+# p % shard_count. The account's owner decides an event; each key's owner keeps its
+# windows. At least the shard count, at most 65536; changing it moves every key.
+partitions = {partitions}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
         tls_ca = toml::Value::String(config.tls.client_ca_file.clone()),
+        partitions = config.routing.partitions,
         token = toml::Value::String(config.admin.token_file.clone()),
         token_reads = config.admin.token_for_reads,
         wire_reload = config.admin.wire_reload,
@@ -848,6 +904,7 @@ client_ca_file = {tls_ca}
         drain = l.shutdown_drain_ms,
         quiet = l.shutdown_quiet_ms,
         mesh = l.mesh_queue_depth,
+        mesh_events = l.mesh_events_in_flight_max,
         mesh_to = l.mesh_reply_timeout_ms,
         entities = l.velocity_entities_max,
         reload_to = l.reload_timeout_ms,

@@ -2,23 +2,27 @@
 //! buffers have grown to the batch's and the rule set's size.
 //!
 //! A batch (the evaluate frames one read delivered, or every event of an evaluate-batch) goes
-//! through three steps, so each
-//! model is called once for all of its events: prepare every event (velocity recorded), score
-//! them with every model the rules call ([`CoreModels::score`]), then decide each with its
-//! scores. The names a decision reports (rules, models) are borrowed from the published
-//! epoch, so the response copies them without a heap allocation.
+//! through three steps, so each model is called once for all of its events: prepare every
+//! event (velocity recorded here, or taken from what the owners of its other keys recorded,
+//! see [`Remote`]), score them with every model the rules call ([`CoreModels::score`]), then
+//! decide each with its scores.
+//!
+//! A verdict names its rules by index into the epoch it was decided with, so [`Decided`]
+//! holds no borrowed names: it can cross to another core (a forwarded event's answer), and
+//! [`Names`] turns it into the views the encoder writes, borrowing the names from the epoch.
 
 use std::ops::Range;
 
 use verdict_net::{Action, ArchivedEvent, DecisionView, ModelScoreView, SliceView, StrView};
-use verdict_rules::{Outcome, VelocityState};
+use verdict_rules::Outcome;
+use verdict_rules::VelocityState;
 
 use crate::scoring::{CoreModels, Published};
 
-/// The outcome for one event, before it is tied to the event's id and timing: the names of
-/// the rules that fired are `names[fired]` and `names[shadow]`, its model scores
-/// `scores[models]`, of the buffers `decide` filled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome for one event, before it is tied to the event's id and timing: the rules
+/// that fired are `Decided::rules[fired]` (indexes into the epoch's rules), the shadow rules
+/// `rules[shadow]`, its model scores `Decided::scores[models]`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub action: Action,
     pub score: i32,
@@ -36,29 +40,67 @@ pub struct Scratch {
     failed: Vec<bool>,
 }
 
-/// The buffers a batch's decisions borrow from.
-#[derive(Default)]
-pub struct Decided<'r> {
-    pub names: Vec<StrView<'r>>,
-    pub scores: Vec<ModelScoreView<'r>>,
+/// A batch's verdicts and the rule indexes and model scores they report.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decided {
+    pub rules: Vec<u32>,
+    /// (score, failed) per model of the epoch, per verdict.
+    pub scores: Vec<(f64, bool)>,
     pub verdicts: Vec<Verdict>,
 }
 
-/// Decides `events` under `published`, recording them in this core's velocity `state` and
-/// scoring them with its `models`, into `into` (cleared first).
-pub fn decide<'r>(
+impl Decided {
+    pub fn clear(&mut self) {
+        self.rules.clear();
+        self.scores.clear();
+        self.verdicts.clear();
+    }
+}
+
+/// Where a key's windows were not recorded here.
+pub const HERE: u32 = u32::MAX;
+
+/// Windows other shards recorded for a batch's events: the values of event `e`'s functions
+/// of key `k` are `values[at[e][k]..][..functions of k]`, or, when `at[e][k]` is [`HERE`],
+/// the key is recorded in this core's state.
+#[derive(Debug, Default)]
+pub struct Remote {
+    pub values: Vec<f64>,
+    pub at: Vec<[u32; 4]>,
+}
+
+impl Remote {
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.at.clear();
+    }
+
+    /// What `prepare_with` takes for event `e`; `per_key`: functions per key.
+    fn of(&self, e: usize, per_key: &[usize; 4]) -> [Option<&[f64]>; 4] {
+        let Some(at) = self.at.get(e) else {
+            return [None; 4];
+        };
+        std::array::from_fn(|k| {
+            (at[k] != HERE).then(|| &self.values[at[k] as usize..][..per_key[k]])
+        })
+    }
+}
+
+/// Decides `events` under `published`, recording them in this core's velocity `state`
+/// (except the keys `remote` holds values for) and scoring them with its `models`, into
+/// `into` (appended to).
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
     events: &[&ArchivedEvent],
-    published: &'r Published,
+    published: &Published,
     state: &mut VelocityState,
+    remote: &Remote,
     models: &mut CoreModels,
     clock: &quanta::Clock,
     scratch: &mut Scratch,
-    into: &mut Decided<'r>,
+    into: &mut Decided,
 ) {
     let rules = &published.rules;
-    into.names.clear();
-    into.scores.clear();
-    into.verdicts.clear();
     while scratch.outcomes.len() < events.len() {
         scratch.outcomes.push(rules.outcome());
     }
@@ -69,8 +111,9 @@ pub fn decide<'r>(
             rules.prefetch(event, state);
         }
     }
-    for (event, out) in events.iter().zip(outcomes.iter_mut()) {
-        rules.prepare(event, state, out);
+    let per_key = rules.functions_by_key();
+    for (i, (event, out)) in events.iter().zip(outcomes.iter_mut()).enumerate() {
+        rules.prepare_with(event, state, &remote.of(i, &per_key), out);
     }
     let m = published.used.len();
     if m > 0 {
@@ -93,45 +136,107 @@ pub fn decide<'r>(
             (&[][..], &[][..])
         };
         rules.decide(event, scores, out);
-        let start = into.names.len();
-        into.names
-            .extend(out.fired.iter().map(|&r| StrView(rules.rule_name(r))));
-        let middle = into.names.len();
-        into.names.extend(
-            out.shadow_fired
-                .iter()
-                .map(|&r| StrView(rules.rule_name(r))),
-        );
+        let start = into.rules.len();
+        into.rules.extend_from_slice(&out.fired);
+        let middle = into.rules.len();
+        into.rules.extend_from_slice(&out.shadow_fired);
         let first_score = into.scores.len();
         into.scores
-            .extend(rules.models().iter().zip(scores.iter().zip(failed)).map(
-                |(name, (&score, &error))| ModelScoreView {
-                    name: StrView(name),
-                    score,
-                    error,
-                },
-            ));
+            .extend(scores.iter().zip(failed).map(|(&s, &f)| (s, f)));
         into.verdicts.push(Verdict {
             action: out.action(),
             score: out.score,
             epoch: rules.epoch,
             fired: start..middle,
-            shadow: middle..into.names.len(),
+            shadow: middle..into.rules.len(),
             models: first_score..into.scores.len(),
         });
     }
 }
 
-impl Decided<'_> {
-    /// Empties the buffers and keeps their allocations for another batch (whose names
-    /// borrow from another epoch).
-    pub fn recycle<'b>(self) -> Decided<'b> {
-        let mut verdicts = self.verdicts;
-        verdicts.clear();
-        Decided {
+/// The names and scores of decisions being encoded, borrowed from their epochs: fill it
+/// with [`Names::add`] for every decision of a response, then take the views.
+#[derive(Default)]
+pub struct Names<'a> {
+    names: Vec<StrView<'a>>,
+    scores: Vec<ModelScoreView<'a>>,
+}
+
+/// Where one decision's names and scores sit in a [`Names`].
+#[derive(Debug, Clone)]
+pub struct Placed {
+    rules: Range<usize>,
+    shadow: Range<usize>,
+    models: Range<usize>,
+}
+
+impl<'a> Names<'a> {
+    pub fn clear(&mut self) {
+        self.names.clear();
+        self.scores.clear();
+    }
+
+    /// Adds `verdict`'s rule names and model scores, from `decided` under `published`.
+    pub fn add(
+        &mut self,
+        published: &'a Published,
+        decided: &Decided,
+        verdict: &Verdict,
+    ) -> Placed {
+        let rules = &published.rules;
+        let start = self.names.len();
+        let name = |&r: &u32| StrView(rules.rule_name(r));
+        self.names
+            .extend(decided.rules[verdict.fired.clone()].iter().map(name));
+        let middle = self.names.len();
+        self.names
+            .extend(decided.rules[verdict.shadow.clone()].iter().map(name));
+        let first = self.scores.len();
+        self.scores.extend(
+            rules
+                .models()
+                .iter()
+                .zip(&decided.scores[verdict.models.clone()])
+                .map(|(name, &(score, error))| ModelScoreView {
+                    name: StrView(name),
+                    score,
+                    error,
+                }),
+        );
+        Placed {
+            rules: start..middle,
+            shadow: middle..self.names.len(),
+            models: first..self.scores.len(),
+        }
+    }
+
+    /// The decision to serialize for `event`, whose names `placed` says where to find.
+    pub fn view<'s>(
+        &'s self,
+        placed: &Placed,
+        verdict: &Verdict,
+        event: &'s ArchivedEvent,
+        shard: u32,
+        server_ns: u64,
+    ) -> DecisionView<'s> {
+        DecisionView {
+            event_id: StrView(event.event_id.as_str()),
+            action: verdict.action,
+            score: verdict.score,
+            rules: SliceView(&self.names[placed.rules.clone()]),
+            shadow_rules: SliceView(&self.names[placed.shadow.clone()]),
+            models: SliceView(&self.scores[placed.models.clone()]),
+            epoch: verdict.epoch,
+            shard,
+            server_ns,
+        }
+    }
+
+    /// Empties the buffers and keeps their allocations for names of another lifetime.
+    pub fn recycle<'b>(self) -> Names<'b> {
+        Names {
             names: recycle(self.names),
             scores: recycle(self.scores),
-            verdicts,
         }
     }
 }
@@ -142,27 +247,4 @@ pub fn recycle<A, B>(mut v: Vec<A>) -> Vec<B> {
     const { assert!(size_of::<A>() == size_of::<B>() && align_of::<A>() == align_of::<B>()) };
     v.clear();
     v.into_iter().map(|_| unreachable!("cleared")).collect()
-}
-
-impl Verdict {
-    /// The decision to serialize for `event`; `decided` holds the buffers `decide` filled.
-    pub fn view<'a>(
-        &self,
-        event: &'a ArchivedEvent,
-        decided: &'a Decided<'a>,
-        shard: u32,
-        server_ns: u64,
-    ) -> DecisionView<'a> {
-        DecisionView {
-            event_id: StrView(event.event_id.as_str()),
-            action: self.action,
-            score: self.score,
-            rules: SliceView(&decided.names[self.fired.clone()]),
-            shadow_rules: SliceView(&decided.names[self.shadow.clone()]),
-            models: SliceView(&decided.scores[self.models.clone()]),
-            epoch: self.epoch,
-            shard,
-            server_ns,
-        }
-    }
 }

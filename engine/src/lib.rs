@@ -4,17 +4,21 @@
 //! - [`config`]: `shards.toml` (serde, unknown keys rejected), limits, defaults, rendering.
 //! - [`hardware`], [`uring`], [`memlock`]: what the machine offers, checked before start.
 //! - [`runtime`]: the control thread: start pinned executors, publish the shard map, signals.
-//! - [`shard`]: one core's state, its listeners and accept loop, drain on shutdown.
+//! - [`listen`]: a shard's life on its core: join the mesh, bind, accept, drain on shutdown.
+//! - [`shard`]: one core's state (rules, models, velocity, stats, buffers, the mesh port).
 //! - [`drain`]: the per-core shutdown signal connections and accept loops wait on.
-//! - [`conn`]: one connection: read -> frames -> archived events -> decisions -> write.
+//! - [`connection`]: one connection's I/O: read -> whole frames -> answers -> write.
+//! - [`request`]: one request kind per file: evaluate and evaluate-batch, stats, reload.
+//! - [`aggregator`]: decides a batch exactly whichever shard it arrived on: forwards events
+//!   to their account's owner, gathers the windows of keys other shards own.
 //! - [`buffers`]: the shard's connection memory: a budget, response buffers for reuse.
 //! - [`transport`]: a connection's bytes, plain or TLS (handshake on the shard's core);
 //!   [`tls`]: the server's rustls configuration, rebuilt on every reload.
-//! - [`decide`]: the pure decision for one event.
+//! - [`decide`]: the pure decision for a batch of events.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
 //! - [`loop_time`]: a shard's wall time split (busy, io_poll, parked), exact by construction.
 //! - [`watch`]: times every task poll (stalls).
-//! - [`mesh`]: cross-shard messages (the only way cores talk).
+//! - [`mesh`]: cross-shard messages (the only way cores talk), bounded per peer.
 //! - [`metrics`]: the control thread's metrics plane: shards' snapshots (thingbuf) + eBPF.
 //! - [`reload`]: where an epoch comes from (rules confined to `rules.dir`, models) and the
 //!   reload thread that compiles and publishes the next one.
@@ -27,21 +31,24 @@
 //! `tests/fuzz_corpus.rs` also runs over the committed corpus.
 
 pub mod admin;
+pub mod aggregator;
 pub mod buffers;
 pub mod cli;
 pub mod config;
-pub mod conn;
+pub mod connection;
 pub mod decide;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hardware;
 pub mod http;
+pub mod listen;
 pub mod loop_time;
 pub mod memlock;
 pub mod mesh;
 pub mod metrics;
 pub mod reload;
+pub mod request;
 pub mod runtime;
 pub mod scoring;
 pub mod shard;

@@ -103,6 +103,10 @@ enum Command {
         /// Requests in flight at once (pipelining).
         #[arg(long, default_value_t = 64)]
         depth: usize,
+        /// Ask for the topology and send each event straight to the shard that owns its
+        /// account (one connection per shard; saves the hop a shard makes to forward it).
+        #[arg(long)]
+        shard_aware: bool,
         #[command(flatten)]
         tls: cli::TlsArgs,
     },
@@ -233,8 +237,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             addr,
             file,
             depth,
+            shard_aware,
             tls,
-        } => cli::send::run(&addr, tls.config()?, file.as_deref(), depth),
+        } => cli::send::run(&addr, tls.config()?, file.as_deref(), depth, shard_aware),
         Command::Stats {
             addr,
             json,

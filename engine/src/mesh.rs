@@ -1,16 +1,164 @@
 //! Cross-shard messages over glommio's channel mesh: the only way one core asks another
-//! anything. Today that is a stats query; each shard answers from its own `CoreStats`, so
-//! reading stats adds no lock and no shared counter to the data path.
+//! anything. A shard asks another for its stats, sends it the events whose account it owns
+//! (it decides them and answers), and asks it to record the events whose device, IP or
+//! merchant it owns and to return those windows. Each request is answered exactly once, or
+//! the asker stops waiting at `limits.mesh_reply_timeout_ms`.
+//!
+//! Nothing here waits on a full channel inside the task that drains one: every message
+//! leaves through a per-peer *outbox* task, and the tasks that drain a peer's channel only
+//! record, reply into the outbox or spawn, so two shards asking each other at once cannot
+//! deadlock. What bounds the queues is the asker's budget of events in flight per peer
+//! (`limits.mesh_events_in_flight_max`): past it, events are refused with error 8 before
+//! anything is sent, so every reply has a request that was admitted.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use rkyv::util::AlignedVec;
+use verdict_net::frame::FRAME_ALIGN;
+use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent, ErrorCode};
+use verdict_rules::VelocityKey;
 
+use crate::decide::Decided;
+use crate::scoring::Published;
 use crate::stats::Snapshot;
+
+/// Where an event's bytes are: its own evaluate frame's payload, or event `i` of an
+/// evaluate-batch payload.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    Frame(&'a [u8]),
+    Batch(&'a [u8], u32),
+}
+
+/// Events copied for another core: the payloads they came in (an evaluate-batch payload is
+/// copied once however many of its events go), each at a 16-aligned offset as in a receive
+/// buffer. The receiving core validates them again before reading them (cheap, and no
+/// unchecked access on bytes that came from a socket).
+#[derive(Default)]
+pub struct Events {
+    bytes: AlignedVec<FRAME_ALIGN>,
+    /// (offset, length, holds an evaluate-batch) per payload copied.
+    payloads: Vec<(u32, u32, bool)>,
+    /// (payload, index in its batch) per event.
+    events: Vec<(u32, u32)>,
+    /// The address of the last payload copied, so a batch's events share one copy.
+    last: usize,
+}
+
+impl Events {
+    pub fn push(&mut self, origin: Origin<'_>) {
+        let (payload, batch, index) = match origin {
+            Origin::Frame(p) => (p, false, 0),
+            Origin::Batch(p, i) => (p, true, i),
+        };
+        if !(batch && self.last == payload.as_ptr() as usize && !self.payloads.is_empty()) {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(payload);
+            let padded = self.bytes.len().next_multiple_of(FRAME_ALIGN);
+            self.bytes.resize(padded, 0);
+            self.payloads
+                .push((start as u32, payload.len() as u32, batch));
+            self.last = payload.as_ptr() as usize;
+        }
+        self.events.push((self.payloads.len() as u32 - 1, index));
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The events and where each one's bytes are, validated. `None` if a payload fails (a
+    /// bug: these bytes were validated on the shard that read them).
+    pub fn access(&self) -> Option<(Vec<&ArchivedEvent>, Vec<Origin<'_>>)> {
+        use rkyv::rancor::Failure;
+        let mut roots = Vec::with_capacity(self.payloads.len());
+        for &(start, len, batch) in &self.payloads {
+            let bytes = &self.bytes[start as usize..][..len as usize];
+            roots.push(if batch {
+                let b = rkyv::access::<ArchivedEvaluateBatch, Failure>(bytes).ok()?;
+                (bytes, Some(b))
+            } else {
+                rkyv::access::<ArchivedEvent, Failure>(bytes).ok()?;
+                (bytes, None)
+            });
+        }
+        let mut events = Vec::with_capacity(self.events.len());
+        let mut origins = Vec::with_capacity(self.events.len());
+        for &(payload, index) in &self.events {
+            let (bytes, batch) = roots[payload as usize];
+            match batch {
+                Some(b) => {
+                    events.push(b.events.get(index as usize)?);
+                    origins.push(Origin::Batch(bytes, index));
+                }
+                None => {
+                    events.push(rkyv::access::<ArchivedEvent, Failure>(bytes).ok()?);
+                    origins.push(Origin::Frame(bytes));
+                }
+            }
+        }
+        Some((events, origins))
+    }
+}
+
+/// Keys, a bit per [`VelocityKey`].
+pub type KeyMask = u8;
+
+pub fn key_bit(key: VelocityKey) -> KeyMask {
+    1 << key as u8
+}
+
+/// One batch's work for one peer: the events whose account it owns, to decide, and the
+/// events it must record for the keys it owns.
+pub struct Work {
+    pub from: usize,
+    /// Answered with [`Reply::Decided`] under this token (when `decide` is not empty).
+    pub decide_token: u64,
+    pub decide: Events,
+    /// Answered with [`Reply::Recorded`] under this token (when `record` is not empty).
+    pub record_token: u64,
+    pub record: Events,
+    /// For each event of `record`, the keys to record.
+    pub record_keys: Vec<KeyMask>,
+    /// The epoch the asker decides with: the functions to record are its functions.
+    pub rules: Arc<Published>,
+}
+
+/// The windows a peer recorded: per event of `Work::record`, per key of its mask (in key
+/// order), the values of that key's functions in function order.
+pub struct Recorded {
+    pub token: u64,
+    pub result: Result<Vec<f64>, ErrorCode>,
+}
+
+/// A peer's decisions of the events forwarded to it, in the order they were sent.
+pub struct DecidedReply {
+    pub token: u64,
+    pub shard: u32,
+    /// The epoch that decided them (its names are the verdicts' names).
+    pub rules: Arc<Published>,
+    pub decided: Decided,
+    /// Per event: its verdict's index in `decided`, or why it has none.
+    pub answers: Vec<Result<u32, Refused>>,
+}
+
+/// Why an event got no decision: the code and a fixed explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub code: ErrorCode,
+    pub why: &'static str,
+}
 
 /// A message between shards.
 pub enum MeshMsg {
@@ -19,16 +167,44 @@ pub enum MeshMsg {
         token: u64,
         from: usize,
     },
-    StatsAnswer {
-        token: u64,
-        snapshot: Box<Snapshot>,
-    },
+    Work(Box<Work>),
+    Reply(Reply),
+}
+
+/// An answer, routed to whoever waits for its token.
+pub enum Reply {
+    Stats(u64, Box<Snapshot>),
+    Recorded(Box<Recorded>),
+    Decided(Box<DecidedReply>),
+}
+
+impl Reply {
+    fn token(&self) -> u64 {
+        match self {
+            Reply::Stats(token, _) => *token,
+            Reply::Recorded(r) => r.token,
+            Reply::Decided(d) => d.token,
+        }
+    }
+}
+
+/// What a shard does with the requests its peers send.
+pub trait Handler {
+    /// Whether the shard can serve yet (a peer may ask before this shard has built its
+    /// state: its requests then wait, in order, until it has).
+    fn ready(&self) -> bool;
+    /// This shard's stats now.
+    fn snapshot(&self) -> Snapshot;
+    /// Records `work.record` (synchronously: never awaits).
+    fn record(&self, work: &Work) -> Recorded;
+    /// Decides `work.decide` (may ask other shards, so it is a task of its own).
+    fn decide(&self, work: Box<Work>) -> Pin<Box<dyn Future<Output = DecidedReply>>>;
 }
 
 /// Why a cross-shard request did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeshError {
-    /// A peer's queue was full.
+    /// A peer's budget of events in flight is spent.
     Overloaded,
     /// A peer did not answer in time (or has stopped).
     Timeout,
@@ -36,10 +212,21 @@ pub enum MeshError {
 
 /// This shard's end of the mesh.
 pub struct MeshPort {
-    senders: Senders<MeshMsg>,
+    peer_id: usize,
+    peers: usize,
+    outboxes: Vec<Option<Rc<LocalSender<MeshMsg>>>>,
     next_token: Cell<u64>,
-    pending: RefCell<HashMap<u64, LocalSender<Snapshot>>>,
+    pending: RefCell<HashMap<u64, Rc<LocalSender<Reply>>>>,
+    /// Events this shard has waiting on each peer.
+    in_flight: Vec<Cell<u32>>,
+    in_flight_max: u32,
+    /// Requests that arrived before the shard was ready, in arrival order.
+    deferred: RefCell<std::collections::VecDeque<MeshMsg>>,
 }
+
+/// How often a shard that is not ready yet looks again, and for how long at most.
+const NOT_READY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+const NOT_READY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub type Mesh = MeshBuilder<MeshMsg, Full>;
 
@@ -48,40 +235,40 @@ pub fn builder(shards: usize, queue_depth: usize) -> Mesh {
 }
 
 impl MeshPort {
-    /// Joins the mesh (every shard must) and starts one task per peer that answers queries
-    /// with `local_snapshot()` and routes answers to whoever is waiting.
-    pub async fn join(mesh: Mesh, local_snapshot: impl Fn() -> Snapshot + 'static) -> Rc<MeshPort> {
+    /// Joins the mesh (every shard must), starts a task per peer that sends what this shard
+    /// queues for it, and one per peer that serves its requests with `handler` and routes
+    /// its answers to whoever is waiting.
+    pub async fn join(mesh: Mesh, in_flight_max: u32, handler: Rc<dyn Handler>) -> Rc<MeshPort> {
         let (senders, mut receivers): (Senders<MeshMsg>, Receivers<MeshMsg>) =
             mesh.join().await.expect("joining the shard mesh");
+        let senders = Rc::new(senders);
+        let (peer_id, peers) = (senders.peer_id(), senders.nr_consumers());
+        let outboxes = (0..peers)
+            .map(|peer| {
+                (peer != peer_id).then(|| {
+                    let (tx, rx) = local_channel::new_unbounded();
+                    glommio::spawn_local(send_loop(senders.clone(), peer, rx)).detach();
+                    Rc::new(tx)
+                })
+            })
+            .collect();
         let port = Rc::new(MeshPort {
-            senders,
+            peer_id,
+            peers,
+            outboxes,
             next_token: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
+            in_flight: (0..peers).map(|_| Cell::new(0)).collect(),
+            in_flight_max,
+            deferred: RefCell::new(Default::default()),
         });
-        let local_snapshot = Rc::new(local_snapshot);
         for (_peer, rx) in receivers.streams() {
             let port = Rc::downgrade(&port);
-            let local_snapshot = local_snapshot.clone();
+            let handler = handler.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
                     let Some(port) = port.upgrade() else { break };
-                    match msg {
-                        MeshMsg::StatsQuery { token, from } => {
-                            let snapshot = Box::new(local_snapshot());
-                            // Never await here: this task is the only one draining the
-                            // channel from `from`, whose own task may be blocked the same
-                            // way, so a blocking send could deadlock the pair. An answer
-                            // that does not fit (or whose asker is gone) is dropped; the
-                            // asker then times out with "unavailable".
-                            let answer = MeshMsg::StatsAnswer { token, snapshot };
-                            let _ = port.senders.try_send_to(from, answer);
-                        }
-                        MeshMsg::StatsAnswer { token, snapshot } => {
-                            if let Some(tx) = port.pending.borrow().get(&token) {
-                                let _ = tx.try_send(*snapshot);
-                            }
-                        }
-                    }
+                    port.serve_or_defer(&handler, msg);
                 }
             })
             .detach();
@@ -89,46 +276,194 @@ impl MeshPort {
         port
     }
 
-    /// Every other shard's snapshot.
-    pub async fn gather_stats(&self, timeout: Duration) -> Result<Vec<Snapshot>, MeshError> {
-        let peers: Vec<usize> = (0..self.senders.nr_consumers())
-            .filter(|&p| p != self.senders.peer_id())
-            .collect();
-        if peers.is_empty() {
-            return Ok(Vec::new());
+    /// Serves `msg`, or queues it behind the others that arrived before the shard was
+    /// ready (replies are always routed at once: they answer this shard's own requests).
+    fn serve_or_defer(self: &Rc<Self>, handler: &Rc<dyn Handler>, msg: MeshMsg) {
+        let reply = matches!(msg, MeshMsg::Reply(_));
+        if reply || (handler.ready() && self.deferred.borrow().is_empty()) {
+            return self.serve(handler, msg);
         }
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
-        let (tx, rx) = local_channel::new_bounded(peers.len());
-        self.pending.borrow_mut().insert(token, tx);
-        glommio::defer! {
-            self.pending.borrow_mut().remove(&token);
+        let first = {
+            let mut deferred = self.deferred.borrow_mut();
+            deferred.push_back(msg);
+            deferred.len() == 1
+        };
+        if first {
+            let (port, handler) = (self.clone(), handler.clone());
+            glommio::spawn_local(async move {
+                let began = std::time::Instant::now();
+                while !handler.ready() && began.elapsed() < NOT_READY_WAIT_MAX {
+                    glommio::timer::sleep(NOT_READY_POLL).await;
+                }
+                loop {
+                    let next = port.deferred.borrow_mut().pop_front();
+                    match next {
+                        Some(msg) => port.serve(&handler, msg),
+                        None => break,
+                    }
+                }
+            })
+            .detach();
         }
-        for &peer in &peers {
-            let msg = MeshMsg::StatsQuery {
-                token,
-                from: self.senders.peer_id(),
-            };
-            match self.senders.try_send_to(peer, msg) {
-                Ok(()) => {}
-                Err(glommio::GlommioError::WouldBlock(_)) => return Err(MeshError::Overloaded),
-                // The peer has stopped (shutdown) or its channel is gone.
-                Err(_) => return Err(MeshError::Timeout),
+    }
+
+    /// One message from a peer: answered now, or by a task of its own. Never awaits.
+    fn serve(&self, handler: &Rc<dyn Handler>, msg: MeshMsg) {
+        match msg {
+            MeshMsg::StatsQuery { token, from } => {
+                let snapshot = Box::new(handler.snapshot());
+                self.send(from, MeshMsg::Reply(Reply::Stats(token, snapshot)));
             }
-        }
-        let collect = async {
-            let mut out = Vec::with_capacity(peers.len());
-            while out.len() < peers.len() {
-                match rx.recv().await {
-                    Some(s) => out.push(s),
-                    None => break,
+            MeshMsg::Work(work) => {
+                let from = work.from;
+                if !work.record.is_empty() {
+                    let recorded = handler.record(&work);
+                    self.send(from, MeshMsg::Reply(Reply::Recorded(Box::new(recorded))));
+                }
+                if !work.decide.is_empty() {
+                    let decided = handler.decide(work);
+                    let outbox = self.outboxes[from].clone();
+                    glommio::spawn_local(async move {
+                        let reply = Box::new(decided.await);
+                        if let Some(outbox) = outbox {
+                            let _ = outbox.try_send(MeshMsg::Reply(Reply::Decided(reply)));
+                        }
+                    })
+                    .detach();
                 }
             }
-            Ok(out)
-        };
-        match glommio::timer::timeout(timeout, collect).await {
-            Ok(out) if out.len() == peers.len() => Ok(out),
-            _ => Err(MeshError::Timeout),
+            MeshMsg::Reply(reply) => {
+                // The asker may have stopped waiting (timeout): then nobody takes it.
+                if let Some(tx) = self.pending.borrow().get(&reply.token()) {
+                    let _ = tx.try_send(reply);
+                }
+            }
+        }
+    }
+
+    /// This shard's mesh peer id (its shard index).
+    pub fn peer_id(&self) -> usize {
+        self.peer_id
+    }
+
+    pub fn peers(&self) -> usize {
+        self.peers
+    }
+
+    /// Queues `msg` for `peer` (never blocks; the outbox task waits for room).
+    pub fn send(&self, peer: usize, msg: MeshMsg) {
+        if let Some(Some(outbox)) = self.outboxes.get(peer) {
+            let _ = outbox.try_send(msg);
+        }
+    }
+
+    /// Takes room for `events` more events waiting on `peer`; false, taking nothing, if
+    /// that would pass `limits.mesh_events_in_flight_max`.
+    pub fn reserve(&self, peer: usize, events: u32) -> bool {
+        let cell = &self.in_flight[peer];
+        match cell.get().checked_add(events) {
+            Some(n) if n <= self.in_flight_max => {
+                cell.set(n);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back room taken with [`reserve`](Self::reserve).
+    pub fn release(&self, peer: usize, events: u32) {
+        let cell = &self.in_flight[peer];
+        cell.set(cell.get() - events);
+    }
+
+    /// A fresh token whose replies go to the returned waiter (which stops taking them when
+    /// dropped); `replies`: how many are expected.
+    pub fn expect(self: &Rc<Self>, replies: usize) -> Waiter {
+        let (tx, rx) = local_channel::new_bounded(replies.max(1));
+        Waiter {
+            port: self.clone(),
+            tx: Rc::new(tx),
+            rx,
+            tokens: Vec::new(),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        token
+    }
+
+    /// Every other shard's snapshot.
+    pub async fn gather_stats(
+        self: &Rc<Self>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Snapshot>, MeshError> {
+        let peers: Vec<usize> = (0..self.peers).filter(|&p| p != self.peer_id).collect();
+        let mut waiter = self.expect(peers.len());
+        for &peer in &peers {
+            let token = waiter.token();
+            let from = self.peer_id;
+            self.send(peer, MeshMsg::StatsQuery { token, from });
+        }
+        let mut out = Vec::with_capacity(peers.len());
+        let deadline = std::time::Instant::now() + timeout;
+        while out.len() < peers.len() {
+            match waiter.next(deadline).await {
+                Some(Reply::Stats(_, snapshot)) => out.push(*snapshot),
+                Some(_) => {}
+                None => return Err(MeshError::Timeout),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Sends what is queued for `peer`, waiting for room in its channel.
+async fn send_loop(senders: Rc<Senders<MeshMsg>>, peer: usize, rx: LocalReceiver<MeshMsg>) {
+    while let Some(msg) = rx.recv().await {
+        // An error: the peer has stopped (shutdown). Its askers time out.
+        if senders.send_to(peer, msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Replies to the tokens it handed out, until dropped.
+pub struct Waiter {
+    port: Rc<MeshPort>,
+    tx: Rc<LocalSender<Reply>>,
+    rx: LocalReceiver<Reply>,
+    tokens: Vec<u64>,
+}
+
+impl Waiter {
+    /// A token whose reply this waiter receives.
+    pub fn token(&mut self) -> u64 {
+        let token = self.port.token();
+        self.port
+            .pending
+            .borrow_mut()
+            .insert(token, self.tx.clone());
+        self.tokens.push(token);
+        token
+    }
+
+    /// The next reply, or `None` at `deadline`.
+    pub async fn next(&mut self, deadline: std::time::Instant) -> Option<Reply> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        glommio::timer::timeout(left, async { Ok(self.rx.recv().await) })
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut pending = self.port.pending.borrow_mut();
+        for token in &self.tokens {
+            pending.remove(token);
         }
     }
 }

@@ -266,7 +266,7 @@ impl Plane {
             &per_shard(&|s| s.stats.epoch as f64),
         );
         type Field = fn(&ShardStats) -> u64;
-        let counters: [(&str, &str, Field); 10] = [
+        let counters: [(&str, &str, Field); 13] = [
             (
                 "verdict_requests_total",
                 "Requests read (whole frames), every kind.",
@@ -303,6 +303,21 @@ impl Plane {
                 "verdict_tls_handshakes_failed_total",
                 "Connections closed because their TLS handshake failed or timed out.",
                 |s| s.tls_handshakes_failed,
+            ),
+            (
+                "verdict_mesh_events_sent_total",
+                "Events this shard sent to other shards: to their account's owner to decide, or to a key's owner to record.",
+                |s| s.mesh_events_sent,
+            ),
+            (
+                "verdict_mesh_events_decided_total",
+                "Events other shards forwarded to this one, the owner of their account, to decide.",
+                |s| s.mesh_events_decided,
+            ),
+            (
+                "verdict_mesh_events_recorded_total",
+                "Events this shard recorded for other shards in the windows of the keys it owns (device, IP, merchant).",
+                |s| s.mesh_events_recorded,
             ),
             (
                 "verdict_stalls_total",

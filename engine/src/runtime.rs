@@ -19,7 +19,7 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 use verdict_models::{ModelSet, Runtime};
-use verdict_net::routing::ROUTING_NAME;
+use verdict_net::routing::{PartitionTable, ROUTING_NAME};
 use verdict_net::{StatsReply, TopologyReply};
 use verdict_probes::{Group, ProbeOptions, Probes};
 use verdict_rules::EpochCell;
@@ -28,10 +28,11 @@ use crate::admin::{Admin, Token};
 use crate::buffers;
 use crate::config::TopologyConfig;
 use crate::hardware::Hardware;
+use crate::listen::{self, ShardContext};
 use crate::metrics::{self, Plane};
 use crate::reload::{self, Sources};
 use crate::scoring::{self, ModelsSource};
-use crate::shard::{self, ExitNotice, ShardContext, ShardEvent, Takeover};
+use crate::shard::{ExitNotice, ShardEvent, Takeover};
 use crate::stats::Snapshot;
 use crate::{memlock, mesh, uring};
 
@@ -179,6 +180,7 @@ pub fn serve(
     let mesh = (shard_count > 1)
         .then(|| mesh::builder(shard_count, config.limits.mesh_queue_depth as usize));
     let shutdown = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(std::sync::atomic::AtomicUsize::new(shard_count));
     let shard_map = Arc::new(OnceLock::new());
     let (events_tx, events) = mpsc::channel();
 
@@ -198,6 +200,7 @@ pub fn serve(
             taken: taken.clone(),
             reports: reports_tx.clone(),
             reloads: reloads.clone(),
+            draining: draining.clone(),
             exit: ExitNotice {
                 shard: i as u32,
                 events: events_tx.clone(),
@@ -207,7 +210,7 @@ pub fn serve(
             .name(&format!("verdict-shard-{i}"))
             .io_memory(io.bytes_per_executor as usize)
             .spin_before_park(Duration::from_micros(config.runtime.spin_before_park_us))
-            .spawn(move || shard::run(ctx))
+            .spawn(move || listen::run(ctx))
             .map_err(|e| anyhow::anyhow!("starting shard {i} on cpu {}: {e}", spec.cpu))?;
         handles.push(handle);
     }
@@ -264,6 +267,11 @@ pub fn serve(
         port: shared_port,
         shard_ports: shard_ports.clone(),
         cpus: config.shards.iter().map(|s| s.cpu).collect(),
+        partitions: config.routing.partitions,
+        partition_shards: PartitionTable::modulo(config.routing.partitions, shard_count as u32)
+            .expect("routing.partitions was checked against the shard count")
+            .owners()
+            .to_vec(),
     });
     drop(reservation);
     let admin_addr = SocketAddr::new(config.listen.address, config.listen.admin_port());

@@ -144,45 +144,72 @@ struct CallStats {
     call_ns: Histogram<u64>,
 }
 
-/// A core's pools, aligned with the `used` models of the epoch it decides with.
+/// A core's pools: those of the models the current epoch uses, and of the previous epoch's
+/// (a batch that began under it may still be scoring: it took its epoch at its start and
+/// then waited for other shards).
 pub struct CoreModels {
     pools: Vec<(Pool, CallStats)>,
+    /// `pools[current[m]]` is the pool of the current epoch's model `m`.
+    current: Vec<usize>,
     /// One call's rows of features, and its scores.
     rows: Vec<f32>,
     out: Vec<f64>,
+    /// Which pool scores each model of the epoch being scored (scratch).
+    resolved: Vec<usize>,
 }
 
 impl CoreModels {
     pub fn new(published: &Published) -> CoreModels {
         let mut core = CoreModels {
             pools: Vec::new(),
+            current: Vec::new(),
             rows: Vec::new(),
             out: Vec::new(),
+            resolved: Vec::new(),
         };
         core.swap(published);
         core
     }
 
     /// Takes the pools of a new epoch: a model that did not change keeps its pool (and its
-    /// ready instances and stats); a new one gets a fresh pool.
+    /// ready instances and stats); a new one gets a fresh pool. Pools neither this epoch
+    /// nor the one before uses are dropped.
     pub fn swap(&mut self, published: &Published) {
-        let mut old = std::mem::take(&mut self.pools);
-        self.pools = published
+        let previous: Vec<Arc<Model>> = self
+            .current
+            .iter()
+            .map(|&i| self.pools[i].0.model().clone())
+            .collect();
+        self.pools.retain(|(p, _)| {
+            let keep = |m: &Arc<Model>| Arc::ptr_eq(p.model(), m);
+            published.used.iter().any(keep) || previous.iter().any(keep)
+        });
+        self.current = published
             .used
             .iter()
-            .map(
-                |model| match old.iter().position(|(p, _)| Arc::ptr_eq(p.model(), model)) {
-                    Some(i) => old.swap_remove(i),
-                    None => (
-                        Pool::new(model.clone()),
-                        CallStats {
-                            call_ns: Histogram::new_with_bounds(1, CALL_NS_MAX, 3)
-                                .expect("valid bounds"),
-                        },
-                    ),
-                },
-            )
+            .map(|model| self.pool_of(model))
             .collect();
+    }
+
+    /// The index of `model`'s pool, made if it has none.
+    fn pool_of(&mut self, model: &Arc<Model>) -> usize {
+        match self
+            .pools
+            .iter()
+            .position(|(p, _)| Arc::ptr_eq(p.model(), model))
+        {
+            Some(i) => i,
+            None => {
+                self.pools.push((
+                    Pool::new(model.clone()),
+                    CallStats {
+                        call_ns: Histogram::new_with_bounds(1, CALL_NS_MAX, 3)
+                            .expect("valid bounds"),
+                    },
+                ));
+                self.pools.len() - 1
+            }
+        }
     }
 
     /// Replaces instances lost in the last batch. Cheap when none were.
@@ -205,12 +232,21 @@ impl CoreModels {
         scores: &mut Vec<f64>,
         failed: &mut Vec<bool>,
     ) {
-        let (n, models) = (events.len(), self.pools.len());
+        let (n, models) = (events.len(), published.used.len());
         scores.clear();
         scores.resize(n * models, 0.0);
         failed.clear();
         failed.resize(n * models, false);
-        for (m, (pool, stats)) in self.pools.iter_mut().enumerate() {
+        // The current epoch's pools, looked up (no allocation once `resolved` has grown);
+        // an older epoch's batch finds its pools kept, or gets a fresh one (rare: an epoch
+        // two reloads old).
+        self.resolved.clear();
+        for model in &published.used {
+            let i = self.pool_of(model);
+            self.resolved.push(i);
+        }
+        for m in 0..models {
+            let (pool, stats) = &mut self.pools[self.resolved[m]];
             let cols = pool.model().cols();
             let chunk = pool.model().rows_per_call_max();
             let fallback = published.rules.model_fallback(m);
@@ -244,10 +280,11 @@ impl CoreModels {
         }
     }
 
-    /// Each model's stats, for a snapshot.
+    /// Each model of the current epoch's stats, for a snapshot.
     pub fn stats(&self) -> Vec<(ModelStats, Histogram<u64>)> {
-        self.pools
+        self.current
             .iter()
+            .map(|&i| &self.pools[i])
             .map(|(pool, stats)| {
                 let c = pool.counters;
                 let m = &pool.model().manifest;

@@ -38,6 +38,9 @@ pub struct CoreStats {
     pub connections_accepted: u64,
     pub connections_rejected: u64,
     pub tls_handshakes_failed: u64,
+    pub mesh_events_sent: u64,
+    pub mesh_events_decided: u64,
+    pub mesh_events_recorded: u64,
     batch_requests: Histogram<u64>,
     batch_events: Histogram<u64>,
     latency_ns: Histogram<u64>,
@@ -71,6 +74,9 @@ impl CoreStats {
             connections_accepted: 0,
             connections_rejected: 0,
             tls_handshakes_failed: 0,
+            mesh_events_sent: 0,
+            mesh_events_decided: 0,
+            mesh_events_recorded: 0,
             batch_requests: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             batch_events: Histogram::new_with_bounds(1, BATCH_MAX, 2).expect("valid bounds"),
             latency_ns: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds"),
@@ -150,6 +156,9 @@ impl CoreStats {
                 connections_accepted: self.connections_accepted,
                 connections_rejected: self.connections_rejected,
                 tls_handshakes_failed: self.tls_handshakes_failed,
+                mesh_events_sent: self.mesh_events_sent,
+                mesh_events_decided: self.mesh_events_decided,
+                mesh_events_recorded: self.mesh_events_recorded,
                 batch_requests: percentiles(&self.batch_requests),
                 batch_events: percentiles(&self.batch_events),
                 latency_ns: percentiles(&self.latency_ns),
@@ -270,6 +279,9 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         t.connections_accepted += x.connections_accepted;
         t.connections_rejected += x.connections_rejected;
         t.tls_handshakes_failed += x.tls_handshakes_failed;
+        t.mesh_events_sent += x.mesh_events_sent;
+        t.mesh_events_decided += x.mesh_events_decided;
+        t.mesh_events_recorded += x.mesh_events_recorded;
         let (tr, xr) = (&mut t.runtime, &x.runtime);
         tr.uptime_ns = tr.uptime_ns.max(xr.uptime_ns);
         tr.busy_ns += xr.busy_ns;
@@ -337,6 +349,9 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "connections_accepted": s.connections_accepted,
         "connections_rejected": s.connections_rejected,
         "tls_handshakes_failed": s.tls_handshakes_failed,
+        "mesh_events_sent": s.mesh_events_sent,
+        "mesh_events_decided": s.mesh_events_decided,
+        "mesh_events_recorded": s.mesh_events_recorded,
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),

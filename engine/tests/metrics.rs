@@ -91,7 +91,8 @@ fn send_events(server: &Server, count: u64) {
     }
     c.flush().unwrap();
     for _ in 0..count {
-        c.recv().unwrap();
+        let r = c.recv().unwrap();
+        assert!(!r.is_error(), "{:?}", r.error());
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Server, client, event, tempdir, topology};
+use common::{Server, client, event, event_on, tempdir, topology};
 use verdict_net::{Decision, Event, Kind};
 
 /// A two-feature model (deadline 50 ms: wall-clock, so generous on a busy test machine): it
@@ -61,8 +61,9 @@ fn serve_probe(models: &Path) -> Server {
     )
 }
 
+/// An event shard 0 decides, with `features`.
 fn with_features(i: u64, features: [f64; 2]) -> Event {
-    let mut e = event(i);
+    let mut e = event_on(0, i);
     e.features = features.to_vec();
     e
 }
@@ -101,7 +102,7 @@ fn pipelined_evaluates_are_scored_in_one_call() {
     let mut c = client(&server.shard_addr(0));
     // Ten evaluate frames in one write arrive in one read: one batch, one model call.
     let ids: Vec<u64> = (0..10)
-        .map(|i| c.send(Kind::Evaluate, &event(500 + i)).unwrap())
+        .map(|i| c.send(Kind::Evaluate, &event_on(0, 500 + i)).unwrap())
         .collect();
     c.flush().unwrap();
     for id in ids {

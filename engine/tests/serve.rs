@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Raw, Server, client, event, raw_frame, topology};
+use common::{Raw, Server, client, event, event_on, raw_frame, topology};
 use verdict_net::frame::{MAGIC, encode_header};
 use verdict_net::{Action, ErrorCode, EvaluateBatch, Kind, routing};
 
@@ -34,7 +34,7 @@ fn evaluate_decides_with_the_shipped_rules_at_epoch_1_on_the_shard_that_decided(
     let server = Server::start();
     for shard in 0..2 {
         let mut c = client(&server.shard_addr(shard));
-        let d = c.evaluate(&event(7)).unwrap();
+        let d = c.evaluate(&event_on(shard as u32, 7)).unwrap();
         assert_eq!(d.event_id, "evt-7");
         // The test event's IP, 203.0.113.9, is in the shipped rules' risky_networks list
         // (score 30): under the policy's review threshold of 40.
@@ -158,13 +158,15 @@ fn stats_report_every_core_and_a_total() {
     let server = Server::start();
     let mut a = client(&server.shard_addr(0));
     let mut b = client(&server.shard_addr(1));
+    // Each shard decides the events it owns (the ports only save a hop).
     for i in 0..30 {
-        a.evaluate(&event(i)).unwrap();
+        a.evaluate(&event_on(0, i)).unwrap();
     }
     for i in 0..12 {
-        b.evaluate(&event(i)).unwrap();
+        b.evaluate(&event_on(1, i)).unwrap();
     }
-    b.evaluate_batch((0..8).map(event).collect()).unwrap();
+    b.evaluate_batch((0..8).map(|i| event_on(1, i)).collect())
+        .unwrap();
     let mut raw = Raw::connect(&server.shard_addr(1));
     raw.send(&raw_frame(0x42, 9, &[]));
     raw.expect_error(9, ErrorCode::UnknownKind);

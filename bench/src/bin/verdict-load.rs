@@ -194,7 +194,8 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let pool_of =
-                |shard: Option<(u32, u32)>, source: &mut dyn FnMut() -> verdict_net::Event| {
+                |shard: Option<(u32, &verdict_net::routing::PartitionTable)>,
+                 source: &mut dyn FnMut() -> verdict_net::Event| {
                     if workload == Workload::Evaluate {
                         Arc::new(encode_events(&events_for_shard(source, shard, pool)))
                     } else {
@@ -205,12 +206,15 @@ fn main() -> anyhow::Result<()> {
                 let topo = verdict_net::Client::connect_with(&base.to_string(), tls.clone())?
                     .topology()
                     .context("asking for the topology")?;
+                let table = topo
+                    .partition_table()
+                    .map_err(|e| anyhow::anyhow!("the engine's partition table: {e}"))?;
                 topo.shard_ports
                     .iter()
                     .enumerate()
                     .map(|(i, port)| Target {
                         addr: SocketAddr::new(base.ip(), *port),
-                        pool: pool_of(Some((i as u32, topo.shard_count)), &mut source),
+                        pool: pool_of(Some((i as u32, &table)), &mut source),
                     })
                     .collect()
             } else {

@@ -2,6 +2,8 @@
 //! decision, or `{"line": N, "error": ...}` for a line that could not be decided. Pipelined
 //! up to `depth` requests in flight; when input pauses (an interactive terminal), everything
 //! in flight is answered before waiting for more, so typing an event shows its decision.
+//! With `--shard-aware` it asks for the topology and sends each event straight to the shard
+//! that owns its account (one connection per shard); the output order is the same.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -12,14 +14,44 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 use verdict_net::json::{decision_to_json, event_from_json};
-use verdict_net::{Client, ClientError, Decision, Kind};
+use verdict_net::{Client, ClientError, Decision, Event, Kind, ShardedClient};
 
 use super::connect;
 
+/// Where the events go: the address given, or each event's owner shard.
+enum Target {
+    Naive(Client),
+    ShardAware(ShardedClient),
+}
+
+impl Target {
+    fn send(&mut self, event: &Event) -> Result<(usize, u64), ClientError> {
+        match self {
+            Target::Naive(c) => Ok((0, c.send(Kind::Evaluate, event)?)),
+            Target::ShardAware(c) => c.send_event(event),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ClientError> {
+        match self {
+            Target::Naive(c) => c.flush(),
+            Target::ShardAware(c) => c.flush(),
+        }
+    }
+
+    fn recv(&mut self, shard: usize) -> Result<verdict_net::Response, ClientError> {
+        match self {
+            Target::Naive(c) => c.recv(),
+            Target::ShardAware(c) => c.recv(shard),
+        }
+    }
+}
+
 /// One input line's place in the output order.
 enum Slot {
-    /// Waiting for the response to request `id` (line number for errors).
-    Sent { id: u64, line: usize },
+    /// Waiting for the response to request `id` on `shard`'s connection (line number for
+    /// errors).
+    Sent { shard: usize, id: u64, line: usize },
     /// Already known to be an error (line did not parse).
     Failed(serde_json::Value),
 }
@@ -34,6 +66,7 @@ pub fn run(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     file: Option<&Path>,
     depth: usize,
+    shard_aware: bool,
 ) -> anyhow::Result<ExitCode> {
     let input: Box<dyn std::io::Read> = match file {
         Some(p) => {
@@ -42,7 +75,14 @@ pub fn run(
         None => Box::new(std::io::stdin()),
     };
     let mut reader = BufReader::with_capacity(1 << 16, input);
-    let mut client = connect(addr, tls)?;
+    let mut client = if shard_aware {
+        Target::ShardAware(
+            ShardedClient::connect(addr, tls)
+                .with_context(|| format!("connecting to every shard of {addr}"))?,
+        )
+    } else {
+        Target::Naive(connect(addr, tls)?)
+    };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let depth = depth.max(1);
@@ -65,8 +105,12 @@ pub fn run(
             if !text.is_empty() {
                 match event_from_json(text) {
                     Ok(event) => {
-                        let id = client.send(Kind::Evaluate, &event)?;
-                        slots.push_back(Slot::Sent { id, line: line_no });
+                        let (shard, id) = client.send(&event)?;
+                        slots.push_back(Slot::Sent {
+                            shard,
+                            id,
+                            line: line_no,
+                        });
                         in_flight += 1;
                     }
                     Err(e) => slots.push_back(Slot::Failed(json!({
@@ -120,7 +164,7 @@ pub fn run(
 
 /// Prints slots in order until at most `keep` requests are in flight.
 fn drain(
-    client: &mut Client,
+    client: &mut Target,
     slots: &mut VecDeque<Slot>,
     in_flight: &mut usize,
     keep: usize,
@@ -133,13 +177,13 @@ fn drain(
                 writeln!(out, "{v}")?;
                 totals.errors += 1;
             }
-            Slot::Sent { id, line } => {
+            Slot::Sent { shard, id, line } => {
                 if *in_flight <= keep {
                     break;
                 }
-                let (id, line) = (*id, *line);
+                let (shard, id, line) = (*shard, *id, *line);
                 let result: Result<Decision, ClientError> = client
-                    .recv()?
+                    .recv(shard)?
                     .expect(Kind::Evaluate, id)
                     .and_then(|r| r.decode());
                 *in_flight -= 1;

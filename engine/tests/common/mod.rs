@@ -345,6 +345,21 @@ pub fn event(i: u64) -> Event {
     )
 }
 
+/// `event(i)` with its account moved to one the default two-shard partition table gives to
+/// `shard` (so the shard decides it whichever port it arrives on).
+pub fn event_on(shard: u32, i: u64) -> Event {
+    let table =
+        verdict_net::routing::PartitionTable::modulo(verdict_net::routing::PARTITIONS_DEFAULT, 2)
+            .unwrap();
+    let mut e = event(i);
+    let mut j = i % 97;
+    while table.owner_of_account(&format!("acct-{j}")) != shard {
+        j += 97;
+    }
+    e.account_id = format!("acct-{j}");
+    e
+}
+
 /// A raw frame: header + payload padded to 16.
 pub fn raw_frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
     let mut f = verdict_net::frame::encode_header(kind, payload.len() as u32, id).to_vec();

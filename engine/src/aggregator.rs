@@ -1,0 +1,508 @@
+//! The per-core batch aggregator: decides a batch of events exactly, whichever shard they
+//! arrived on.
+//!
+//! For each event of a batch (a run of evaluate frames, or an evaluate-batch):
+//! - the owner of its account's partition decides it: an event this shard does not own is
+//!   sent to its owner, which decides it and answers (`forward`);
+//! - for an event this shard decides, each velocity key whose value's partition another
+//!   shard owns (a device, an IP, a merchant) is recorded by that owner, which returns the
+//!   windows the rules need (`record`).
+//!
+//! All of a batch's requests to one peer travel in one mesh message, and the batch waits
+//! for every peer at once: one round trip to each, then every local event is decided with
+//! the values gathered. An event that cannot get all of its state gets an error, never a
+//! decision on part of it: error 8 when a peer's budget of events in flight
+//! (`limits.mesh_events_in_flight_max`) is spent (checked before anything is sent, so such
+//! an event was recorded nowhere), error 9 when a peer does not answer within
+//! `limits.mesh_reply_timeout_ms` (it may have recorded the event).
+//!
+//! One epoch decides a whole batch: the one the receiving shard held when the batch began,
+//! even if a shard moves on while the batch waits. The owners of its other keys record
+//! that epoch's functions, and the owner of a forwarded event decides it with that epoch's
+//! rules and models (every core keeps the layouts and pools of recent epochs, see
+//! `VelocityState` and `CoreModels`), so the epochs a connection sees never go back.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use verdict_net::{ArchivedEvent, ErrorCode};
+use verdict_rules::{Outcome, VelocityKey, key_value};
+
+use crate::decide::{self, Decided, HERE, Remote, Scratch};
+use crate::mesh::{
+    DecidedReply, Events, Handler, KeyMask, MeshPort, Origin, Recorded, Refused, Reply, Work,
+    key_bit,
+};
+use crate::scoring::Published;
+use crate::shard::Shard;
+use crate::stats::Snapshot;
+
+/// Every velocity key, in key order (the order of a key mask's values).
+const KEYS: [VelocityKey; 4] = [
+    VelocityKey::Account,
+    VelocityKey::Device,
+    VelocityKey::Ip,
+    VelocityKey::Merchant,
+];
+
+const OVERLOADED: Refused = Refused {
+    code: ErrorCode::Overloaded,
+    why: "a shard this event needs has too many events waiting on it \
+          (limits.mesh_events_in_flight_max); retry",
+};
+const UNAVAILABLE: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "a shard this event needs did not answer in time (limits.mesh_reply_timeout_ms)",
+};
+const INTERNAL: Refused = Refused {
+    code: ErrorCode::Internal,
+    why: "an event copied between shards did not validate",
+};
+
+/// How one event of a batch is answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer {
+    /// Decided here: `Batch::decided.verdicts[i]`.
+    Here(u32),
+    /// Decided by its owner: `Batch::replies[reply]`, verdict `verdict`.
+    There {
+        reply: u32,
+        verdict: u32,
+    },
+    Refused(Refused),
+}
+
+/// A batch's results, and the buffers deciding it reuses.
+#[derive(Default)]
+pub struct Batch {
+    /// The epoch the local verdicts were decided with.
+    pub published: Option<Arc<Published>>,
+    pub decided: Decided,
+    pub replies: Vec<Box<DecidedReply>>,
+    /// Per event of the batch, in order.
+    pub answers: Vec<Answer>,
+    scratch: Scratch,
+    remote: Remote,
+    /// Per peer: the events it decides, and those it records (with their keys).
+    plans: Vec<Plan>,
+    /// The batch positions of the events decided here.
+    local: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Plan {
+    decide: Vec<usize>,
+    record: Vec<(usize, KeyMask)>,
+    decide_token: u64,
+    record_token: u64,
+    reserved: u32,
+}
+
+impl Batch {
+    fn reset(&mut self, events: usize, peers: usize) {
+        self.decided.clear();
+        self.replies.clear();
+        self.answers.clear();
+        self.answers.resize(events, Answer::Refused(INTERNAL));
+        self.remote.clear();
+        self.local.clear();
+        self.plans.resize_with(peers, Plan::default);
+        for p in &mut self.plans {
+            p.decide.clear();
+            p.record.clear();
+            p.reserved = 0;
+        }
+    }
+}
+
+/// Decides `events` (whose bytes `origins` locates) under `published` into `batch`: here
+/// when this shard owns the account or `forward` is off, else by the owner. Returns when
+/// every event has an answer.
+pub async fn decide_all(
+    shard: &Shard,
+    published: Arc<Published>,
+    events: &[&ArchivedEvent],
+    origins: &[Origin<'_>],
+    forward: bool,
+    batch: &mut Batch,
+) {
+    let Some(mesh) = shard.mesh.clone() else {
+        batch.reset(events.len(), 0);
+        batch.local.extend(0..events.len());
+        decide_local(shard, &published, events, batch);
+        batch.published = Some(published);
+        return;
+    };
+    batch.reset(events.len(), mesh.peers());
+    plan(shard, &published, events, forward, batch);
+    let expected = reserve(&mesh, batch);
+    let mut waiter = mesh.expect(expected);
+    for (peer, p) in batch.plans.iter_mut().enumerate() {
+        if p.reserved == 0 {
+            continue;
+        }
+        let mut work = Box::new(Work {
+            from: mesh.peer_id(),
+            decide_token: 0,
+            decide: Events::default(),
+            record_token: 0,
+            record: Events::default(),
+            record_keys: Vec::with_capacity(p.record.len()),
+            rules: published.clone(),
+        });
+        if !p.decide.is_empty() {
+            p.decide_token = waiter.token();
+            work.decide_token = p.decide_token;
+            for &i in &p.decide {
+                work.decide.push(origins[i]);
+            }
+        }
+        if !p.record.is_empty() {
+            p.record_token = waiter.token();
+            work.record_token = p.record_token;
+            for &(i, keys) in &p.record {
+                work.record.push(origins[i]);
+                work.record_keys.push(keys);
+            }
+        }
+        let n = (p.decide.len() + p.record.len()) as u64;
+        shard.stats.borrow_mut().mesh_events_sent += n;
+        mesh.send(peer, crate::mesh::MeshMsg::Work(work));
+    }
+    let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
+    collect(&mut waiter, Instant::now() + timeout, &published, batch).await;
+    drop(waiter);
+    for (peer, p) in batch.plans.iter_mut().enumerate() {
+        mesh.release(peer, std::mem::take(&mut p.reserved));
+    }
+    decide_local(shard, &published, events, batch);
+    batch.published = Some(published);
+}
+
+/// Who decides each event, and which other shards record which of its keys.
+fn plan(
+    shard: &Shard,
+    published: &Published,
+    events: &[&ArchivedEvent],
+    forward: bool,
+    batch: &mut Batch,
+) {
+    let me = shard.index;
+    let per_key = published.rules.functions_by_key();
+    let mut ip = [0u8; 16];
+    for (i, event) in events.iter().enumerate() {
+        let owner = shard.table.owner_of_account(event.account_id.as_str());
+        if forward && owner != me {
+            batch.plans[owner as usize].decide.push(i);
+            continue;
+        }
+        batch.local.push(i);
+        // The keys each other shard records for this event (at most one entry per peer).
+        let mut masks = [(u32::MAX, 0 as KeyMask); 4];
+        for key in KEYS {
+            if per_key[key as usize] == 0 {
+                continue;
+            }
+            let Some(value) = key_value(event, key, &mut ip) else {
+                continue;
+            };
+            let owner = shard.table.owner(value);
+            if owner == me {
+                continue;
+            }
+            let slot = masks
+                .iter_mut()
+                .find(|(o, m)| *o == owner || *m == 0)
+                .expect("at most four keys");
+            *slot = (owner, slot.1 | key_bit(key));
+        }
+        for &(owner, keys) in masks.iter().take_while(|(_, m)| *m != 0) {
+            batch.plans[owner as usize].record.push((i, keys));
+        }
+    }
+}
+
+/// Takes each peer's budget for its events; where a peer's is spent, its events are
+/// refused (error 8) and taken out of every other peer's plan before anything is sent.
+/// Returns the replies to expect.
+fn reserve(mesh: &MeshPort, batch: &mut Batch) -> usize {
+    let mut refused = false;
+    for (peer, p) in batch.plans.iter_mut().enumerate() {
+        let n = (p.decide.len() + p.record.len()) as u32;
+        if n == 0 {
+            continue;
+        }
+        if mesh.reserve(peer, n) {
+            p.reserved = n;
+        } else {
+            refused = true;
+            for &i in &p.decide {
+                batch.answers[i] = Answer::Refused(OVERLOADED);
+            }
+            for &(i, _) in &p.record {
+                batch.answers[i] = Answer::Refused(OVERLOADED);
+            }
+            p.decide.clear();
+            p.record.clear();
+        }
+    }
+    if refused {
+        let answers = &batch.answers;
+        let is_refused = |i: usize| matches!(answers[i], Answer::Refused(r) if r == OVERLOADED);
+        for (peer, p) in batch.plans.iter_mut().enumerate() {
+            p.record.retain(|&(i, _)| !is_refused(i));
+            let n = (p.decide.len() + p.record.len()) as u32;
+            mesh.release(peer, p.reserved - n);
+            p.reserved = n;
+        }
+        batch.local.retain(|&i| !is_refused(i));
+    }
+    batch
+        .plans
+        .iter()
+        .map(|p| usize::from(!p.decide.is_empty()) + usize::from(!p.record.is_empty()))
+        .sum()
+}
+
+/// Waits for every reply the plans expect (until `deadline`), and files them: recorded
+/// windows into `batch.remote`, owners' decisions into `batch.replies` and the answers.
+async fn collect(
+    waiter: &mut crate::mesh::Waiter,
+    deadline: Instant,
+    published: &Published,
+    batch: &mut Batch,
+) {
+    let per_key = published.rules.functions_by_key();
+    let mut left: usize = batch
+        .plans
+        .iter()
+        .map(|p| usize::from(!p.decide.is_empty()) + usize::from(!p.record.is_empty()))
+        .sum();
+    batch.remote.at.resize(batch.answers.len(), [HERE; 4]);
+    while left > 0 {
+        let Some(reply) = waiter.next(deadline).await else {
+            break;
+        };
+        match reply {
+            Reply::Recorded(r) => {
+                let Some(p) = batch
+                    .plans
+                    .iter_mut()
+                    .find(|p| !p.record.is_empty() && p.record_token == r.token)
+                else {
+                    continue;
+                };
+                left -= 1;
+                let values = match r.result {
+                    Ok(values) => values,
+                    Err(_) => {
+                        for &(i, _) in &p.record {
+                            batch.answers[i] = Answer::Refused(UNAVAILABLE);
+                        }
+                        p.record.clear();
+                        continue;
+                    }
+                };
+                let mut at = 0usize;
+                for &(i, keys) in &p.record {
+                    for key in KEYS {
+                        if keys & key_bit(key) != 0 {
+                            let start = batch.remote.values.len();
+                            let n = per_key[key as usize];
+                            batch.remote.values.extend_from_slice(&values[at..at + n]);
+                            batch.remote.at[i][key as usize] = start as u32;
+                            at += n;
+                        }
+                    }
+                }
+                // Filed: an event whose record came back no longer waits on this peer.
+                p.record.clear();
+            }
+            Reply::Decided(d) => {
+                let Some(p) = batch
+                    .plans
+                    .iter_mut()
+                    .find(|p| !p.decide.is_empty() && p.decide_token == d.token)
+                else {
+                    continue;
+                };
+                left -= 1;
+                let reply = batch.replies.len() as u32;
+                for (&i, answer) in p.decide.iter().zip(&d.answers) {
+                    batch.answers[i] = match answer {
+                        Ok(verdict) => Answer::There {
+                            reply,
+                            verdict: *verdict,
+                        },
+                        Err(refused) => Answer::Refused(*refused),
+                    };
+                }
+                p.decide.clear();
+                batch.replies.push(d);
+            }
+            Reply::Stats(..) => {}
+        }
+    }
+    // Whatever is still planned got no answer in time.
+    for p in &batch.plans {
+        for &i in &p.decide {
+            batch.answers[i] = Answer::Refused(UNAVAILABLE);
+        }
+        for &(i, _) in &p.record {
+            batch.answers[i] = Answer::Refused(UNAVAILABLE);
+        }
+    }
+}
+
+/// Decides the local events that still have every value they need.
+fn decide_local(
+    shard: &Shard,
+    published: &Published,
+    events: &[&ArchivedEvent],
+    batch: &mut Batch,
+) {
+    let answers = &batch.answers;
+    batch
+        .local
+        .retain(|&i| !matches!(answers[i], Answer::Refused(r) if r != INTERNAL));
+    if batch.local.is_empty() {
+        return;
+    }
+    // The events decided here, and their gathered windows, in one contiguous batch.
+    let mut local_events: Vec<&ArchivedEvent> = Vec::with_capacity(batch.local.len());
+    let mut remote = Remote::default();
+    let gathered = !batch.remote.at.is_empty();
+    for &i in &batch.local {
+        local_events.push(events[i]);
+        if gathered {
+            remote.at.push(batch.remote.at[i]);
+        }
+    }
+    remote.values = std::mem::take(&mut batch.remote.values);
+    decide::decide(
+        &local_events,
+        published,
+        &mut shard.velocity.borrow_mut(),
+        &remote,
+        &mut shard.models.borrow_mut(),
+        &shard.clock,
+        &mut batch.scratch,
+        &mut batch.decided,
+    );
+    batch.remote.values = remote.values;
+    for (v, &i) in batch.local.iter().enumerate() {
+        batch.answers[i] = Answer::Here(v as u32);
+    }
+    shard.stats.borrow_mut().events += local_events.len() as u64;
+}
+
+/// Serves the mesh's requests with a shard (once it exists: until then, and after it stops,
+/// requests are refused).
+pub struct PeerHandler {
+    pub shard: std::cell::RefCell<Option<Rc<Shard>>>,
+    /// Set when the shard has stopped: requests are refused rather than held.
+    pub stopped: std::cell::Cell<bool>,
+    /// Snapshot of a shard not yet built.
+    pub idle: Box<dyn Fn() -> Snapshot>,
+}
+
+impl Handler for PeerHandler {
+    fn ready(&self) -> bool {
+        self.shard.borrow().is_some() || self.stopped.get()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        match self.shard.borrow().as_ref() {
+            Some(shard) => shard.snapshot(),
+            None => (self.idle)(),
+        }
+    }
+
+    fn record(&self, work: &Work) -> Recorded {
+        let token = work.record_token;
+        let shard = self.shard.borrow().clone();
+        let (Some(shard), Some((events, _))) = (shard, work.record.access()) else {
+            return Recorded {
+                token,
+                result: Err(ErrorCode::Unavailable),
+            };
+        };
+        let rules = &work.rules.rules;
+        let per_key = rules.functions_by_key();
+        let total: usize = work
+            .record_keys
+            .iter()
+            .map(|&keys| {
+                KEYS.iter()
+                    .filter(|&&k| keys & key_bit(k) != 0)
+                    .map(|&k| per_key[k as usize])
+                    .sum::<usize>()
+            })
+            .sum();
+        let mut values = Vec::with_capacity(total);
+        let mut state = shard.velocity.borrow_mut();
+        let mut scratch = shard.record_scratch.borrow_mut();
+        for (event, &keys) in events.iter().zip(&work.record_keys) {
+            for key in KEYS {
+                if keys & key_bit(key) != 0 {
+                    rules.record_key(event, key, &mut state, &mut scratch, &mut values);
+                }
+            }
+        }
+        shard.stats.borrow_mut().mesh_events_recorded += events.len() as u64;
+        Recorded {
+            token,
+            result: Ok(values),
+        }
+    }
+
+    fn decide(
+        &self,
+        work: Box<Work>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DecidedReply>>> {
+        let shard = self.shard.borrow().clone();
+        Box::pin(async move {
+            let token = work.decide_token;
+            let refused = |rules: Arc<Published>, why: Refused| DecidedReply {
+                token,
+                shard: 0,
+                rules,
+                decided: Decided::default(),
+                answers: vec![Err(why); work.decide.len()],
+            };
+            let Some(shard) = shard else {
+                return refused(work.rules.clone(), UNAVAILABLE);
+            };
+            let Some((events, origins)) = work.decide.access() else {
+                return refused(work.rules.clone(), INTERNAL);
+            };
+            // Decided under the epoch of the batch it came in (this shard's may differ).
+            let mut batch = Batch::default();
+            let rules = work.rules.clone();
+            decide_all(&shard, rules, &events, &origins, false, &mut batch).await;
+            shard.stats.borrow_mut().mesh_events_decided += events.len() as u64;
+            let answers = batch
+                .answers
+                .iter()
+                .map(|a| match *a {
+                    Answer::Here(v) => Ok(v),
+                    Answer::Refused(r) => Err(r),
+                    Answer::There { .. } => unreachable!("forwarded events are not forwarded"),
+                })
+                .collect();
+            DecidedReply {
+                token,
+                shard: shard.index,
+                rules: batch.published.take().expect("decided"),
+                decided: std::mem::take(&mut batch.decided),
+                answers,
+            }
+        })
+    }
+}
+
+/// A scratch outcome for recording other shards' keys (its registers only).
+pub fn record_scratch() -> std::cell::RefCell<Outcome> {
+    std::cell::RefCell::new(Outcome::default())
+}

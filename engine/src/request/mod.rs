@@ -1,0 +1,164 @@
+//! Request handling: one frame (or a run of evaluate frames) in, exactly one response frame
+//! per request out, into the connection's [`Responder`]. The connection loop
+//! ([`crate::connection`]) owns the socket, the buffers and the batching; each request kind
+//! is a file here:
+//! - [`evaluate`]: evaluate and evaluate-batch, decided exactly wherever the events' state
+//!   lives ([`crate::aggregator`]);
+//! - [`stats`]: every shard's stats over the mesh, merged with the kernel columns;
+//! - [`reload`]: kind 0x06, served only where `[admin] wire_reload` allows it;
+//! - ping and topology are answered here, they carry nothing.
+
+pub mod evaluate;
+pub mod reload;
+pub mod stats;
+
+use std::fmt::Write as _;
+
+use rkyv::{rancor, util::AlignedVec};
+use verdict_net::frame::{FRAME_ALIGN, FrameAt, KIND_ERROR, PayloadSerializer, RecvBuffer};
+use verdict_net::{ErrorCode, ErrorReplyView, FrameEncoder, Kind, StrView};
+
+use crate::shard::Shard;
+
+/// Where a connection's answers go: its response buffer, the encoder that appends frames
+/// to it, and the message of the error being answered.
+pub struct Responder {
+    /// Empty and unallocated between batches; taken from `Shard::buffers` for one.
+    pub out: AlignedVec<FRAME_ALIGN>,
+    encoder: FrameEncoder,
+    /// Error messages are formatted here.
+    pub message: String,
+}
+
+impl Default for Responder {
+    fn default() -> Self {
+        Responder {
+            out: AlignedVec::new(),
+            encoder: FrameEncoder::new(),
+            message: String::with_capacity(256),
+        }
+    }
+}
+
+impl Responder {
+    /// Appends a response frame; `what` names it if it cannot be encoded (then nothing is
+    /// appended and the caller answers with the returned error).
+    pub fn push<T>(&mut self, kind: u8, id: u64, value: &T, what: &str) -> Result<(), ErrorCode>
+    where
+        T: for<'a, 'b> rkyv::Serialize<PayloadSerializer<'a, 'b>>,
+    {
+        self.encoder
+            .push(&mut self.out, kind, id, value)
+            .map_err(|_| self.internal(what))
+    }
+
+    pub fn push_empty(&mut self, kind: u8, id: u64) {
+        self.encoder.push_empty(&mut self.out, kind, id);
+    }
+
+    fn internal(&mut self, what: &str) -> ErrorCode {
+        self.message.clear();
+        let _ = write!(self.message, "could not encode the {what}");
+        ErrorCode::Internal
+    }
+
+    /// Sets the message of the error about to be answered.
+    pub fn say(&mut self, message: std::fmt::Arguments<'_>) {
+        self.message.clear();
+        let _ = self.message.write_fmt(message);
+    }
+
+    /// Appends an error frame whose message is `self.message`, and counts it.
+    pub fn error(&mut self, shard: &Shard, id: u64, code: ErrorCode) {
+        let reply = ErrorReplyView {
+            code: code as u16,
+            message: StrView(&self.message),
+        };
+        if self
+            .encoder
+            .push(&mut self.out, KIND_ERROR, id, &reply)
+            .is_err()
+        {
+            // Only an absurd message could fail; send the code alone rather than nothing.
+            let bare = ErrorReplyView {
+                code: code as u16,
+                message: StrView(""),
+            };
+            self.encoder
+                .push(&mut self.out, KIND_ERROR, id, &bare)
+                .expect("an empty error reply always encodes");
+        }
+        let mut s = shard.stats.borrow_mut();
+        s.record_error(code);
+        s.responses += 1;
+    }
+
+    /// Appends an error frame with a fixed message, and counts it.
+    pub fn error_str(&mut self, shard: &Shard, id: u64, code: ErrorCode, message: &str) {
+        self.message.clear();
+        self.message.push_str(message);
+        self.error(shard, id, code);
+    }
+}
+
+/// Answers one frame that is not an evaluate (those are answered in runs, see
+/// [`evaluate::Evaluator::run`]); every path appends exactly one response frame.
+pub async fn answer(
+    shard: &Shard,
+    recv: &RecvBuffer,
+    at: &FrameAt,
+    evaluator: &mut evaluate::Evaluator,
+    out: &mut Responder,
+    read_at: u64,
+) {
+    let id = at.header.id;
+    let Some(kind) = Kind::from_request_byte(at.header.kind) else {
+        out.say(format_args!("unknown request kind {:#04x}", at.header.kind));
+        return out.error(shard, id, ErrorCode::UnknownKind);
+    };
+    if kind.payload_is_empty() && at.header.len != 0 {
+        out.say(format_args!(
+            "a {kind:?} request carries no payload, got {} bytes",
+            at.header.len
+        ));
+        return out.error(shard, id, ErrorCode::InvalidPayload);
+    }
+    let payload = recv.payload(at);
+    let result = match kind {
+        Kind::Ping => {
+            out.push_empty(kind.response_byte(), id);
+            Ok(())
+        }
+        Kind::Evaluate => {
+            // A lone evaluate that did not start a run: answered the same way.
+            return evaluator
+                .run(shard, recv, at, 1, out, read_at)
+                .await
+                .map_or_else(
+                    |code| out.error(shard, id, code),
+                    |(frames, _)| shard.stats.borrow_mut().responses += frames,
+                );
+        }
+        Kind::EvaluateBatch => evaluator.batch(shard, payload, id, out, read_at).await,
+        Kind::Topology => out.push(kind.response_byte(), id, &shard.topology, "topology reply"),
+        Kind::Stats => stats::answer(shard, id, out).await,
+        Kind::Reload => reload::answer(shard, payload, id, out).await,
+    };
+    match result {
+        Ok(()) => shard.stats.borrow_mut().responses += 1,
+        Err(code) => out.error(shard, id, code),
+    }
+}
+
+/// Explains why `payload` is not a valid `T` (error path only: this allocates).
+pub fn explain_invalid<T>(payload: &[u8], out: &mut Responder, what: &str) -> ErrorCode
+where
+    T: rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    let why = rkyv::access::<T, rancor::Error>(payload)
+        .err()
+        .map_or_else(|| "unknown".to_string(), |e| e.to_string());
+    out.say(format_args!("payload is not a valid {what}: {why}"));
+    ErrorCode::InvalidPayload
+}
