@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use verdict_net::{ArchivedEvent, ErrorCode};
 use verdict_rules::{Outcome, VelocityKey, key_value};
 
-use crate::decide::{self, Decided, HERE, Remote, Scratch};
+use crate::decide::{self, Decided, HERE, Remote, Scratch, recycle};
 use crate::mesh::{
     DecidedReply, Events, Handler, KeyMask, MeshPort, Origin, Recorded, Refused, Reply, Work,
     key_bit,
@@ -88,6 +88,10 @@ pub struct Batch {
     plans: Vec<Plan>,
     /// The batch positions of the events decided here.
     local: Vec<usize>,
+    /// When only some of a batch's events are decided here: those events and their
+    /// gathered windows, contiguous (buffers kept between batches).
+    local_events: Vec<&'static ArchivedEvent>,
+    local_remote: Remote,
 }
 
 #[derive(Default)]
@@ -100,6 +104,13 @@ struct Plan {
 }
 
 impl Batch {
+    /// Lets go of the epochs the answers borrowed their names from (once they are encoded),
+    /// so an idle connection keeps no old rule set alive.
+    pub fn release(&mut self) {
+        self.published = None;
+        self.replies.clear();
+    }
+
     fn reset(&mut self, events: usize, peers: usize) {
         self.decided.clear();
         self.replies.clear();
@@ -369,32 +380,52 @@ fn decide_local(
     if batch.local.is_empty() {
         return;
     }
-    // The events decided here, and their gathered windows, in one contiguous batch.
-    let mut local_events: Vec<&ArchivedEvent> = Vec::with_capacity(batch.local.len());
-    let mut remote = Remote::default();
-    let gathered = !batch.remote.at.is_empty();
-    for &i in &batch.local {
-        local_events.push(events[i]);
-        if gathered {
-            remote.at.push(batch.remote.at[i]);
-        }
-    }
-    remote.values = std::mem::take(&mut batch.remote.values);
-    decide::decide(
-        &local_events,
-        published,
+    let decided = batch.local.len();
+    let (state, models) = (
         &mut shard.velocity.borrow_mut(),
-        &remote,
         &mut shard.models.borrow_mut(),
-        &shard.clock,
-        &mut batch.scratch,
-        &mut batch.decided,
     );
-    batch.remote.values = remote.values;
+    if decided == events.len() {
+        // Every event is decided here (always, on one shard): the batch as it came.
+        decide::decide(
+            events,
+            published,
+            state,
+            &batch.remote,
+            models,
+            &shard.clock,
+            &mut batch.scratch,
+            &mut batch.decided,
+        );
+    } else {
+        // The events decided here, and their gathered windows, made contiguous.
+        let mut local: Vec<&ArchivedEvent> = recycle(std::mem::take(&mut batch.local_events));
+        let remote = &mut batch.local_remote;
+        remote.clear();
+        for &i in &batch.local {
+            local.push(events[i]);
+            if let Some(&at) = batch.remote.at.get(i) {
+                remote.at.push(at);
+            }
+        }
+        std::mem::swap(&mut remote.values, &mut batch.remote.values);
+        decide::decide(
+            &local,
+            published,
+            state,
+            remote,
+            models,
+            &shard.clock,
+            &mut batch.scratch,
+            &mut batch.decided,
+        );
+        std::mem::swap(&mut remote.values, &mut batch.remote.values);
+        batch.local_events = recycle(local);
+    }
     for (v, &i) in batch.local.iter().enumerate() {
         batch.answers[i] = Answer::Here(v as u32);
     }
-    shard.stats.borrow_mut().events += local_events.len() as u64;
+    shard.stats.borrow_mut().events += decided as u64;
 }
 
 /// Serves the mesh's requests with a shard (once it exists: until then, and after it stops,
@@ -405,6 +436,8 @@ pub struct PeerHandler {
     pub stopped: std::cell::Cell<bool>,
     /// Snapshot of a shard not yet built.
     pub idle: Box<dyn Fn() -> Snapshot>,
+    /// Buffers for deciding forwarded batches, kept between them.
+    pub batches: Rc<std::cell::RefCell<Vec<Batch>>>,
 }
 
 impl Handler for PeerHandler {
@@ -462,6 +495,7 @@ impl Handler for PeerHandler {
         work: Box<Work>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DecidedReply>>> {
         let shard = self.shard.borrow().clone();
+        let pool = self.batches.clone();
         Box::pin(async move {
             let token = work.decide_token;
             let refused = |rules: Arc<Published>, why: Refused| DecidedReply {
@@ -478,7 +512,7 @@ impl Handler for PeerHandler {
                 return refused(work.rules.clone(), INTERNAL);
             };
             // Decided under the epoch of the batch it came in (this shard's may differ).
-            let mut batch = Batch::default();
+            let mut batch = pool.borrow_mut().pop().unwrap_or_default();
             let rules = work.rules.clone();
             decide_all(&shard, rules, &events, &origins, false, &mut batch).await;
             shard.stats.borrow_mut().mesh_events_decided += events.len() as u64;
@@ -491,13 +525,16 @@ impl Handler for PeerHandler {
                     Answer::There { .. } => unreachable!("forwarded events are not forwarded"),
                 })
                 .collect();
-            DecidedReply {
+            let reply = DecidedReply {
                 token,
                 shard: shard.index,
                 rules: batch.published.take().expect("decided"),
                 decided: std::mem::take(&mut batch.decided),
                 answers,
-            }
+            };
+            // At most as many as forwarded batches decided at once.
+            pool.borrow_mut().push(batch);
+            reply
         })
     }
 }

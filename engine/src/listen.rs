@@ -88,6 +88,7 @@ pub async fn run(ctx: ShardContext) {
     let handler = Rc::new(PeerHandler {
         shard: RefCell::new(None),
         stopped: Cell::new(false),
+        batches: Default::default(),
         idle: Box::new(move || {
             CoreStats::new().snapshot(index, cpu, 0, Vec::new(), LoopStats::default())
         }),

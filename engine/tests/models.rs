@@ -300,3 +300,47 @@ fn fifty_model_swaps_under_streaming_load_answer_every_request_once() {
         0
     );
 }
+
+/// An owner slower than `limits.mesh_reply_timeout_ms`: the event forwarded to it gets error
+/// 9 (never a decision made without it), the connection goes on, and once the owner is
+/// free again the next forwarded event is decided by it.
+#[test]
+fn an_owner_slower_than_the_mesh_timeout_costs_its_event_error_9() {
+    let models = probe_dir(0.2);
+    let server = Server::launch_with(
+        &[],
+        &topology(&[0, 1], "mesh_reply_timeout_ms = 20"),
+        &[("probe.rules", PROBE_RULES)],
+        &["--models", models.0.to_str().unwrap()],
+    );
+    let mut c = client(&server.shard_addr(0));
+    // Shard 1 owns it; its model loops until its 50 ms deadline.
+    let mut slow = event_on(1, 1);
+    slow.features = vec![1.0, 0.0];
+    match c.evaluate(&slow) {
+        Err(verdict_net::ClientError::Server { code, message, .. }) => {
+            assert_eq!(
+                code,
+                verdict_net::ErrorCode::Unavailable as u16,
+                "{message}"
+            );
+            assert!(message.contains("mesh_reply_timeout_ms"), "{message}");
+        }
+        other => panic!("expected error 9, got {other:?}"),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut fast = event_on(1, 2);
+    fast.features = vec![0.0, 0.0];
+    let d = c.evaluate(&fast).unwrap();
+    assert_eq!((d.shard, d.models[0].score), (1, 0.2));
+    let stats = c.stats().unwrap();
+    assert_eq!(
+        stats
+            .total
+            .errors_by_code
+            .iter()
+            .map(|e| e.count)
+            .sum::<u64>(),
+        1
+    );
+}

@@ -86,6 +86,7 @@ impl Evaluator {
             for (k, (at, event)) in frames.iter().zip(&events).enumerate() {
                 self.respond(shard, k, event, at.header.id, server_ns, out);
             }
+            self.batch.release();
             Ok((events.len() as u64, bytes))
         };
         self.run = frames;
@@ -161,6 +162,7 @@ impl Evaluator {
         let published = shard.rules.borrow().clone();
         aggregator::decide_all(shard, published, &events, &origins, true, &mut self.batch).await;
         let result = self.reply_batch(shard, &events, id, out, read_at);
+        self.batch.release();
         self.run_events = recycle(events);
         self.origins = recycle(origins);
         result?;
