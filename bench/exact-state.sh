@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Exact state across shards, what it costs, in one run: a two-shard engine (cpus 0 and 1)
-# with `verdict-load` beside it, closed loop. Two rule sets: account-only velocity, and the
-# same plus device, IP and merchant velocity (whose windows live on the owner of each
-# value's partition: the deciding shard gathers them over the mesh). Two clients: naive
+# with `verdict-load` beside it, closed loop. Two rule sets with the same six velocity
+# functions: multi-key (three of them by device, IP and merchant, whose windows live on the
+# owner of each value's partition: the deciding shard gathers them over the mesh) and
+# account-only (the same three keyed by account instead: no gathers). Two clients: naive
 # (every connection on the shared port, so about half the events are forwarded to their
 # account's owner) and shard-aware (each event straight to its owner). Pipelined
 # (8 connections x depth 16) and unpipelined (32 x 1). A fresh engine per measurement,
@@ -27,17 +28,23 @@ cpu = 0
 [[shard]]
 cpu = 1
 TOML
-cat > "$work/account.rules" <<'RULES'
-rule burst { when count(account, 60s) >= 10 or sum(amount, account, 1h) > 20000.00  score 50 }
+common='rule burst { when count(account, 60s) >= 10 or sum(amount, account, 1h) > 20000.00  score 50 }
 rule many_devices { when distinct(device, account, 24h) >= 5  score 30 }
-policy { deny when score >= 80; review when score >= 40; otherwise allow }
-RULES
-cp "$work/account.rules" "$work/multikey.rules"
-cat >> "$work/multikey.rules" <<'RULES'
+policy { deny when score >= 80; review when score >= 40; otherwise allow }'
+cat > "$work/multikey.rules" <<RULES
+$common
 rule device_burst { when count(device, 10m) >= 5  score 30 }
 rule ip_spend { when sum(amount, ip, 1h) > 5000.00  score 20 }
 rule merchant_spread { when distinct(account, merchant, 1h) >= 50  score 10 }
 RULES
+cat > "$work/account.rules" <<RULES
+$common
+rule device_burst { when count(account, 10m) >= 5  score 30 }
+rule ip_spend { when sum(amount, account, 1h) > 5000.00  score 20 }
+rule merchant_spread { when distinct(merchant, account, 1h) >= 50  score 10 }
+RULES
+# Extra topology lines (e.g. EXTRA_TOML=$'[runtime]\nspin_before_park_us = 50').
+printf '%s\n' "${EXTRA_TOML:-}" >> "$shards_file"
 # One measurement: "req/s p50 p99" with rules $1 (account|multikey), client $2
 # (naive|aware), $3 connections x depth $4.
 measure() {

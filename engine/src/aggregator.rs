@@ -31,8 +31,8 @@ use verdict_rules::{Outcome, VelocityKey, key_value};
 
 use crate::decide::{self, Decided, HERE, Remote, Scratch, recycle};
 use crate::mesh::{
-    DecidedReply, Events, Handler, KeyMask, MeshPort, Origin, Recorded, Refused, Reply, Work,
-    key_bit,
+    DecidedReply, Events, Handler, KeyMask, MeshPort, Origin, Recorded, Records, Refused, Reply,
+    Work, key_bit,
 };
 use crate::scoring::Published;
 use crate::shard::Shard;
@@ -92,12 +92,16 @@ pub struct Batch {
     /// gathered windows, contiguous (buffers kept between batches).
     local_events: Vec<&'static ArchivedEvent>,
     local_remote: Remote,
+    /// Registers of the event whose samples are being computed for other shards.
+    regs: Outcome,
 }
 
 #[derive(Default)]
 struct Plan {
     decide: Vec<usize>,
+    /// The events it records, with their keys (in key order, as in `records`).
     record: Vec<(usize, KeyMask)>,
+    records: Records,
     decide_token: u64,
     record_token: u64,
     reserved: u32,
@@ -122,6 +126,7 @@ impl Batch {
         for p in &mut self.plans {
             p.decide.clear();
             p.record.clear();
+            p.records.clear();
             p.reserved = 0;
         }
     }
@@ -158,8 +163,7 @@ pub async fn decide_all(
             decide_token: 0,
             decide: Events::default(),
             record_token: 0,
-            record: Events::default(),
-            record_keys: Vec::with_capacity(p.record.len()),
+            record: Records::default(),
             rules: published.clone(),
         });
         if !p.decide.is_empty() {
@@ -172,10 +176,7 @@ pub async fn decide_all(
         if !p.record.is_empty() {
             p.record_token = waiter.token();
             work.record_token = p.record_token;
-            for &(i, keys) in &p.record {
-                work.record.push(origins[i]);
-                work.record_keys.push(keys);
-            }
+            work.record = std::mem::take(&mut p.records);
         }
         let n = (p.decide.len() + p.record.len()) as u64;
         shard.stats.borrow_mut().mesh_events_sent += n;
@@ -200,8 +201,10 @@ fn plan(
     batch: &mut Batch,
 ) {
     let me = shard.index;
-    let per_key = published.rules.functions_by_key();
+    let rules = &published.rules;
+    let per_key = rules.functions_by_key();
     let mut ip = [0u8; 16];
+    let regs = &mut batch.regs;
     for (i, event) in events.iter().enumerate() {
         let owner = shard.table.owner_of_account(event.account_id.as_str());
         if forward && owner != me {
@@ -211,6 +214,7 @@ fn plan(
         batch.local.push(i);
         // The keys each other shard records for this event (at most one entry per peer).
         let mut masks = [(u32::MAX, 0 as KeyMask); 4];
+        let mut loaded = false;
         for key in KEYS {
             if per_key[key as usize] == 0 {
                 continue;
@@ -227,6 +231,12 @@ fn plan(
                 .find(|(o, m)| *o == owner || *m == 0)
                 .expect("at most four keys");
             *slot = (owner, slot.1 | key_bit(key));
+            if !std::mem::replace(&mut loaded, true) {
+                rules.load(event, regs);
+            }
+            let records = &mut batch.plans[owner as usize].records;
+            records.push(key, value, event.timestamp_ms.to_native());
+            rules.key_samples(event, key, regs, &mut records.samples);
         }
         for &(owner, keys) in masks.iter().take_while(|(_, m)| *m != 0) {
             batch.plans[owner as usize].record.push((i, keys));
@@ -262,7 +272,10 @@ fn reserve(mesh: &MeshPort, batch: &mut Batch) -> usize {
         let answers = &batch.answers;
         let is_refused = |i: usize| matches!(answers[i], Answer::Refused(r) if r == OVERLOADED);
         for (peer, p) in batch.plans.iter_mut().enumerate() {
-            p.record.retain(|&(i, _)| !is_refused(i));
+            if p.record.iter().any(|&(i, _)| is_refused(i)) {
+                p.records = p.records.retain(&p.record, |i| !is_refused(i));
+                p.record.retain(|&(i, _)| !is_refused(i));
+            }
             let n = (p.decide.len() + p.record.len()) as u32;
             mesh.release(peer, p.reserved - n);
             p.reserved = n;
@@ -454,8 +467,7 @@ impl Handler for PeerHandler {
 
     fn record(&self, work: &Work) -> Recorded {
         let token = work.record_token;
-        let shard = self.shard.borrow().clone();
-        let (Some(shard), Some((events, _))) = (shard, work.record.access()) else {
+        let Some(shard) = self.shard.borrow().clone() else {
             return Recorded {
                 token,
                 result: Err(ErrorCode::Unavailable),
@@ -463,27 +475,15 @@ impl Handler for PeerHandler {
         };
         let rules = &work.rules.rules;
         let per_key = rules.functions_by_key();
-        let total: usize = work
-            .record_keys
-            .iter()
-            .map(|&keys| {
-                KEYS.iter()
-                    .filter(|&&k| keys & key_bit(k) != 0)
-                    .map(|&k| per_key[k as usize])
-                    .sum::<usize>()
-            })
-            .sum();
-        let mut values = Vec::with_capacity(total);
+        let records = &work.record;
+        let mut values = Vec::with_capacity(records.samples.len());
         let mut state = shard.velocity.borrow_mut();
-        let mut scratch = shard.record_scratch.borrow_mut();
-        for (event, &keys) in events.iter().zip(&work.record_keys) {
-            for key in KEYS {
-                if keys & key_bit(key) != 0 {
-                    rules.record_key(event, key, &mut state, &mut scratch, &mut values);
-                }
-            }
+        for e in &records.entries {
+            let samples = &records.samples[e.samples as usize..][..per_key[e.key as usize]];
+            let value = records.value(e);
+            rules.record_samples(e.key, value, e.ts_ms, samples, &mut state, &mut values);
         }
-        shard.stats.borrow_mut().mesh_events_recorded += events.len() as u64;
+        shard.stats.borrow_mut().mesh_events_recorded += records.entries.len() as u64;
         Recorded {
             token,
             result: Ok(values),
@@ -537,9 +537,4 @@ impl Handler for PeerHandler {
             reply
         })
     }
-}
-
-/// A scratch outcome for recording other shards' keys (its registers only).
-pub fn record_scratch() -> std::cell::RefCell<Outcome> {
-    std::cell::RefCell::new(Outcome::default())
 }

@@ -17,7 +17,7 @@ use log::{info, warn};
 use verdict_net::{ErrorCode, LoopStats, TopologyReply};
 use verdict_rules::{EpochCell, VelocityState};
 
-use crate::aggregator::{self, PeerHandler};
+use crate::aggregator::PeerHandler;
 use crate::buffers::Buffers;
 use crate::config::TopologyConfig;
 use crate::connection;
@@ -178,7 +178,6 @@ pub async fn run(ctx: ShardContext) {
         clock: quanta::Clock::new(),
         mesh,
         table,
-        record_scratch: aggregator::record_scratch(),
         topology,
         drain: Drain::new(),
     });

@@ -23,7 +23,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rkyv::util::AlignedVec;
 use verdict_net::frame::FRAME_ALIGN;
 use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent, ErrorCode};
-use verdict_rules::VelocityKey;
+use verdict_rules::{Sample, VelocityKey};
 
 use crate::decide::Decided;
 use crate::scoring::Published;
@@ -112,6 +112,77 @@ impl Events {
     }
 }
 
+/// What a key's owner records for the deciding shard: per (event, key), the key's value,
+/// the event time and the samples of the key's functions (computed by the decider, so the
+/// owner reads no event).
+#[derive(Default)]
+pub struct Records {
+    pub entries: Vec<RecordEntry>,
+    /// The values' bytes.
+    pub bytes: Vec<u8>,
+    pub samples: Vec<Sample>,
+}
+
+pub struct RecordEntry {
+    pub key: VelocityKey,
+    /// `bytes[value.0..][..value.1]`.
+    pub value: (u32, u32),
+    pub ts_ms: u64,
+    /// Where its samples start in `samples` (as many as the key has functions).
+    pub samples: u32,
+}
+
+impl Records {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes.clear();
+        self.samples.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds one event's record for `key` (its samples are then pushed to `samples`).
+    pub fn push(&mut self, key: VelocityKey, value: &[u8], ts_ms: u64) {
+        self.entries.push(RecordEntry {
+            key,
+            value: (self.bytes.len() as u32, value.len() as u32),
+            ts_ms,
+            samples: self.samples.len() as u32,
+        });
+        self.bytes.extend_from_slice(value);
+    }
+
+    pub fn value(&self, e: &RecordEntry) -> &[u8] {
+        &self.bytes[e.value.0 as usize..][..e.value.1 as usize]
+    }
+
+    /// The records of the events `keep` accepts; `events` says which event each run of
+    /// entries is for (one entry per key of its mask, in order). Error path: allocates.
+    pub fn retain(&self, events: &[(usize, KeyMask)], keep: impl Fn(usize) -> bool) -> Records {
+        let mut kept = Records::default();
+        let mut at = 0;
+        for &(i, keys) in events {
+            let n = keys.count_ones() as usize;
+            if keep(i) {
+                for k in at..at + n {
+                    let e = &self.entries[k];
+                    let end = self
+                        .entries
+                        .get(k + 1)
+                        .map_or(self.samples.len(), |next| next.samples as usize);
+                    kept.push(e.key, self.value(e), e.ts_ms);
+                    kept.samples
+                        .extend_from_slice(&self.samples[e.samples as usize..end]);
+                }
+            }
+            at += n;
+        }
+        kept
+    }
+}
+
 /// Keys, a bit per [`VelocityKey`].
 pub type KeyMask = u8;
 
@@ -128,15 +199,13 @@ pub struct Work {
     pub decide: Events,
     /// Answered with [`Reply::Recorded`] under this token (when `record` is not empty).
     pub record_token: u64,
-    pub record: Events,
-    /// For each event of `record`, the keys to record.
-    pub record_keys: Vec<KeyMask>,
+    pub record: Records,
     /// The epoch the asker decides with: the functions to record are its functions.
     pub rules: Arc<Published>,
 }
 
-/// The windows a peer recorded: per event of `Work::record`, per key of its mask (in key
-/// order), the values of that key's functions in function order.
+/// The windows a peer recorded: per entry of `Work::record`, the values of that key's
+/// functions in function order.
 pub struct Recorded {
     pub token: u64,
     pub result: Result<Vec<f64>, ErrorCode>,
@@ -465,5 +534,50 @@ impl Drop for Waiter {
         for token in &self.tokens {
             pending.remove(token);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropping a refused event's records keeps every other event's entries, values and
+    /// samples intact (what a batch sends a peer after another peer refused some events).
+    #[test]
+    fn records_retain_only_the_kept_events_entries() {
+        let mut r = Records::default();
+        let events = [
+            (
+                0usize,
+                key_bit(VelocityKey::Device) | key_bit(VelocityKey::Ip),
+            ),
+            (1, key_bit(VelocityKey::Merchant)),
+            (2, key_bit(VelocityKey::Device)),
+        ];
+        r.push(VelocityKey::Device, b"d-0", 10);
+        r.samples.extend([Sample::Count, Sample::Sum(1.0)]);
+        r.push(VelocityKey::Ip, &[1, 2, 3, 4], 10);
+        r.samples.push(Sample::Distinct(7));
+        r.push(VelocityKey::Merchant, b"m-1", 11);
+        r.samples.push(Sample::Sum(2.5));
+        r.push(VelocityKey::Device, b"d-2", 12);
+        r.samples.extend([Sample::Count, Sample::Sum(3.0)]);
+        let kept = r.retain(&events, |i| i != 1);
+        let keys: Vec<_> = kept
+            .entries
+            .iter()
+            .map(|e| (e.key, kept.value(e).to_vec(), e.ts_ms))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (VelocityKey::Device, b"d-0".to_vec(), 10),
+                (VelocityKey::Ip, vec![1, 2, 3, 4], 10),
+                (VelocityKey::Device, b"d-2".to_vec(), 12),
+            ]
+        );
+        assert_eq!(kept.samples.len(), 5);
+        assert!(matches!(kept.samples[4], Sample::Sum(x) if x == 3.0));
+        assert_eq!(kept.entries[2].samples, 3);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use verdict_net::routing::PartitionTable;
 use verdict_net::{StatsReply, TopologyReply};
-use verdict_rules::{EpochCell, Outcome, VelocityState};
+use verdict_rules::{EpochCell, VelocityState};
 
 use crate::buffers::Buffers;
 use crate::config::Limits;
@@ -129,8 +129,6 @@ pub struct Shard {
     pub mesh: Option<Rc<MeshPort>>,
     /// Which shard owns each partition of key values.
     pub table: PartitionTable,
-    /// Registers for recording other shards' events (see `aggregator`).
-    pub record_scratch: RefCell<Outcome>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
     pub drain: Rc<Drain>,

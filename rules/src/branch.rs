@@ -191,7 +191,8 @@ impl Layout {
 
 pub(crate) type NumFn = Box<dyn Fn(&Ctx) -> f64 + Send + Sync>;
 pub(crate) type BoolFn = Box<dyn Fn(&Ctx) -> bool + Send + Sync>;
-pub(crate) type HashFn = Box<dyn Fn(&Ctx, &foldhash::fast::RandomState) -> u64 + Send + Sync>;
+pub(crate) type HashFn =
+    Box<dyn Fn(&Ctx, &foldhash::fast::SeedableRandomState) -> u64 + Send + Sync>;
 
 /// One test. Registers are `u32` indexes into [`Ctx::regs`].
 pub(crate) enum Test {

@@ -459,10 +459,77 @@ impl RuleSet {
         n
     }
 
-    /// For the core that owns `event`'s value of `key`: records the event in this set's
-    /// functions of that key only, and appends each one's value, in function order, to
+    /// For the deciding core: what `event` adds to each of this set's functions of `key`, in
+    /// function order, appended to `out` (what the key's owner records with
+    /// [`record_samples`](Self::record_samples)). `scratch` holds the event's registers
+    /// ([`load`](Self::load)): sum and distinct values are expressions over the event's
+    /// fields only (the checker keeps velocity and models out of them).
+    pub fn key_samples(
+        &self,
+        event: &ArchivedEvent,
+        key: VelocityKey,
+        scratch: &Outcome,
+        out: &mut Vec<Sample>,
+    ) {
+        let (ip, ip_v4) = Ctx::ip_of(event);
+        let ctx = Ctx {
+            event,
+            regs: &scratch.regs,
+            ip,
+            ip_v4,
+            bits: &[],
+        };
+        let hasher = crate::velocity::value_hasher();
+        out.extend(
+            self.velocity
+                .iter()
+                .filter(|v| v.key == key)
+                .map(|v| match &v.sample {
+                    SampleFn::Count => Sample::Count,
+                    SampleFn::Sum(f) => Sample::Sum(f(&ctx)),
+                    SampleFn::Distinct(f) => Sample::Distinct(f(&ctx, hasher)),
+                }),
+        );
+    }
+
+    /// Reads `event`'s fields into `scratch`'s registers (for [`key_samples`](Self::key_samples)).
+    pub fn load(&self, event: &ArchivedEvent, scratch: &mut Outcome) {
+        self.layout.load(event, &mut scratch.regs);
+    }
+
+    /// For the core that owns a value of `key` (its bytes, [`key_value`]): records one
+    /// event's `samples` (from [`key_samples`](Self::key_samples)) at `ts_ms` in this set's
+    /// functions of that key, and appends each one's window value, in function order, to
     /// `values` (what the deciding core passes to [`prepare_with`](Self::prepare_with)).
-    /// `scratch` is an outcome of this set, used for the event's registers.
+    pub fn record_samples(
+        &self,
+        key: VelocityKey,
+        value: &[u8],
+        ts_ms: u64,
+        samples: &[Sample],
+        state: &mut VelocityState,
+        values: &mut Vec<f64>,
+    ) {
+        if state.prepared_for() != self.uid {
+            state.prepare(self.uid, &self.program.velocity);
+        }
+        let entity = state.key_hash(value).map(|h| state.entity(key, h, ts_ms));
+        let functions = self
+            .velocity
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.key == key);
+        for ((i, _), &sample) in functions.zip(samples) {
+            values.push(match entity {
+                None => 0.0,
+                Some(entity) => state.record_at(i, entity, ts_ms, sample),
+            });
+        }
+    }
+
+    /// Both halves at once, for one core standing in for a key's owner: records the event in
+    /// this set's functions of `key` only and appends their values to `values`. `scratch` is
+    /// an outcome of this set (its registers are used).
     pub fn record_key(
         &self,
         event: &ArchivedEvent,
@@ -471,36 +538,13 @@ impl RuleSet {
         scratch: &mut Outcome,
         values: &mut Vec<f64>,
     ) {
-        if state.prepared_for() != self.uid {
-            state.prepare(self.uid, &self.program.velocity);
-        }
+        self.load(event, scratch);
+        let mut samples = Vec::new();
+        self.key_samples(event, key, scratch, &mut samples);
+        let mut ip = [0u8; 16];
+        let value = key_value(event, key, &mut ip).unwrap_or(&[]);
         let ts = event.timestamp_ms.to_native();
-        let (ip, ip_v4) = Ctx::ip_of(event);
-        let entity = entity_hash(key, event, (ip, ip_v4), state).map(|h| state.entity(key, h, ts));
-        // Sum and distinct values are expressions over the event's fields (the checker keeps
-        // velocity and models out of them): the loaded registers are all they read.
-        self.layout.load(event, &mut scratch.regs);
-        for (i, v) in self
-            .velocity
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.key == key)
-        {
-            let ctx = Ctx {
-                event,
-                regs: &scratch.regs,
-                ip,
-                ip_v4,
-                bits: &[],
-            };
-            values.push(match entity {
-                None => 0.0,
-                Some(entity) => {
-                    let sample = sample_of(&v.sample, &ctx, state);
-                    state.record_at(i, entity, ts, sample)
-                }
-            });
-        }
+        self.record_samples(key, value, ts, &samples, state, values);
     }
 
     /// Records the event in every velocity function whose key has no `remote` values, and

@@ -48,7 +48,7 @@ pub use diag::{Diagnostic, Report, RuleError, Source, Span};
 pub use epoch::{Epoch, EpochCell};
 pub use ir::VelocityKey;
 pub use parser::parse;
-pub use velocity::VelocityState;
+pub use velocity::{Sample, VelocityState};
 use verdict_net::Action;
 
 /// Bounds on what a rule set may hold. Defaults are the documented limits.

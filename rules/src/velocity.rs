@@ -35,7 +35,7 @@
 
 use std::hash::BuildHasher;
 
-use foldhash::fast::RandomState;
+use foldhash::fast::{RandomState, SeedableRandomState};
 
 use crate::entity_index::EntityIndex;
 use crate::ir::{Agg, VelocityKey, VelocitySpec};
@@ -58,6 +58,14 @@ pub enum Sample {
     Sum(f64),
     /// A hash of the distinct value.
     Distinct(u64),
+}
+
+/// The hasher `distinct` hashes values with: one per process (random seed), so a value
+/// hashed on the core that decides an event and recorded on the core that owns its key
+/// compares equal to the same value hashed anywhere else.
+pub fn value_hasher() -> &'static SeedableRandomState {
+    static HASHER: std::sync::OnceLock<SeedableRandomState> = std::sync::OnceLock::new();
+    HASHER.get_or_init(SeedableRandomState::random)
 }
 
 /// The velocity state of one core.
@@ -274,9 +282,9 @@ impl VelocityState {
         self.stores[store].record(entity as usize, ts_ms, sample)
     }
 
-    /// The keyed hasher `distinct` hashes values with.
-    pub fn value_hasher(&self) -> &RandomState {
-        &self.hasher
+    /// The keyed hasher `distinct` hashes values with (the process's, [`value_hasher`]).
+    pub fn value_hasher(&self) -> &'static SeedableRandomState {
+        value_hasher()
     }
 
     /// Entities tracked per function of the current layout (those of its key), for stats

@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // verdict patch, part 4: the producer's half of the sleep protocol's Dekker pair (what
+        // it published, e.g. a channel push, before it reads `should_notify`); the sleeper's
+        // half is the fence in `Reactor::sleep` that replaced `membarrier::heavy()`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
