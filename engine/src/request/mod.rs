@@ -150,6 +150,18 @@ pub async fn answer(
     }
 }
 
+/// The answer the control or reload thread sends on `answer`, or `None` past `timeout`.
+pub async fn answer_within<T>(
+    answer: flume::Receiver<T>,
+    timeout: std::time::Duration,
+) -> Option<T> {
+    futures_lite::future::or(async { answer.recv_async().await.ok() }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await
+}
+
 /// Explains why `payload` is not a valid `T` (error path only: this allocates).
 pub fn explain_invalid<T>(payload: &[u8], out: &mut Responder, what: &str) -> ErrorCode
 where

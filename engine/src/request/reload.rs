@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures_lite::future;
 use rkyv::rancor;
 use verdict_net::{ArchivedReloadRequest, ErrorCode, Kind};
 
@@ -58,12 +57,7 @@ pub async fn answer(
         }
     };
     let timeout = Duration::from_millis(shard.limits.reload_timeout_ms);
-    let answered = future::or(async { answer.recv_async().await.ok() }, async {
-        glommio::timer::sleep(timeout).await;
-        None
-    })
-    .await;
-    let Some(reply) = answered else {
+    let Some(reply) = super::answer_within(answer, timeout).await else {
         out.say(format_args!(
             "reload: no answer within {} ms (limits.reload_timeout_ms); the current epoch stays unless it publishes later",
             shard.limits.reload_timeout_ms

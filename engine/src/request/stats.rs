@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures_lite::future;
 use verdict_net::{ErrorCode, Kind};
 
 use super::Responder;
@@ -39,12 +38,7 @@ pub async fn answer(shard: &Shard, id: u64, out: &mut Responder) -> Result<(), E
         out.say(format_args!("stats: the control thread has stopped"));
         return Err(ErrorCode::Unavailable);
     }
-    let answered = future::or(async { answer.recv_async().await.ok() }, async {
-        glommio::timer::sleep(timeout).await;
-        None
-    })
-    .await;
-    let Some(reply) = answered else {
+    let Some(reply) = super::answer_within(answer, timeout).await else {
         out.say(format_args!(
             "stats: the control thread did not answer in time"
         ));
