@@ -58,6 +58,12 @@ pub fn run(
         }
     );
     println!(
+        "  routing {}: {} partitions, partition p -> shard p % {}",
+        verdict_net::routing::ROUTING_NAME,
+        config.routing.partitions,
+        config.shards.len()
+    );
+    println!(
         "  {:>5} {:>4} {:>5} {:>5} {:>6}",
         "shard", "cpu", "core", "numa", "port"
     );
