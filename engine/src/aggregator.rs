@@ -94,6 +94,10 @@ pub struct Batch {
     local_remote: Remote,
     /// Registers of the event whose samples are being computed for other shards.
     regs: Outcome,
+    /// Where the local events' bytes are, when only some are local (for the log).
+    local_origins: Vec<Origin<'static>>,
+    /// Each local verdict's log record (`None`: not logged).
+    log_seqs: Vec<Option<u64>>,
 }
 
 #[derive(Default)]
@@ -146,7 +150,8 @@ pub async fn decide_all(
     let Some(mesh) = shard.mesh.clone() else {
         batch.reset(events.len(), 0);
         batch.local.extend(0..events.len());
-        decide_local(shard, &published, events, batch);
+        decide_local(shard, &published, events, origins, batch);
+        log_wait(shard, batch).await;
         batch.published = Some(published);
         return;
     };
@@ -188,8 +193,37 @@ pub async fn decide_all(
     for (peer, p) in batch.plans.iter_mut().enumerate() {
         mesh.release(peer, std::mem::take(&mut p.reserved));
     }
-    decide_local(shard, &published, events, batch);
+    decide_local(shard, &published, events, origins, batch);
+    log_wait(shard, batch).await;
     batch.published = Some(published);
+}
+
+const UNLOGGED: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "the decision log could not take this decision's record (log.on_write_error = \"refuse\")",
+};
+
+/// Where answers wait for their records (`log.sync = "always"`, or `on_write_error =
+/// "refuse"`): waits for the batch's last record; under "refuse", a decision without its
+/// record written becomes error 9.
+async fn log_wait(shard: &Shard, batch: &mut Batch) {
+    let Some(log) = &shard.log else { return };
+    if !log.answers_wait() || batch.local.is_empty() {
+        return;
+    }
+    let last = batch.log_seqs.iter().flatten().max().copied();
+    let written = match last {
+        Some(seq) => log.wait(seq).await,
+        None => false,
+    };
+    if !log.refuses() {
+        return;
+    }
+    for (v, &i) in batch.local.iter().enumerate() {
+        if !written || batch.log_seqs[v].is_none() {
+            batch.answers[i] = Answer::Refused(UNLOGGED);
+        }
+    }
 }
 
 /// Who decides each event, and which other shards record which of its keys.
@@ -384,6 +418,7 @@ fn decide_local(
     shard: &Shard,
     published: &Published,
     events: &[&ArchivedEvent],
+    origins: &[Origin<'_>],
     batch: &mut Batch,
 ) {
     let answers = &batch.answers;
@@ -410,6 +445,17 @@ fn decide_local(
             &mut batch.scratch,
             &mut batch.decided,
         );
+        if let Some(log) = &shard.log {
+            let seqs = &mut batch.log_seqs;
+            log.append(
+                published,
+                shard.index,
+                origins,
+                &batch.decided,
+                &batch.scratch,
+                seqs,
+            );
+        }
     } else {
         // The events decided here, and their gathered windows, made contiguous.
         let mut local: Vec<&ArchivedEvent> = recycle(std::mem::take(&mut batch.local_events));
@@ -434,6 +480,20 @@ fn decide_local(
         );
         std::mem::swap(&mut remote.values, &mut batch.remote.values);
         batch.local_events = recycle(local);
+        if let Some(log) = &shard.log {
+            let mut local: Vec<Origin<'_>> = recycle(std::mem::take(&mut batch.local_origins));
+            local.extend(batch.local.iter().map(|&i| origins[i]));
+            let seqs = &mut batch.log_seqs;
+            log.append(
+                published,
+                shard.index,
+                &local,
+                &batch.decided,
+                &batch.scratch,
+                seqs,
+            );
+            batch.local_origins = recycle(local);
+        }
     }
     for (v, &i) in batch.local.iter().enumerate() {
         batch.answers[i] = Answer::Here(v as u32);

@@ -34,6 +34,8 @@ pub struct TopologyConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub log: crate::log::LogConfig,
 }
 
 /// `[routing]`: how key values are placed on shards (see `verdict_net::routing`).
@@ -425,6 +427,7 @@ impl TopologyConfig {
             rules: RulesConfig::default(),
             tls: TlsConfig::default(),
             routing: RoutingConfig::default(),
+            log: crate::log::LogConfig::default(),
         }
     }
 
@@ -480,6 +483,26 @@ impl TopologyConfig {
             }
         }
         self.limits.check()?;
+        let log = &self.log;
+        for (key, value, min, max) in [
+            ("log.sync_interval_ms", log.sync_interval_ms, 1, 60_000),
+            (
+                "log.segment_bytes_max",
+                log.segment_bytes_max,
+                1 << 16,
+                1 << 40,
+            ),
+            (
+                "log.buffer_bytes_max",
+                log.buffer_bytes_max,
+                1 << 16,
+                1 << 34,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("{value} is not in {min}..={max}")));
+            }
+        }
         let partitions = self.routing.partitions;
         if !(self.shards.len() as u32..=verdict_net::routing::PARTITIONS_MAX).contains(&partitions)
         {
@@ -866,11 +889,46 @@ client_ca_file = {tls_ca}
 # p % shard_count. The account's owner decides an event; each key's owner keeps its
 # windows. At least the shard count, at most 65536; changing it moves every key.
 partitions = {partitions}
+
+[log]
+# The decision log: every decision with its event, per shard, under this directory.
+# "" = off (`verdict serve --log-dir DIR` turns it on).
+dir = {log_dir}
+# "off": never fsync; "interval": every sync_interval_ms; "always": a batch's answers leave
+# only after its records are on disk (group commit).
+sync = "{log_sync}"
+sync_interval_ms = {log_interval}
+# A segment is closed and the next begun at this size (bytes).
+segment_bytes_max = {log_segment}
+# Delete a shard's oldest closed segments past this many bytes, or older than this many
+# hours. 0 = keep everything.
+retention_bytes_max = {log_keep_bytes}
+retention_hours_max = {log_keep_hours}
+# Records waiting to be written per shard (bytes); past it, on_write_error applies.
+buffer_bytes_max = {log_buffer}
+# A decision whose record cannot be written: "answer" it anyway (counted as unlogged) or
+# "refuse" it with error 9 (its answer then waits for the write).
+on_write_error = "{log_on_error}"
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
         tls_ca = toml::Value::String(config.tls.client_ca_file.clone()),
         partitions = config.routing.partitions,
+        log_dir = toml::Value::String(config.log.dir.clone()),
+        log_sync = match config.log.sync {
+            crate::log::Sync::Off => "off",
+            crate::log::Sync::Interval => "interval",
+            crate::log::Sync::Always => "always",
+        },
+        log_interval = config.log.sync_interval_ms,
+        log_segment = config.log.segment_bytes_max,
+        log_keep_bytes = config.log.retention_bytes_max,
+        log_keep_hours = config.log.retention_hours_max,
+        log_buffer = config.log.buffer_bytes_max,
+        log_on_error = match config.log.on_write_error {
+            crate::log::OnWriteError::Answer => "answer",
+            crate::log::OnWriteError::Refuse => "refuse",
+        },
         token = toml::Value::String(config.admin.token_file.clone()),
         token_reads = config.admin.token_for_reads,
         wire_reload = config.admin.wire_reload,

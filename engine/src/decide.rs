@@ -40,6 +40,13 @@ pub struct Scratch {
     failed: Vec<bool>,
 }
 
+impl Scratch {
+    /// The velocity values the `i`th event of the last batch was decided with.
+    pub fn velocity(&self, i: usize) -> &[f64] {
+        &self.outcomes[i].velocity
+    }
+}
+
 /// A batch's verdicts and the rule indexes and model scores they report.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Decided {

@@ -15,6 +15,7 @@
 //! - [`transport`]: a connection's bytes, plain or TLS (handshake on the shard's core);
 //!   [`tls`]: the server's rustls configuration, rebuilt on every reload.
 //! - [`decide`]: the pure decision for a batch of events.
+//! - [`log`]: the decision log: per-core segments, recovery, reading them back.
 //! - [`stats`]: per-core counters and histograms; merging snapshots.
 //! - [`loop_time`]: a shard's wall time split (busy, io_poll, parked), exact by construction.
 //! - [`watch`]: times every task poll (stalls).
@@ -43,6 +44,7 @@ pub mod fuzzing;
 pub mod hardware;
 pub mod http;
 pub mod listen;
+pub mod log;
 pub mod loop_time;
 pub mod memlock;
 pub mod mesh;

@@ -144,6 +144,24 @@ pub async fn run(ctx: ShardContext) {
     let table = topology
         .partition_table()
         .expect("the control thread builds a valid partition table");
+    let log = if config.log.enabled() {
+        let header = crate::log::format::SegmentHeader {
+            shard: ctx.index as u16,
+            shard_count: topology.shard_count as u16,
+            partitions: topology.partitions,
+            first_seq: 0,
+            created_ms: 0,
+        };
+        match crate::log::writer::Log::open(&config.log, header).await {
+            Ok(log) => Some(log),
+            Err(e) => {
+                let dir = &config.log.dir;
+                return fail(&ctx, format!("decision log in {dir}: {e}"));
+            }
+        }
+    } else {
+        None
+    };
     let rules = ctx.rules.load();
     let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
     velocity.prepare(rules.rules.uid(), &rules.rules.program().velocity);
@@ -178,6 +196,7 @@ pub async fn run(ctx: ShardContext) {
         clock: quanta::Clock::new(),
         mesh,
         table,
+        log,
         topology,
         drain: Drain::new(),
     });
@@ -218,6 +237,19 @@ pub async fn run(ctx: ShardContext) {
     let last_call = deadline + Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
     while ctx.draining.load(Ordering::Acquire) > 0 && Instant::now() < last_call {
         glommio::timer::sleep(tick).await;
+    }
+    if let Some(log) = &shard.log {
+        let quiet = Duration::from_millis(shard.limits.shutdown_drain_ms);
+        let closed = glommio::timer::timeout(quiet, async {
+            log.close().await;
+            Ok(())
+        });
+        if closed.await.is_err() {
+            warn!(
+                "shard {}: the decision log did not close in time",
+                shard.index
+            );
+        }
     }
     *handler.shard.borrow_mut() = None;
     handler.stopped.set(true);

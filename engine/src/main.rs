@@ -53,6 +53,9 @@ enum Command {
         /// Override [admin] token_file: the control API's bearer token (owner-only file).
         #[arg(long, value_name = "FILE")]
         admin_token_file: Option<PathBuf>,
+        /// Override [log] dir: keep the decision log (every decision, per shard) in DIR.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
     },
     /// Check a rules file or directory (and the models it calls): every error with
     /// file:line:col; exit 1 if any.
@@ -123,6 +126,11 @@ enum Command {
         #[command(flatten)]
         tls: cli::TlsArgs,
     },
+    /// Read a decision log: check it, or export its decisions.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Measure the round trip of a ping.
     Ping {
         #[arg(long, default_value = cli::DEFAULT_ADDR)]
@@ -132,6 +140,27 @@ enum Command {
         count: u32,
         #[command(flatten)]
         tls: cli::TlsArgs,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum LogCommand {
+    /// Check every segment: torn tails and bad records with their offsets; exit 1 if
+    /// anything is wrong beyond a torn tail.
+    Verify { dir: PathBuf },
+    /// One row per decision, flat columns (event fields, action, score, rules, models...).
+    Export {
+        dir: PathBuf,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only events at or after this event time (ms since the Unix epoch).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only events at or before this event time (ms since the Unix epoch).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -171,8 +200,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             rules,
             models,
             admin_token_file,
+            log_dir,
         } => {
             let (mut config, source) = load_topology(shards)?;
+            if let Some(d) = log_dir {
+                config.log.dir = d.display().to_string();
+            }
             if let Some(f) = admin_token_file {
                 config.admin.token_file = f.display().to_string();
             }
@@ -247,6 +280,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls,
         } => cli::stats::run(&addr, tls.config()?, json, watch),
         Command::Ping { addr, count, tls } => cli::ping(&addr, tls.config()?, count),
+        Command::Log { command } => match command {
+            LogCommand::Verify { dir } => cli::log::verify(&dir),
+            LogCommand::Export {
+                dir,
+                format,
+                out,
+                from,
+                to,
+            } => cli::log::export(&dir, &format, &out, from, to),
+        },
     }
 }
 

@@ -129,6 +129,8 @@ pub struct Shard {
     pub mesh: Option<Rc<MeshPort>>,
     /// Which shard owns each partition of key values.
     pub table: PartitionTable,
+    /// This shard's decision log (`[log] dir` set).
+    pub log: Option<Rc<crate::log::writer::Log>>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
     pub drain: Rc<Drain>,

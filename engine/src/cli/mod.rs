@@ -1,6 +1,7 @@
 //! The subcommands that talk to a running engine as clients, plus `verdict topology` and
 //! `verdict check`.
 
+pub mod log;
 pub mod rules;
 pub mod send;
 pub mod stats;

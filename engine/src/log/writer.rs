@@ -1,0 +1,552 @@
+//! One shard's log writer. Deciding appends records to the shard's buffer (no I/O, no
+//! allocation once the buffers have grown); the shard's writer task takes the whole buffer
+//! each time it is rung, writes it with one io_uring write at the segment's end, fsyncs as
+//! `log.sync` says, then tells the batches waiting for those records. While it writes,
+//! new records gather in the other buffer: the next write carries all of them (group
+//! commit).
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::io::BufferedFile;
+use log::{info, warn};
+
+use super::format::{self, RecordWriter, SegmentHeader};
+use super::{LogConfig, OnWriteError, Sync};
+use crate::decide::{Decided, Verdict};
+use crate::mesh::Origin;
+use crate::scoring::Published;
+
+/// What the log did, for stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogStats {
+    pub records: u64,
+    pub bytes_written: u64,
+    pub fsyncs: u64,
+    pub fsync_ns_total: u64,
+    pub fsync_ns_max: u64,
+    /// Decisions answered without their record (buffer full, or a failed write, under
+    /// `on_write_error = "answer"`).
+    pub unlogged: u64,
+    /// Decisions refused because their record could not be written (`"refuse"`).
+    pub refused: u64,
+    pub write_errors: u64,
+    pub segments: u64,
+}
+
+struct State {
+    next_seq: u64,
+    /// Records appended and not yet handed to the writer.
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// The last sequence number in `pending` (0: none).
+    pending_last: u64,
+    /// Every record up to this one is written (or failed), and up to `durable` synced.
+    written: u64,
+    durable: u64,
+    /// Batches waiting for a record: (its sequence number, whether it must be synced, where
+    /// to say whether it was written).
+    waiters: Vec<(u64, bool, LocalSender<bool>)>,
+    /// The epoch whose names the current segment has (0: none yet).
+    epoch_logged: u64,
+    /// The payload record of the evaluate-batch being logged: (its address, its seq).
+    payload: (usize, u64),
+}
+
+/// One shard's decision log.
+pub struct Log {
+    config: LogConfig,
+    dir: PathBuf,
+    header: SegmentHeader,
+    state: RefCell<State>,
+    doorbell: LocalSender<()>,
+    closing: Cell<bool>,
+    pub stats: RefCell<LogStats>,
+}
+
+impl Log {
+    /// Opens shard `header.shard`'s log in `config.dir`: recovers its last segment (a torn
+    /// tail is cut) and starts a new segment at the next sequence number; spawns the writer
+    /// task on this executor.
+    pub async fn open(config: &LogConfig, mut header: SegmentHeader) -> std::io::Result<Rc<Log>> {
+        let dir = PathBuf::from(&config.dir);
+        std::fs::create_dir_all(&dir)?;
+        let recovered = super::recover::recover(&dir, u32::from(header.shard))?;
+        for line in &recovered.report {
+            warn!("decision log, shard {}: {line}", header.shard);
+        }
+        header.first_seq = recovered.next_seq;
+        header.created_ms = now_ms();
+        let (file, pos) = create_segment(&dir, &header).await?;
+        info!(
+            "decision log, shard {}: {} (sync = {:?}), continuing at sequence {}",
+            header.shard,
+            dir.display(),
+            config.sync,
+            recovered.next_seq
+        );
+        let (doorbell, rung) = local_channel::new_bounded(1);
+        let log = Rc::new(Log {
+            config: config.clone(),
+            dir,
+            header,
+            state: RefCell::new(State {
+                next_seq: recovered.next_seq,
+                pending: Vec::with_capacity(64 * 1024),
+                pending_records: 0,
+                pending_last: 0,
+                written: recovered.next_seq.saturating_sub(1),
+                durable: recovered.next_seq.saturating_sub(1),
+                waiters: Vec::new(),
+                epoch_logged: 0,
+                payload: (0, 0),
+            }),
+            doorbell,
+            closing: Cell::new(false),
+            stats: RefCell::new(LogStats {
+                segments: 1,
+                ..LogStats::default()
+            }),
+        });
+        glommio::spawn_local(write_loop(log.clone(), file, pos, rung)).detach();
+        Ok(log)
+    }
+
+    /// Whether a decision whose record cannot be written is refused.
+    pub fn refuses(&self) -> bool {
+        self.config.on_write_error == OnWriteError::Refuse
+    }
+
+    /// Whether answers must wait for their records (`sync = "always"` waits for the fsync,
+    /// `on_write_error = "refuse"` for the write).
+    pub fn answers_wait(&self) -> bool {
+        self.config.sync == Sync::Always || self.config.on_write_error == OnWriteError::Refuse
+    }
+
+    /// Appends the records of a batch's decisions: the epoch's names if this segment does
+    /// not have them yet, an evaluate-batch's payload once, then one record per decision.
+    /// `velocity` holds each verdict's velocity values. Returns, per verdict, its record's
+    /// sequence number, or `None` if it has none (the buffer is full).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &self,
+        published: &Published,
+        shard: u32,
+        origins: &[Origin<'_>],
+        decided: &Decided,
+        velocity: &crate::decide::Scratch,
+        seqs: &mut Vec<Option<u64>>,
+    ) {
+        let mut st = self.state.borrow_mut();
+        let max = self.config.buffer_bytes_max as usize;
+        let epoch = published.rules.epoch;
+        if st.epoch_logged != epoch && st.pending.len() < max {
+            let seq = st.take_seq();
+            let names = epoch_json(published);
+            let mut w = RecordWriter::begin(&mut st.pending, seq, format::KIND_EPOCH);
+            w.put(names.as_bytes());
+            w.finish();
+            st.note(seq);
+            st.epoch_logged = epoch;
+        }
+        let logged_at = now_ms();
+        seqs.clear();
+        let mut unlogged = 0;
+        for (verdict, origin) in decided.verdicts.iter().zip(origins) {
+            if st.pending.len() >= max || st.epoch_logged != epoch {
+                seqs.push(None);
+                unlogged += 1;
+                continue;
+            }
+            let event = match *origin {
+                Origin::Frame(bytes) => EventAt::Bytes(bytes),
+                Origin::Batch(payload, index) => {
+                    if st.payload.0 != payload.as_ptr() as usize {
+                        let seq = st.take_seq();
+                        let mut w = RecordWriter::begin(&mut st.pending, seq, format::KIND_PAYLOAD);
+                        w.align();
+                        w.put(payload);
+                        w.finish();
+                        st.note(seq);
+                        st.payload = (payload.as_ptr() as usize, seq);
+                    }
+                    EventAt::Payload(st.payload.1, index)
+                }
+            };
+            let seq = st.take_seq();
+            let v = seqs.len();
+            decision_record(
+                &mut st.pending,
+                seq,
+                epoch,
+                logged_at,
+                shard,
+                verdict,
+                decided,
+                velocity.velocity(v),
+                event,
+            );
+            st.note(seq);
+            seqs.push(Some(seq));
+        }
+        st.payload = (0, 0);
+        drop(st);
+        let mut stats = self.stats.borrow_mut();
+        stats.records += seqs.iter().flatten().count() as u64;
+        match self.config.on_write_error {
+            OnWriteError::Answer => stats.unlogged += unlogged,
+            OnWriteError::Refuse => stats.refused += unlogged,
+        }
+        drop(stats);
+        let _ = self.doorbell.try_send(());
+    }
+
+    /// Waits until record `seq` is written (and synced, with `sync = "always"`); whether
+    /// it was.
+    pub async fn wait(&self, seq: u64) -> bool {
+        let durable = self.config.sync == Sync::Always;
+        let rx = {
+            let mut st = self.state.borrow_mut();
+            let done = if durable { st.durable } else { st.written };
+            if seq <= done {
+                return true;
+            }
+            let (tx, rx) = local_channel::new_bounded(1);
+            st.waiters.push((seq, durable, tx));
+            rx
+        };
+        let _ = self.doorbell.try_send(());
+        rx.recv().await.unwrap_or(false)
+    }
+
+    /// Writes and syncs what is left (shutdown). Bounded by `limits.shutdown_drain_ms` by
+    /// the caller.
+    pub async fn close(&self) {
+        self.closing.set(true);
+        let last = self.state.borrow().next_seq - 1;
+        let _ = self.doorbell.try_send(());
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.state.borrow_mut().waiters.push((last, true, tx));
+        let _ = rx.recv().await;
+    }
+
+    fn count_failed(&self, n: u64) {
+        let mut s = self.stats.borrow_mut();
+        s.write_errors += 1;
+        match self.config.on_write_error {
+            OnWriteError::Answer => s.unlogged += n,
+            OnWriteError::Refuse => s.refused += n,
+        }
+        s.records -= n.min(s.records);
+    }
+}
+
+impl State {
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn note(&mut self, seq: u64) {
+        self.pending_last = seq;
+        self.pending_records += 1;
+    }
+
+    /// Tells the waiters whose records are now written (or synced), or lost (`lost`: the
+    /// range that failed).
+    fn resolve(&mut self, lost: Option<(u64, u64)>) {
+        let (written, durable) = (self.written, self.durable);
+        self.waiters.retain(|(seq, need_durable, tx)| {
+            if let Some((from, to)) = lost
+                && (from..=to).contains(seq)
+            {
+                let _ = tx.try_send(false);
+                return false;
+            }
+            let done = if *need_durable { durable } else { written };
+            if *seq <= done {
+                let _ = tx.try_send(true);
+                return false;
+            }
+            true
+        });
+    }
+}
+
+enum EventAt<'a> {
+    Bytes(&'a [u8]),
+    Payload(u64, u32),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decision_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    epoch: u64,
+    logged_at_ms: u64,
+    shard: u32,
+    v: &Verdict,
+    decided: &Decided,
+    velocity: &[f64],
+    event: EventAt<'_>,
+) {
+    use format::decision as d;
+    let mut w = RecordWriter::begin(out, seq, format::KIND_DECISION);
+    let fired = &decided.rules[v.fired.clone()];
+    let shadow = &decided.rules[v.shadow.clone()];
+    let scores = &decided.scores[v.models.clone()];
+    let mut head = [0u8; d::ARRAYS - format::BODY_HEAD_LEN];
+    let mut put = |at: usize, bytes: &[u8]| {
+        let at = at - format::BODY_HEAD_LEN;
+        head[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    put(d::EPOCH, &epoch.to_le_bytes());
+    put(d::LOGGED_AT_MS, &logged_at_ms.to_le_bytes());
+    put(d::SCORE, &v.score.to_le_bytes());
+    put(d::ACTION, &[v.action as u8]);
+    put(d::N_FIRED, &(fired.len() as u16).to_le_bytes());
+    put(d::N_SHADOW, &(shadow.len() as u16).to_le_bytes());
+    put(d::N_MODELS, &(scores.len() as u16).to_le_bytes());
+    put(d::N_VELOCITY, &(velocity.len() as u16).to_le_bytes());
+    put(d::SHARD, &(shard as u16).to_le_bytes());
+    match event {
+        EventAt::Bytes(bytes) => {
+            put(d::EVENT_KIND, &[d::EVENT_IN_RECORD]);
+            put(d::EVENT_LEN, &(bytes.len() as u32).to_le_bytes());
+        }
+        EventAt::Payload(payload_seq, index) => {
+            put(d::EVENT_KIND, &[d::EVENT_IN_PAYLOAD]);
+            put(d::PAYLOAD_SEQ, &payload_seq.to_le_bytes());
+            put(d::BATCH_INDEX, &index.to_le_bytes());
+        }
+    }
+    w.put(&head);
+    for r in fired.iter().chain(shadow) {
+        w.put(&r.to_le_bytes());
+    }
+    for (score, _) in scores {
+        w.put(&score.to_le_bytes());
+    }
+    for (_, failed) in scores {
+        w.put(&[u8::from(*failed)]);
+    }
+    for x in velocity {
+        w.put(&x.to_le_bytes());
+    }
+    if let EventAt::Bytes(bytes) = event {
+        w.align();
+        w.put(bytes);
+    }
+    w.finish();
+}
+
+/// The names an epoch's decisions refer to by index, as JSON.
+fn epoch_json(published: &Published) -> String {
+    let rules = &published.rules;
+    let names: Vec<&str> = (0..rules.shape().rules as u32)
+        .map(|i| rules.rule_name(i))
+        .collect();
+    let velocity: Vec<&str> = rules
+        .program()
+        .velocity
+        .iter()
+        .map(|v| v.id.as_str())
+        .collect();
+    serde_json::json!({
+        "epoch": rules.epoch,
+        "digest": rules.digest,
+        "files": rules.files,
+        "rules": names,
+        "models": rules.models(),
+        "model_versions": published.used.iter().map(|m| m.describe()).collect::<Vec<_>>(),
+        "velocity": velocity,
+    })
+    .to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn create_segment(
+    dir: &std::path::Path,
+    header: &SegmentHeader,
+) -> std::io::Result<(BufferedFile, u64)> {
+    let path = dir.join(super::segment_name(
+        u32::from(header.shard),
+        header.first_seq,
+    ));
+    let file = BufferedFile::create(&path).await?;
+    write_all(&file, header.encode().to_vec(), 0).await?;
+    Ok((file, format::HEADER_LEN as u64))
+}
+
+/// Writes `buf` at `pos`. A short write to a regular file means the disk is full: an
+/// error, and the caller writes its next buffer at the same `pos`, over the partial bytes.
+async fn write_all(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
+    let len = buf.len();
+    let n = file.write_at(buf, pos).await?;
+    if n < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("short write: {n} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The writer task: writes what is pending each time it is rung (and at least every
+/// `sync_interval_ms`), syncs, rotates and tells the waiters.
+async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: LocalReceiver<()>) {
+    let interval = Duration::from_millis(log.config.sync_interval_ms.max(1));
+    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut last_sync = Instant::now();
+    loop {
+        let _ = glommio::timer::timeout(interval, async { Ok(rung.recv().await) }).await;
+        let (buf, records, last) = {
+            let mut st = log.state.borrow_mut();
+            std::mem::swap(&mut st.pending, &mut spare);
+            (
+                std::mem::take(&mut spare),
+                std::mem::take(&mut st.pending_records),
+                std::mem::take(&mut st.pending_last),
+            )
+        };
+        let len = buf.len() as u64;
+        let mut lost = None;
+        if len > 0 {
+            match write_all(&file, buf, pos).await {
+                Ok(()) => {
+                    pos += len;
+                    log.stats.borrow_mut().bytes_written += len;
+                    log.state.borrow_mut().written = last;
+                }
+                Err(e) => {
+                    warn!(
+                        "decision log, shard {}: writing {len} bytes failed: {e}; {records} records lost",
+                        log.header.shard
+                    );
+                    log.count_failed(records);
+                    let mut st = log.state.borrow_mut();
+                    lost = Some((st.written + 1, last));
+                    st.written = last;
+                    // The next segment must say its epoch again.
+                    st.epoch_logged = 0;
+                }
+            }
+        }
+        let (written, durable) = {
+            let st = log.state.borrow();
+            (st.written, st.durable)
+        };
+        let sync_now = written > durable
+            && match log.config.sync {
+                Sync::Always => true,
+                Sync::Interval => last_sync.elapsed() >= interval || log.closing.get(),
+                Sync::Off => log.closing.get(),
+            };
+        if sync_now {
+            let began = Instant::now();
+            if file.fdatasync().await.is_ok() {
+                let ns = began.elapsed().as_nanos() as u64;
+                let mut s = log.stats.borrow_mut();
+                s.fsyncs += 1;
+                s.fsync_ns_total += ns;
+                s.fsync_ns_max = s.fsync_ns_max.max(ns);
+                log.state.borrow_mut().durable = written;
+            }
+            last_sync = Instant::now();
+        } else if log.config.sync == Sync::Off && !log.closing.get() {
+            // Nothing is ever synced on purpose: "written" is all a waiter can have.
+            log.state.borrow_mut().durable = written;
+        }
+        log.state.borrow_mut().resolve(lost);
+        if pos >= log.config.segment_bytes_max {
+            match rotate(&log, &file).await {
+                Ok((next, next_pos)) => {
+                    let _ = std::mem::replace(&mut file, next).close().await;
+                    pos = next_pos;
+                }
+                Err(e) => warn!(
+                    "decision log, shard {}: starting a new segment failed: {e}; appending to the current one",
+                    log.header.shard
+                ),
+            }
+        }
+        spare.clear();
+        if log.closing.get() && log.state.borrow().pending.is_empty() {
+            let st = log.state.borrow();
+            if st.waiters.is_empty() {
+                break;
+            }
+        }
+    }
+    let _ = file.close().await;
+}
+
+/// Closes the current segment (synced unless `sync = "off"`) and starts the next, then
+/// applies retention to the closed ones.
+async fn rotate(log: &Log, file: &BufferedFile) -> std::io::Result<(BufferedFile, u64)> {
+    if log.config.sync != Sync::Off {
+        file.fdatasync().await?;
+    }
+    let mut header = log.header;
+    header.first_seq = log.state.borrow().next_seq;
+    header.created_ms = now_ms();
+    let next = create_segment(&log.dir, &header).await?;
+    {
+        let mut st = log.state.borrow_mut();
+        // Records already pending belong to the new segment, which has not seen the epoch.
+        st.epoch_logged = 0;
+    }
+    log.stats.borrow_mut().segments += 1;
+    retain(log, &header);
+    Ok(next)
+}
+
+/// Deletes this shard's oldest closed segments past `retention_bytes_max` or older than
+/// `retention_hours_max` (the current one, `current`, always stays).
+fn retain(log: &Log, current: &SegmentHeader) {
+    let (bytes_max, hours_max) = (
+        log.config.retention_bytes_max,
+        log.config.retention_hours_max,
+    );
+    if bytes_max == 0 && hours_max == 0 {
+        return;
+    }
+    let Ok(segments) = super::segments(&log.dir, Some(u32::from(current.shard))) else {
+        return;
+    };
+    let sized: Vec<(PathBuf, u64, Option<std::time::SystemTime>)> = segments
+        .into_iter()
+        .filter(|(_, seq, _)| *seq != current.first_seq)
+        .filter_map(|(_, _, p)| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.len(), m.modified().ok()))
+        })
+        .collect();
+    let mut total: u64 = sized.iter().map(|s| s.1).sum();
+    for (path, len, modified) in sized {
+        let too_big = bytes_max > 0 && total > bytes_max;
+        let too_old = hours_max > 0
+            && modified
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(hours_max * 3600));
+        if !(too_big || too_old) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= len;
+                info!("decision log: retention removed {}", path.display());
+            }
+            Err(e) => warn!("decision log: removing {}: {e}", path.display()),
+        }
+    }
+}
