@@ -898,7 +898,7 @@ dir = {log_dir}
 # only after its records are on disk (group commit).
 sync = "{log_sync}"
 sync_interval_ms = {log_interval}
-# A segment is closed and the next begun at this size (bytes).
+# A segment is closed, and the next begun, once a write takes it past this size (bytes).
 segment_bytes_max = {log_segment}
 # Delete a shard's oldest closed segments past this many bytes, or older than this many
 # hours. 0 = keep everything.

@@ -266,7 +266,7 @@ impl Plane {
             &per_shard(&|s| s.stats.epoch as f64),
         );
         type Field = fn(&ShardStats) -> u64;
-        let counters: [(&str, &str, Field); 13] = [
+        let counters: [(&str, &str, Field); 21] = [
             (
                 "verdict_requests_total",
                 "Requests read (whole frames), every kind.",
@@ -318,6 +318,46 @@ impl Plane {
                 "verdict_mesh_events_recorded_total",
                 "Events this shard recorded for other shards in the windows of the keys it owns (device, IP, merchant).",
                 |s| s.mesh_events_recorded,
+            ),
+            (
+                "verdict_decision_log_records_total",
+                "Decisions recorded in the decision log (appended and not lost to a failed write).",
+                |s| s.log_records,
+            ),
+            (
+                "verdict_decision_log_written_bytes_total",
+                "Bytes the decision log wrote.",
+                |s| s.log_bytes_written,
+            ),
+            (
+                "verdict_decision_log_fsyncs_total",
+                "fdatasync calls of the decision log.",
+                |s| s.log_fsyncs,
+            ),
+            (
+                "verdict_decision_log_fsync_nanoseconds_total",
+                "Time spent in the decision log's fdatasync calls, ns (divide by fsyncs for the mean).",
+                |s| s.log_fsync_ns_total,
+            ),
+            (
+                "verdict_decision_log_unlogged_total",
+                "Decisions answered without their record (log.on_write_error = answer: buffer full or a failed write).",
+                |s| s.log_unlogged,
+            ),
+            (
+                "verdict_decision_log_refused_total",
+                "Decisions answered with error 9 because their record could not be written (log.on_write_error = refuse).",
+                |s| s.log_refused,
+            ),
+            (
+                "verdict_decision_log_write_errors_total",
+                "Decision log writes that failed (disk full, I/O error).",
+                |s| s.log_write_errors,
+            ),
+            (
+                "verdict_decision_log_segments_total",
+                "Decision log segments this shard started since it started.",
+                |s| s.log_segments,
             ),
             (
                 "verdict_stalls_total",

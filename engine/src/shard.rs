@@ -161,13 +161,26 @@ impl Shard {
             s.loop_time.add(Accounted::read());
             s.loop_time.split()
         };
-        self.stats.borrow().snapshot(
+        let mut snapshot = self.stats.borrow().snapshot(
             self.index,
             self.cpu,
             self.epoch.get(),
             self.models.borrow().stats(),
             runtime,
-        )
+        );
+        if let Some(log) = &self.log {
+            let l = *log.stats.borrow();
+            let s = &mut snapshot.stats;
+            s.log_records = l.records;
+            s.log_bytes_written = l.bytes_written;
+            s.log_fsyncs = l.fsyncs;
+            s.log_fsync_ns_total = l.fsync_ns_total;
+            s.log_unlogged = l.unlogged;
+            s.log_refused = l.refused;
+            s.log_write_errors = l.write_errors;
+            s.log_segments = l.segments;
+        }
+        snapshot
     }
 }
 

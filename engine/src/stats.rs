@@ -172,6 +172,8 @@ impl CoreStats {
                     ..runtime
                 },
                 kernel: KernelStats::default(),
+                // The decision log's counters are the log's (`Shard::snapshot` fills them).
+                ..ShardStats::default()
             },
             batch_requests: self.batch_requests.clone(),
             batch_events: self.batch_events.clone(),
@@ -282,6 +284,14 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         t.mesh_events_sent += x.mesh_events_sent;
         t.mesh_events_decided += x.mesh_events_decided;
         t.mesh_events_recorded += x.mesh_events_recorded;
+        t.log_records += x.log_records;
+        t.log_bytes_written += x.log_bytes_written;
+        t.log_fsyncs += x.log_fsyncs;
+        t.log_fsync_ns_total += x.log_fsync_ns_total;
+        t.log_unlogged += x.log_unlogged;
+        t.log_refused += x.log_refused;
+        t.log_write_errors += x.log_write_errors;
+        t.log_segments += x.log_segments;
         let (tr, xr) = (&mut t.runtime, &x.runtime);
         tr.uptime_ns = tr.uptime_ns.max(xr.uptime_ns);
         tr.busy_ns += xr.busy_ns;
@@ -352,6 +362,7 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "mesh_events_sent": s.mesh_events_sent,
         "mesh_events_decided": s.mesh_events_decided,
         "mesh_events_recorded": s.mesh_events_recorded,
+        "log": log_json(s),
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),
@@ -403,6 +414,20 @@ pub fn reply_json(reply: &StatsReply) -> serde_json::Value {
         "shards": reply.shards.iter().map(row_json).collect::<Vec<_>>(),
         "total": total,
         "probes": probes,
+    })
+}
+
+/// The decision log's counters of a shard (or the total), under `"log"`.
+fn log_json(s: &ShardStats) -> serde_json::Value {
+    serde_json::json!({
+        "records": s.log_records,
+        "bytes_written": s.log_bytes_written,
+        "fsyncs": s.log_fsyncs,
+        "fsync_ns_total": s.log_fsync_ns_total,
+        "unlogged": s.log_unlogged,
+        "refused": s.log_refused,
+        "write_errors": s.log_write_errors,
+        "segments": s.log_segments,
     })
 }
 

@@ -210,6 +210,22 @@ pub struct ShardStats {
     pub mesh_events_decided: u64,
     /// Events this shard recorded for other shards in the windows of the keys it owns (device, IP, merchant).
     pub mesh_events_recorded: u64,
+    /// Decisions recorded in the decision log (appended and not lost to a failed write).
+    pub log_records: u64,
+    /// Bytes the decision log wrote.
+    pub log_bytes_written: u64,
+    /// fdatasync calls of the decision log.
+    pub log_fsyncs: u64,
+    /// Time spent in the decision log's fdatasync calls, ns (divide by fsyncs for the mean).
+    pub log_fsync_ns_total: u64,
+    /// Decisions answered without their record (log.on_write_error = answer: buffer full or a failed write).
+    pub log_unlogged: u64,
+    /// Decisions answered with error 9 because their record could not be written (log.on_write_error = refuse).
+    pub log_refused: u64,
+    /// Decision log writes that failed (disk full, I/O error).
+    pub log_write_errors: u64,
+    /// Decision log segments this shard started since it started.
+    pub log_segments: u64,
     /// Requests handled per read batch (one read's worth of whole frames).
     pub batch_requests: Percentiles,
     /// Events per evaluate-batch request.

@@ -4,11 +4,11 @@
 //! - [`format`]: the bytes (segment header, records, CRC32C), pure; documented in
 //!   `engine/src/log/FORMAT.md`.
 //! - [`writer`]: one per shard: records are appended to a buffer as a batch is decided, and
-//!   the shard's writer task hands the buffer to io_uring (glommio's file I/O: the core never
-//!   blocks on a syscall), fsyncs as `log.sync` says, rotates segments and applies retention.
-//!   A batch that must wait (`sync = "always"`, or `on_write_error = "refuse"`) awaits its
-//!   records before its answers are encoded: group commit, one write and one fsync for every
-//!   connection's records that arrived meanwhile.
+//!   the shard's writer task writes the buffer with O_DIRECT through glommio's DMA stream
+//!   writer on io_uring (the core never blocks on a syscall), syncs as `log.sync` says,
+//!   rotates segments and applies retention. A batch that must wait (`sync = "always"`, or
+//!   `on_write_error = "refuse"`) awaits its records before its answers are encoded: group
+//!   commit, one write and one sync for every connection's records that arrived meanwhile.
 //! - [`recover`]: at start, a shard finds its segments, cuts a torn tail off the last one
 //!   and continues from the next sequence number.
 //! - [`read`]: reading segments back (verify, export), shared with `verdict log`.
@@ -52,7 +52,7 @@ pub struct LogConfig {
     pub sync: Sync,
     /// With `sync = "interval"`: the longest a written record waits for its fsync, ms.
     pub sync_interval_ms: u64,
-    /// A segment is closed and a new one begun once it reaches this size, bytes.
+    /// A segment is closed and a new one begun once a write takes it past this size, bytes.
     pub segment_bytes_max: u64,
     /// Oldest closed segments of a shard are deleted while its segments pass this, bytes;
     /// 0 = keep everything.

@@ -1,17 +1,19 @@
 //! One shard's log writer. Deciding appends records to the shard's buffer (no I/O, no
 //! allocation once the buffers have grown); the shard's writer task takes the whole buffer
-//! each time it is rung, writes it with one io_uring write at the segment's end, fsyncs as
-//! `log.sync` says, then tells the batches waiting for those records. While it writes,
-//! new records gather in the other buffer: the next write carries all of them (group
-//! commit).
+//! at `WRITE_BYTES_MIN`, every `WRITE_DELAY_MAX`, or at once when answers wait for it, and
+//! copies it into glommio's DMA stream writer (O_DIRECT, aligned blocks written on io_uring
+//! as they fill); it syncs as `log.sync` says (a sync also writes the partial block), then
+//! tells the batches waiting for those records. While it writes, new records gather in the
+//! other buffer: the next write carries all of them (group commit).
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::io::BufferedFile;
+use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 use log::{info, warn};
 
 use super::format::{self, RecordWriter, SegmentHeader};
@@ -36,6 +38,12 @@ pub struct LogStats {
     pub write_errors: u64,
     pub segments: u64,
 }
+
+/// Records the writer lets gather before it writes (unless answers wait for them), bytes.
+const WRITE_BYTES_MIN: usize = 256 * 1024;
+/// The longest a record waits in the buffer before it is written (unless answers wait
+/// for it, which ring the writer at once).
+const WRITE_DELAY_MAX: Duration = Duration::from_millis(2);
 
 struct State {
     next_seq: u64,
@@ -64,6 +72,8 @@ pub struct Log {
     state: RefCell<State>,
     doorbell: LocalSender<()>,
     closing: Cell<bool>,
+    /// Told when the writer task has closed its segment (shutdown).
+    closed: RefCell<Option<LocalReceiver<()>>>,
     pub stats: RefCell<LogStats>,
 }
 
@@ -89,6 +99,7 @@ impl Log {
             recovered.next_seq
         );
         let (doorbell, rung) = local_channel::new_bounded(1);
+        let (closed_tx, closed_rx) = local_channel::new_bounded(1);
         let log = Rc::new(Log {
             config: config.clone(),
             dir,
@@ -106,12 +117,13 @@ impl Log {
             }),
             doorbell,
             closing: Cell::new(false),
+            closed: RefCell::new(Some(closed_rx)),
             stats: RefCell::new(LogStats {
                 segments: 1,
                 ..LogStats::default()
             }),
         });
-        glommio::spawn_local(write_loop(log.clone(), file, pos, rung)).detach();
+        glommio::spawn_local(write_loop(log.clone(), file, pos, rung, closed_tx)).detach();
         Ok(log)
     }
 
@@ -201,13 +213,18 @@ impl Log {
             OnWriteError::Refuse => stats.refused += unlogged,
         }
         drop(stats);
-        let _ = self.doorbell.try_send(());
+        // Answers that wait for their records want them written now; otherwise the
+        // writer takes a full buffer, or what is there every `WRITE_DELAY_MAX`: fewer,
+        // larger writes.
+        if self.answers_wait() || self.state.borrow().pending.len() >= WRITE_BYTES_MIN {
+            let _ = self.doorbell.try_send(());
+        }
     }
 
-    /// Waits until record `seq` is written (and synced, with `sync = "always"`); whether
-    /// it was.
+    /// Waits until record `seq` is on disk (written and synced: a written record may still
+    /// sit in the DMA writer's buffer); whether it got there.
     pub async fn wait(&self, seq: u64) -> bool {
-        let durable = self.config.sync == Sync::Always;
+        let durable = true;
         let rx = {
             let mut st = self.state.borrow_mut();
             let done = if durable { st.durable } else { st.written };
@@ -222,15 +239,15 @@ impl Log {
         rx.recv().await.unwrap_or(false)
     }
 
-    /// Writes and syncs what is left (shutdown). Bounded by `limits.shutdown_drain_ms` by
-    /// the caller.
+    /// Writes and syncs what is left and closes the segment (shutdown). Bounded by
+    /// `limits.shutdown_drain_ms` by the caller.
     pub async fn close(&self) {
         self.closing.set(true);
-        let last = self.state.borrow().next_seq - 1;
         let _ = self.doorbell.try_send(());
-        let (tx, rx) = local_channel::new_bounded(1);
-        self.state.borrow_mut().waiters.push((last, true, tx));
-        let _ = rx.recv().await;
+        let closed = self.closed.borrow_mut().take();
+        if let Some(closed) = closed {
+            let _ = closed.recv().await;
+        }
     }
 
     fn count_failed(&self, n: u64) {
@@ -374,42 +391,47 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A new segment, written with O_DIRECT through glommio's DMA stream writer (no page-cache
+/// copy, no writeback: the records go from its aligned buffers to the device).
 async fn create_segment(
     dir: &std::path::Path,
     header: &SegmentHeader,
-) -> std::io::Result<(BufferedFile, u64)> {
+) -> std::io::Result<(DmaStreamWriter, u64)> {
     let path = dir.join(super::segment_name(
         u32::from(header.shard),
         header.first_seq,
     ));
-    let file = BufferedFile::create(&path).await?;
-    write_all(&file, header.encode().to_vec(), 0).await?;
-    Ok((file, format::HEADER_LEN as u64))
+    let file = DmaFile::create(&path).await?;
+    let mut writer = DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(DMA_BUFFER_BYTES)
+        .with_write_behind(DMA_WRITE_BEHIND)
+        .build();
+    writer.write_all(&header.encode()).await?;
+    // The header is on disk before any record is: a segment that exists has one.
+    writer.sync().await?;
+    Ok((writer, format::HEADER_LEN as u64))
 }
 
-/// Writes `buf` at `pos`. A short write to a regular file means the disk is full: an
-/// error, and the caller writes its next buffer at the same `pos`, over the partial bytes.
-async fn write_all(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
-    let len = buf.len();
-    let n = file.write_at(buf, pos).await?;
-    if n < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::StorageFull,
-            format!("short write: {n} of {len} bytes"),
-        ));
-    }
-    Ok(())
-}
+/// The DMA stream writer's buffer, and how many it writes at once.
+const DMA_BUFFER_BYTES: usize = 256 * 1024;
+const DMA_WRITE_BEHIND: usize = 4;
 
 /// The writer task: writes what is pending each time it is rung (and at least every
 /// `sync_interval_ms`), syncs, rotates and tells the waiters.
-async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: LocalReceiver<()>) {
+async fn write_loop(
+    log: Rc<Log>,
+    mut file: DmaStreamWriter,
+    mut pos: u64,
+    rung: LocalReceiver<()>,
+    closed: LocalSender<()>,
+) {
     let interval = Duration::from_millis(log.config.sync_interval_ms.max(1));
-    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let wake = interval.min(WRITE_DELAY_MAX);
+    let mut spare: Vec<u8> = Vec::with_capacity(WRITE_BYTES_MIN);
     let mut last_sync = Instant::now();
     loop {
-        let _ = glommio::timer::timeout(interval, async { Ok(rung.recv().await) }).await;
-        let (buf, records, last) = {
+        let _ = glommio::timer::timeout(wake, async { Ok(rung.recv().await) }).await;
+        let (mut buf, records, last) = {
             let mut st = log.state.borrow_mut();
             std::mem::swap(&mut st.pending, &mut spare);
             (
@@ -421,7 +443,7 @@ async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: Lo
         let len = buf.len() as u64;
         let mut lost = None;
         if len > 0 {
-            match write_all(&file, buf, pos).await {
+            match file.write_all(&buf).await {
                 Ok(()) => {
                     pos += len;
                     log.stats.borrow_mut().bytes_written += len;
@@ -445,15 +467,20 @@ async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: Lo
             let st = log.state.borrow();
             (st.written, st.durable)
         };
+        // Written records sit in the DMA writer's buffers until a buffer fills or a sync
+        // writes the partial one: whoever waits for a record waits for a sync.
+        let waited_for = !log.state.borrow().waiters.is_empty();
         let sync_now = written > durable
-            && match log.config.sync {
-                Sync::Always => true,
-                Sync::Interval => last_sync.elapsed() >= interval || log.closing.get(),
-                Sync::Off => log.closing.get(),
-            };
+            && (waited_for
+                || log.closing.get()
+                || match log.config.sync {
+                    Sync::Always => true,
+                    Sync::Interval => last_sync.elapsed() >= interval,
+                    Sync::Off => false,
+                });
         if sync_now {
             let began = Instant::now();
-            if file.fdatasync().await.is_ok() {
+            if file.sync().await.is_ok() {
                 let ns = began.elapsed().as_nanos() as u64;
                 let mut s = log.stats.borrow_mut();
                 s.fsyncs += 1;
@@ -462,13 +489,10 @@ async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: Lo
                 log.state.borrow_mut().durable = written;
             }
             last_sync = Instant::now();
-        } else if log.config.sync == Sync::Off && !log.closing.get() {
-            // Nothing is ever synced on purpose: "written" is all a waiter can have.
-            log.state.borrow_mut().durable = written;
         }
         log.state.borrow_mut().resolve(lost);
         if pos >= log.config.segment_bytes_max {
-            match rotate(&log, &file).await {
+            match rotate(&log).await {
                 Ok((next, next_pos)) => {
                     let _ = std::mem::replace(&mut file, next).close().await;
                     pos = next_pos;
@@ -479,23 +503,29 @@ async fn write_loop(log: Rc<Log>, mut file: BufferedFile, mut pos: u64, rung: Lo
                 ),
             }
         }
-        spare.clear();
+        buf.clear();
+        spare = buf;
         if log.closing.get() && log.state.borrow().pending.is_empty() {
-            let st = log.state.borrow();
-            if st.waiters.is_empty() {
-                break;
-            }
+            break;
         }
     }
-    let _ = file.close().await;
+    // Close syncs and cuts the last DMA block's padding; anyone still waiting is told.
+    let ok = file.close().await.is_ok();
+    let mut st = log.state.borrow_mut();
+    if ok {
+        st.durable = st.written;
+    }
+    st.resolve(None);
+    for (_, _, tx) in st.waiters.drain(..) {
+        let _ = tx.try_send(false);
+    }
+    drop(st);
+    let _ = closed.try_send(());
 }
 
 /// Closes the current segment (synced unless `sync = "off"`) and starts the next, then
 /// applies retention to the closed ones.
-async fn rotate(log: &Log, file: &BufferedFile) -> std::io::Result<(BufferedFile, u64)> {
-    if log.config.sync != Sync::Off {
-        file.fdatasync().await?;
-    }
+async fn rotate(log: &Log) -> std::io::Result<(DmaStreamWriter, u64)> {
     let mut header = log.header;
     header.first_seq = log.state.borrow().next_seq;
     header.created_ms = now_ms();
