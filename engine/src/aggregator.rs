@@ -499,6 +499,10 @@ fn decide_local(
         batch.answers[i] = Answer::Here(v as u32);
     }
     shard.stats.borrow_mut().events += decided as u64;
+    shard
+        .rule_counts
+        .borrow_mut()
+        .count(&published.rules, &batch.decided);
 }
 
 /// Serves the mesh's requests with a shard (once it exists: until then, and after it stops,

@@ -197,6 +197,7 @@ pub async fn run(ctx: ShardContext) {
         mesh,
         table,
         log,
+        rule_counts: Default::default(),
         topology,
         drain: Drain::new(),
     });

@@ -440,6 +440,29 @@ impl Plane {
             }),
         );
         self.model_metrics(&mut m, &shards);
+        let fired: Vec<(String, f64)> = shards
+            .iter()
+            .flat_map(|(snap, _)| {
+                let s = &snap.stats;
+                s.rules.iter().map(move |r| {
+                    (
+                        format!(
+                            "shard=\"{}\",cpu=\"{}\",rule=\"{}\",shadow=\"{}\"",
+                            s.shard,
+                            s.cpu,
+                            escape_label(&r.name),
+                            r.shadow
+                        ),
+                        r.fired as f64,
+                    )
+                })
+            })
+            .collect();
+        m.counter(
+            "verdict_rule_fired_total",
+            "Times each rule fired (shadow=\"true\": a shadow rule, which changes nothing), across reloads by name.",
+            &fired,
+        );
         self.kernel_metrics(&mut m, kernel);
         out
     }

@@ -131,6 +131,8 @@ pub struct Shard {
     pub table: PartitionTable,
     /// This shard's decision log (`[log] dir` set).
     pub log: Option<Rc<crate::log::writer::Log>>,
+    /// How often each rule fired here.
+    pub rule_counts: RefCell<crate::stats::RuleCounts>,
     /// The topology reply, with `shard` = this shard.
     pub topology: TopologyReply,
     pub drain: Rc<Drain>,
@@ -168,6 +170,7 @@ impl Shard {
             self.models.borrow().stats(),
             runtime,
         );
+        snapshot.stats.rules = self.rule_counts.borrow().snapshot();
         if let Some(log) = &self.log {
             let l = *log.stats.borrow();
             let s = &mut snapshot.stats;

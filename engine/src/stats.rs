@@ -281,6 +281,7 @@ pub fn merge(mut snaps: Vec<Snapshot>) -> StatsReply {
         t.connections_accepted += x.connections_accepted;
         t.connections_rejected += x.connections_rejected;
         t.tls_handshakes_failed += x.tls_handshakes_failed;
+        merge_rules(&mut t.rules, &x.rules);
         t.mesh_events_sent += x.mesh_events_sent;
         t.mesh_events_decided += x.mesh_events_decided;
         t.mesh_events_recorded += x.mesh_events_recorded;
@@ -363,6 +364,9 @@ fn row_json(s: &ShardStats) -> serde_json::Value {
         "mesh_events_decided": s.mesh_events_decided,
         "mesh_events_recorded": s.mesh_events_recorded,
         "log": log_json(s),
+        "rules": s.rules.iter().map(|r| json!({
+            "name": r.name, "shadow": r.shadow, "fired": r.fired,
+        })).collect::<Vec<_>>(),
         "batch_requests": percentiles_json(&s.batch_requests),
         "batch_events": percentiles_json(&s.batch_events),
         "latency_ns": percentiles_json(&s.latency_ns),
@@ -429,6 +433,84 @@ fn log_json(s: &ShardStats) -> serde_json::Value {
         "write_errors": s.log_write_errors,
         "segments": s.log_segments,
     })
+}
+
+/// One core's per-rule fire counts (shadow rules included). Counted per batch by index into
+/// the rule set that decided it (no allocation, no lookup); when a batch comes from another
+/// rule set, the counts so far are folded into `earlier` by name, so a rule that stays
+/// across a reload keeps counting.
+#[derive(Default)]
+pub struct RuleCounts {
+    /// The rule set (`RuleSet::uid`) `counts` is indexed for, and its rule names.
+    uid: Option<u64>,
+    names: Vec<Box<str>>,
+    counts: Vec<u64>,
+    shadow: Vec<bool>,
+    /// Counts of rules of earlier sets: (name, shadow) -> fired.
+    earlier: std::collections::BTreeMap<(String, bool), u64>,
+}
+
+impl RuleCounts {
+    /// Counts the rules `decided` fired under `rules`.
+    pub fn count(&mut self, rules: &verdict_rules::RuleSet, decided: &crate::decide::Decided) {
+        if self.uid != Some(rules.uid()) {
+            self.fold();
+            let n = rules.shape().rules;
+            self.uid = Some(rules.uid());
+            self.names = (0..n as u32).map(|i| rules.rule_name(i).into()).collect();
+            self.counts = vec![0; n];
+            self.shadow = vec![false; n];
+        }
+        for v in &decided.verdicts {
+            for &r in &decided.rules[v.fired.clone()] {
+                self.counts[r as usize] += 1;
+            }
+            for &r in &decided.rules[v.shadow.clone()] {
+                self.counts[r as usize] += 1;
+                self.shadow[r as usize] = true;
+            }
+        }
+    }
+
+    fn fold(&mut self) {
+        for ((name, &fired), &shadow) in self.names.iter().zip(&self.counts).zip(&self.shadow) {
+            if fired > 0 {
+                *self.earlier.entry((name.to_string(), shadow)).or_default() += fired;
+            }
+        }
+        self.counts.iter_mut().for_each(|c| *c = 0);
+    }
+
+    /// Every rule that fired, by name (allocates: stats only).
+    pub fn snapshot(&self) -> Vec<verdict_net::RuleCount> {
+        let mut all = self.earlier.clone();
+        for ((name, &fired), &shadow) in self.names.iter().zip(&self.counts).zip(&self.shadow) {
+            if fired > 0 {
+                *all.entry((name.to_string(), shadow)).or_default() += fired;
+            }
+        }
+        all.into_iter()
+            .map(|((name, shadow), fired)| verdict_net::RuleCount {
+                name,
+                shadow,
+                fired,
+            })
+            .collect()
+    }
+}
+
+/// Sums per-rule counts by (name, shadow).
+fn merge_rules(into: &mut Vec<verdict_net::RuleCount>, from: &[verdict_net::RuleCount]) {
+    for r in from {
+        match into
+            .iter_mut()
+            .find(|t| t.name == r.name && t.shadow == r.shadow)
+        {
+            Some(t) => t.fired += r.fired,
+            None => into.push(r.clone()),
+        }
+    }
+    into.sort_by(|a, b| a.name.cmp(&b.name).then(a.shadow.cmp(&b.shadow)));
 }
 
 #[cfg(test)]

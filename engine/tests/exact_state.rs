@@ -479,3 +479,61 @@ fn shard_aware_clients_route_by_the_partition_table_and_keep_the_callers_order()
         }
     }
 }
+
+/// Live per-rule fire counts (`verdict stats`, `/stats`, `/metrics`) equal what the
+/// decisions say, shadow rules flagged, and a reload that keeps a rule keeps its count.
+#[test]
+fn live_rule_counts_match_the_decisions_and_survive_a_reload() {
+    let toml = topology(&[0, 1], "") + "\n[admin]\nwire_reload = true\n";
+    let server = Server::with_rules(&toml, &[("exact.rules", RULES)]);
+    let mut c = server.client();
+    let mut expected: std::collections::BTreeMap<(String, bool), u64> = Default::default();
+    let mut decide = |c: &mut Client, events: &[Event]| {
+        for e in events {
+            let d = c.evaluate(e).unwrap();
+            for r in &d.rules {
+                *expected.entry((r.clone(), false)).or_default() += 1;
+            }
+            for r in &d.shadow_rules {
+                *expected.entry((r.clone(), true)).or_default() += 1;
+            }
+        }
+    };
+    let events = stream(600);
+    decide(&mut c, &events[..300]);
+    assert!(c.reload("exact.rules").unwrap().ok);
+    decide(&mut c, &events[300..]);
+    let expected = expected;
+    assert!(
+        expected.keys().any(|(_, shadow)| *shadow),
+        "the stream fires the shadow rule"
+    );
+    let total = c.stats().unwrap().total;
+    let live: std::collections::BTreeMap<(String, bool), u64> = total
+        .rules
+        .iter()
+        .map(|r| ((r.name.clone(), r.shadow), r.fired))
+        .collect();
+    assert_eq!(live, expected);
+    // `/metrics` shows the shards' periodic snapshots: within `stats_interval_ms` (1 s).
+    let ((name, _), fired) = expected.iter().find(|((_, s), _)| !s).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = common::http_get(server.admin_port, "/metrics");
+        assert_eq!(status, 200);
+        let series = format!("rule=\"{name}\",shadow=\"false\"}} ");
+        let sum: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("verdict_rule_fired_total{") && l.contains(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if sum == *fired as f64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {sum} of {fired} in /metrics"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

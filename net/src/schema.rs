@@ -234,6 +234,8 @@ pub struct ShardStats {
     pub latency_ns: Percentiles,
     /// Per model this shard scores with (sorted by name).
     pub models: Vec<ModelStats>,
+    /// Per-rule fire counts (shadow rules included), by name.
+    pub rules: Vec<RuleCount>,
     /// Where this shard's core spends its time (measured by the shard itself).
     pub runtime: LoopStats,
     /// What the kernel did on this shard's CPU (the eBPF probes; zeros for probes that are
@@ -299,6 +301,17 @@ pub struct ProbeState {
     pub active: bool,
     /// Empty when active.
     pub reason: String,
+}
+
+/// How often one rule fired on one shard (or, in the total, on all of them), since the
+/// engine started, across reloads (a rule that stays keeps counting, by name).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct RuleCount {
+    pub name: String,
+    /// A shadow rule: it fired without changing the decision.
+    pub shadow: bool,
+    pub fired: u64,
 }
 
 /// One model's calls on one shard (or, in the total, on all of them).

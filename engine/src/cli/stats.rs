@@ -153,6 +153,16 @@ pub fn table(reply: &StatsReply) -> String {
         }
         out.push_str("models: one call scores a batch's events; exhausted: events given the fallback with no instance ready\n");
     }
+    if !reply.total.rules.is_empty() {
+        out.push_str(&format!(
+            "\n{:<32} {:>6} {:>12}\n",
+            "rule (all shards)", "shadow", "fired"
+        ));
+        for r in &reply.total.rules {
+            let shadow = if r.shadow { "yes" } else { "" };
+            out.push_str(&format!("{:<32} {:>6} {:>12}\n", r.name, shadow, r.fired));
+        }
+    }
     out
 }
 
