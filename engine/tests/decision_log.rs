@@ -329,3 +329,87 @@ fn segments_rotate_and_retention_keeps_the_newest() {
         total.log_records
     );
 }
+
+/// A tmpfs of 256 KiB mounted over the log directory, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount(8)");
+        assert!(
+            status.success(),
+            "mounting a small tmpfs needs root (CI runs as root)"
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Streams until the log's disk is full: under "answer" every request is still decided and
+/// the lost records are counted; under "refuse" every request is answered exactly once,
+/// with a decision or error 9, never a decision whose record was lost; neither panics, and
+/// the engine serves on.
+#[test]
+fn a_full_disk_follows_the_documented_policy() {
+    for policy in ["answer", "refuse"] {
+        let dir = common::tempdir::Dir::new("log");
+        let logs = dir.0.join("log");
+        let disk = SmallDisk::mount(&logs);
+        let toml = topology(&[0], "")
+            + &format!(
+                "\n[log]\nsync = \"interval\"\nsync_interval_ms = 5\non_write_error = \"{policy}\"\n"
+            );
+        let server = serve_logging(&toml, &logs);
+        let mut c = server.client();
+        let (mut decided, mut refused) = (0u64, 0u64);
+        for round in 0..30u64 {
+            let ids: Vec<u64> = (0..100)
+                .map(|i| c.send(Kind::Evaluate, &event(round * 100 + i)).unwrap())
+                .collect();
+            c.flush().unwrap();
+            for id in ids {
+                let r = c.recv().unwrap();
+                assert_eq!(r.id, id, "answered in order, once");
+                match r.expect(Kind::Evaluate, id) {
+                    Ok(_) => decided += 1,
+                    Err(verdict_net::ClientError::Server { code, message, .. }) => {
+                        assert_eq!(policy, "refuse", "{message}");
+                        assert_eq!(code, verdict_net::ErrorCode::Unavailable as u16);
+                        assert!(message.contains("decision log"), "{message}");
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let total = c.stats().unwrap().total;
+        assert_eq!(decided + refused, 3000);
+        assert!(
+            total.log_write_errors > 0,
+            "{policy}: the 256 KiB disk filled: {total:?}"
+        );
+        match policy {
+            "answer" => {
+                assert_eq!(decided, 3000);
+                assert!(total.log_unlogged > 0);
+            }
+            _ => {
+                assert!(refused > 0 && total.log_refused > 0);
+                assert_eq!(total.log_unlogged, 0);
+            }
+        }
+        c.ping().unwrap();
+        stop(server);
+        drop(disk);
+    }
+}

@@ -4,8 +4,8 @@
 //! - [`format`]: the bytes (segment header, records, CRC32C), pure; documented in
 //!   `engine/src/log/FORMAT.md`.
 //! - [`writer`]: one per shard: records are appended to a buffer as a batch is decided, and
-//!   the shard's writer task writes the buffer with O_DIRECT through glommio's DMA stream
-//!   writer on io_uring (the core never blocks on a syscall), syncs as `log.sync` says,
+//!   the shard's writer task writes the buffer with O_DIRECT on io_uring (glommio's
+//!   `DmaFile`: the core never blocks on a syscall), syncs as `log.sync` says,
 //!   rotates segments and applies retention. A batch that must wait (`sync = "always"`, or
 //!   `on_write_error = "refuse"`) awaits its records before its answers are encoded: group
 //!   commit, one write and one sync for every connection's records that arrived meanwhile.

@@ -1,9 +1,9 @@
 //! One shard's log writer. Deciding appends records to the shard's buffer (no I/O, no
 //! allocation once the buffers have grown); the shard's writer task takes the whole buffer
 //! at `WRITE_BYTES_MIN`, every `WRITE_DELAY_MAX`, or at once when answers wait for it, and
-//! copies it into glommio's DMA stream writer (O_DIRECT, aligned blocks written on io_uring
-//! as they fill); it syncs as `log.sync` says (a sync also writes the partial block), then
-//! tells the batches waiting for those records. While it writes, new records gather in the
+//! writes it with O_DIRECT on io_uring (whole aligned blocks; the last, partial one is
+//! rewritten by the next write, see `Segment`); it syncs as `log.sync` says, then tells the
+//! batches waiting for those records. While it writes, new records gather in the
 //! other buffer: the next write carries all of them (group commit).
 
 use std::cell::{Cell, RefCell};
@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
+use glommio::io::DmaFile;
 use log::{info, warn};
 
 use super::format::{self, RecordWriter, SegmentHeader};
@@ -90,7 +89,7 @@ impl Log {
         }
         header.first_seq = recovered.next_seq;
         header.created_ms = now_ms();
-        let (file, pos) = create_segment(&dir, &header).await?;
+        let file = create_segment(&dir, &header).await?;
         info!(
             "decision log, shard {}: {} (sync = {:?}), continuing at sequence {}",
             header.shard,
@@ -123,7 +122,7 @@ impl Log {
                 ..LogStats::default()
             }),
         });
-        glommio::spawn_local(write_loop(log.clone(), file, pos, rung, closed_tx)).detach();
+        glommio::spawn_local(write_loop(log.clone(), file, rung, closed_tx)).detach();
         Ok(log)
     }
 
@@ -391,37 +390,86 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A new segment, written with O_DIRECT through glommio's DMA stream writer (no page-cache
-/// copy, no writeback: the records go from its aligned buffers to the device).
-async fn create_segment(
-    dir: &std::path::Path,
-    header: &SegmentHeader,
-) -> std::io::Result<(DmaStreamWriter, u64)> {
+/// A segment file written with O_DIRECT: every write covers whole aligned blocks, from the
+/// block holding the end of what is written so far (kept in `tail`, rewritten with the new
+/// bytes) to the new end, padded with zeros. A failed write changes nothing: the next one
+/// starts from the same block. (glommio's `DmaStreamWriter` does the same job but asserts,
+/// panicking the core, on a sync after a failed write: a full disk must not do that.)
+struct Segment {
+    file: DmaFile,
+    /// Bytes of the segment so far (its logical size).
+    len: u64,
+    /// The bytes of the last, partial block (`len` minus its aligned start).
+    tail: Vec<u8>,
+    align: u64,
+}
+
+impl Segment {
+    async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let start = self.len - self.tail.len() as u64;
+        let total = self.tail.len() + data.len();
+        let padded = (total as u64).next_multiple_of(self.align) as usize;
+        let mut buf = self.file.alloc_dma_buffer(padded);
+        let bytes = buf.as_bytes_mut();
+        bytes[..self.tail.len()].copy_from_slice(&self.tail);
+        bytes[self.tail.len()..total].copy_from_slice(data);
+        bytes[total..padded].fill(0);
+        let n = self.file.write_at(buf, start).await?;
+        if n < padded {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("short write: {n} of {padded} bytes"),
+            ));
+        }
+        self.len += data.len() as u64;
+        let keep = (self.len % self.align) as usize;
+        if keep <= data.len() {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            let cut = self.tail.len() - keep;
+            self.tail.drain(..cut);
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> std::io::Result<()> {
+        self.file.fdatasync().await.map_err(Into::into)
+    }
+
+    /// Cuts the last block's padding and closes.
+    async fn close(self) -> std::io::Result<()> {
+        self.file.truncate(self.len).await?;
+        self.file.fdatasync().await?;
+        self.file.close().await.map_err(Into::into)
+    }
+}
+
+/// A new segment, its header on disk before any record is (a segment that exists has one).
+async fn create_segment(dir: &std::path::Path, header: &SegmentHeader) -> std::io::Result<Segment> {
     let path = dir.join(super::segment_name(
         u32::from(header.shard),
         header.first_seq,
     ));
     let file = DmaFile::create(&path).await?;
-    let mut writer = DmaStreamWriterBuilder::new(file)
-        .with_buffer_size(DMA_BUFFER_BYTES)
-        .with_write_behind(DMA_WRITE_BEHIND)
-        .build();
-    writer.write_all(&header.encode()).await?;
-    // The header is on disk before any record is: a segment that exists has one.
-    writer.sync().await?;
-    Ok((writer, format::HEADER_LEN as u64))
+    let align = file.alignment().max(4096);
+    let mut segment = Segment {
+        file,
+        len: 0,
+        tail: Vec::with_capacity(align as usize),
+        align,
+    };
+    segment.append(&header.encode()).await?;
+    segment.sync().await?;
+    Ok(segment)
 }
-
-/// The DMA stream writer's buffer, and how many it writes at once.
-const DMA_BUFFER_BYTES: usize = 256 * 1024;
-const DMA_WRITE_BEHIND: usize = 4;
 
 /// The writer task: writes what is pending each time it is rung (and at least every
 /// `sync_interval_ms`), syncs, rotates and tells the waiters.
 async fn write_loop(
     log: Rc<Log>,
-    mut file: DmaStreamWriter,
-    mut pos: u64,
+    mut file: Segment,
     rung: LocalReceiver<()>,
     closed: LocalSender<()>,
 ) {
@@ -443,9 +491,8 @@ async fn write_loop(
         let len = buf.len() as u64;
         let mut lost = None;
         if len > 0 {
-            match file.write_all(&buf).await {
+            match file.append(&buf).await {
                 Ok(()) => {
-                    pos += len;
                     log.stats.borrow_mut().bytes_written += len;
                     log.state.borrow_mut().written = last;
                 }
@@ -467,8 +514,8 @@ async fn write_loop(
             let st = log.state.borrow();
             (st.written, st.durable)
         };
-        // Written records sit in the DMA writer's buffers until a buffer fills or a sync
-        // writes the partial one: whoever waits for a record waits for a sync.
+        // A written record is on its way to the device, not yet known to be there: whoever
+        // waits for a record waits for a sync.
         let waited_for = !log.state.borrow().waiters.is_empty();
         let sync_now = written > durable
             && (waited_for
@@ -480,22 +527,34 @@ async fn write_loop(
                 });
         if sync_now {
             let began = Instant::now();
-            if file.sync().await.is_ok() {
-                let ns = began.elapsed().as_nanos() as u64;
-                let mut s = log.stats.borrow_mut();
-                s.fsyncs += 1;
-                s.fsync_ns_total += ns;
-                s.fsync_ns_max = s.fsync_ns_max.max(ns);
-                log.state.borrow_mut().durable = written;
+            match file.sync().await {
+                Ok(_) => {
+                    let ns = began.elapsed().as_nanos() as u64;
+                    let mut s = log.stats.borrow_mut();
+                    s.fsyncs += 1;
+                    s.fsync_ns_total += ns;
+                    s.fsync_ns_max = s.fsync_ns_max.max(ns);
+                    log.state.borrow_mut().durable = written;
+                }
+                Err(e) => {
+                    // What was written since the last good sync may not be on disk: its
+                    // waiters are told so (never left waiting), and it counts as lost.
+                    warn!("decision log, shard {}: sync failed: {e}", log.header.shard);
+                    let mut st = log.state.borrow_mut();
+                    let from = st.durable + 1;
+                    lost =
+                        Some(lost.map_or((from, written), |(a, b)| (a.min(from), b.max(written))));
+                    log.count_failed(written - st.durable);
+                    st.durable = written;
+                }
             }
             last_sync = Instant::now();
         }
         log.state.borrow_mut().resolve(lost);
-        if pos >= log.config.segment_bytes_max {
+        if file.len >= log.config.segment_bytes_max {
             match rotate(&log).await {
-                Ok((next, next_pos)) => {
+                Ok(next) => {
                     let _ = std::mem::replace(&mut file, next).close().await;
-                    pos = next_pos;
                 }
                 Err(e) => warn!(
                     "decision log, shard {}: starting a new segment failed: {e}; appending to the current one",
@@ -525,7 +584,7 @@ async fn write_loop(
 
 /// Closes the current segment (synced unless `sync = "off"`) and starts the next, then
 /// applies retention to the closed ones.
-async fn rotate(log: &Log) -> std::io::Result<(DmaStreamWriter, u64)> {
+async fn rotate(log: &Log) -> std::io::Result<Segment> {
     let mut header = log.header;
     header.first_seq = log.state.borrow().next_seq;
     header.created_ms = now_ms();
