@@ -220,8 +220,8 @@ impl Log {
         }
     }
 
-    /// Waits until record `seq` is on disk (written and synced: a written record may still
-    /// sit in the DMA writer's buffer); whether it got there.
+    /// Waits until record `seq` is on disk (written and synced: a written record is on its
+    /// way to the device, not yet known to be there); whether it got there.
     pub async fn wait(&self, seq: u64) -> bool {
         let durable = true;
         let rx = {
