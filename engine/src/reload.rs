@@ -21,6 +21,7 @@ use verdict_net::ReloadReply;
 use verdict_rules::{Confined, EpochCell};
 
 use crate::config::TopologyConfig;
+use crate::log::published::{Recording, RuleFiles};
 use crate::runtime::rules_options;
 use crate::scoring::{self, ModelsSource, Published};
 use crate::shard::Takeover;
@@ -106,23 +107,76 @@ impl Sources {
         config: &TopologyConfig,
         rules: &RulesSource,
         previous: Option<&ModelSet>,
-    ) -> Result<Published, Vec<String>> {
+    ) -> Result<(Published, RuleFiles), Vec<String>> {
         let models = self
             .models
             .load(&self.runtime, previous)
             .map_err(|e| scoring::render_errors(&e))?;
         let options = rules_options(config, &models);
-        let set = match (rules, &self.rules_dir) {
-            (RulesSource::Path(p), Some(dir)) => verdict_rules::load(p, dir, &options),
+        // The files are recorded as they are read: the decision log keeps their texts.
+        let (set, files) = match (rules, &self.rules_dir) {
+            (RulesSource::Path(p), Some(dir)) => {
+                let recording = Recording::new(dir);
+                let set = verdict_rules::load(p, &recording, &options);
+                (set, (p.display().to_string(), recording.read.take()))
+            }
             (RulesSource::Path(p), None) => {
                 return Err(vec![format!(
                     "{}: no rules.dir to read it from\n",
                     p.display()
                 )]);
             }
-            (RulesSource::Default, _) => verdict_rules::load_default(&options),
+            (RulesSource::Default, _) => {
+                let recording = Recording::new(&verdict_rules::DEFAULT_FILES);
+                let path = Path::new(verdict_rules::DEFAULT_RULES_PATH);
+                let set = verdict_rules::load(path, &recording, &options);
+                (set, (String::new(), recording.read.take()))
+            }
+        };
+        let set = set.map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
+        let files = RuleFiles {
+            entry: files.0,
+            digest: set.digest.clone(),
+            files: files.1,
+        };
+        Ok((self.publishable(config, set, models)?, files))
+    }
+
+    /// Compiles a rule set from its kept files (`log.dir/rules`, see
+    /// [`crate::log::published`]); an error unless it gives the digest they were kept under.
+    pub fn load_kept(
+        &self,
+        config: &TopologyConfig,
+        kept: &RuleFiles,
+    ) -> Result<Published, Vec<String>> {
+        let models = self
+            .models
+            .load(&self.runtime, None)
+            .map_err(|e| scoring::render_errors(&e))?;
+        let options = rules_options(config, &models);
+        let entry = if kept.entry.is_empty() {
+            verdict_rules::DEFAULT_RULES_PATH.to_string()
+        } else {
+            kept.entry.clone()
+        };
+        let memory = verdict_rules::Memory(kept.files.clone());
+        let set = verdict_rules::load(Path::new(&entry), &memory, &options)
+            .map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
+        if set.digest != kept.digest {
+            return Err(vec![format!(
+                "the kept files give digest {}, not the {} they were kept under\n",
+                set.digest, kept.digest
+            )]);
         }
-        .map_err(|r| r.errors.into_iter().map(|e| e.rendered).collect::<Vec<_>>())?;
+        self.publishable(config, set, models)
+    }
+
+    fn publishable(
+        &self,
+        config: &TopologyConfig,
+        set: verdict_rules::RuleSet,
+        models: ModelSet,
+    ) -> Result<Published, Vec<String>> {
         let tls = crate::tls::server_config(&config.tls).map_err(|e| vec![format!("{e}\n")])?;
         let mut published = Published::new(set, Arc::new(models));
         published.tls = tls;
@@ -142,6 +196,20 @@ impl Sources {
             ));
         };
         check_relative(dir.root(), rules_path).map(RulesSource::Path)
+    }
+}
+
+/// With the decision log on, records what was just published beside it (a restart then
+/// comes back with it). A failure is logged: it never undoes the publish.
+pub fn keep_published(config: &TopologyConfig, files: &RuleFiles, epoch: u64) {
+    if !config.log.enabled() {
+        return;
+    }
+    if let Err(e) = crate::log::published::save(Path::new(&config.log.dir), files, epoch) {
+        warn!(
+            "decision log: could not keep the rule set of epoch {epoch} in {}: {e}",
+            config.log.dir
+        );
     }
 }
 
@@ -276,11 +344,12 @@ fn reload(
     let compile_us = started.elapsed().as_micros() as u64;
     let rules_path = source.describe();
     match loaded {
-        Ok(next) => {
+        Ok((next, files)) => {
             let (count, digest) = (next.rules.rule_count() as u32, next.rules.digest.clone());
             let models = next.describe_models();
             let published_at = taken.now_ns();
             let epoch = cell.publish(next);
+            keep_published(config, &files, epoch);
             let swap_us = wait_taken(taken, epoch, published_at);
             sources.rules = source;
             info!(

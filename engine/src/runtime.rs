@@ -99,6 +99,57 @@ pub fn model_runtime(config: &TopologyConfig) -> anyhow::Result<Runtime> {
     Runtime::new(config.models.runtime(slots)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The rule set to start with: with the decision log on, the one last published before the
+/// engine stopped (kept beside the log, checked by digest), if there is one; else the one
+/// `sources` names. Returns it, and what to add to the start-up line when it was restored.
+fn first_epoch(
+    config: &TopologyConfig,
+    sources: &mut Sources,
+) -> anyhow::Result<(crate::scoring::Published, String)> {
+    if config.log.enabled() {
+        match crate::log::published::load(Path::new(&config.log.dir)) {
+            Ok(Some((current, kept))) => match sources.load_kept(config, &kept) {
+                Ok(first) => {
+                    sources.rules = if kept.entry.is_empty() {
+                        reload::RulesSource::Default
+                    } else {
+                        reload::RulesSource::Path(kept.entry.clone().into())
+                    };
+                    reload::keep_published(config, &kept, 1);
+                    return Ok((
+                        first,
+                        format!(
+                            " (restored from the decision log: the rule set last published, as epoch {}, digest {}; not --rules)",
+                            current.epoch, current.digest
+                        ),
+                    ));
+                }
+                Err(errors) => warn!(
+                    "decision log: the rule set last published (digest {}) does not load, serving the one given instead:\n{}",
+                    current.digest,
+                    errors.join("\n")
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(
+                "decision log: the rule set last published is unreadable ({e}); serving the one given"
+            ),
+        }
+    }
+    let (first, files) = sources
+        .load(config, &sources.rules, None)
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "the rule set {} with the models of {} does not load:\n{}",
+                sources.rules.describe(),
+                sources.models.describe(),
+                errors.join("\n")
+            )
+        })?;
+    reload::keep_published(config, &files, 1);
+    Ok((first, String::new()))
+}
+
 /// Serves until SIGINT/SIGTERM; returns after every shard has drained.
 pub fn serve(
     config: TopologyConfig,
@@ -133,22 +184,13 @@ pub fn serve(
         io.reason
     );
     let runtime = model_runtime(&config)?;
-    let sources = Sources {
+    let mut sources = Sources {
         rules: rules_source,
         rules_dir,
         models: models_source,
         runtime,
     };
-    let first = sources
-        .load(&config, &sources.rules, None)
-        .map_err(|errors| {
-            anyhow::anyhow!(
-                "the rule set {} with the models of {} does not load:\n{}",
-                sources.rules.describe(),
-                sources.models.describe(),
-                errors.join("\n")
-            )
-        })?;
+    let (first, restored) = first_epoch(&config, &mut sources)?;
     info!(
         "models from {} ({} instances): {}",
         sources.models.describe(),
@@ -156,7 +198,7 @@ pub fn serve(
         first.describe_models().join(", ")
     );
     info!(
-        "rules from {}: {} rules, {} velocity functions, {} models called, digest {} (epoch 1)",
+        "rules from {}{restored}: {} rules, {} velocity functions, {} models called, digest {} (epoch 1)",
         sources.rules.describe(),
         first.rules.rule_count(),
         first.rules.program().velocity.len(),

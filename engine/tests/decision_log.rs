@@ -413,3 +413,59 @@ fn a_full_disk_follows_the_documented_policy() {
         drop(disk);
     }
 }
+
+const SET_A: &str = "rule a_always { when amount >= 0  score 1 }\n";
+const SET_B: &str = "rule b_always { when amount >= 0  score 2 }\n";
+
+/// `kill -9` after a reload: the restart serves the rule set last published (kept beside the
+/// log, checked by its digest), not the `--rules` it is given, even though the file it came
+/// from has changed since; it says so in its start-up log.
+#[test]
+fn a_restart_after_kill_9_serves_the_rule_set_last_published() {
+    let dir = common::tempdir::Dir::new("log");
+    let logs = dir.0.join("log");
+    // "always": every answered decision is on disk before `kill -9`.
+    let toml = topology(&[0, 1], "") + "\n[admin]\nwire_reload = true\n[log]\nsync = \"always\"\n";
+    let args = ["--log-dir", logs.to_str().unwrap()];
+    let files = [("a.rules", SET_A), ("b.rules", SET_B)];
+    let mut server = Server::launch_with(&[], &toml, &files, &args);
+    let mut c = server.client();
+    assert_eq!(c.evaluate(&event(1)).unwrap().rules, ["a_always"]);
+    let reply = c.reload("b.rules").unwrap();
+    assert!(reply.ok && reply.epoch == 2, "{reply:?}");
+    assert_eq!(c.evaluate(&event(2)).unwrap().rules, ["b_always"]);
+    std::fs::write(
+        server.dir().join("b.rules"),
+        "rule b_changed { when amount >= 0  score 3 }\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(10));
+    drop(server);
+
+    let server = Server::launch_with(&[], &toml, &files, &args);
+    let d = server.client().evaluate(&event(3)).unwrap();
+    assert_eq!(
+        (d.rules.as_slice(), d.epoch),
+        (&["b_always".to_string()][..], 1)
+    );
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(log.contains("restored from the decision log"), "{log}");
+    stop(server);
+    // Every decision of both runs is in the log, each with its epoch's names.
+    let rows = export(&logs);
+    let fired: Vec<&str> = rows
+        .iter()
+        .map(|r| r["rules"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fired.iter().filter(|r| **r == "b_always").count(),
+        2,
+        "{fired:?}"
+    );
+    assert_eq!(
+        fired.iter().filter(|r| **r == "a_always").count(),
+        1,
+        "{fired:?}"
+    );
+}

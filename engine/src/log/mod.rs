@@ -12,8 +12,10 @@
 //! - [`recover`]: at start, a shard finds its segments, cuts a torn tail off the last one
 //!   and continues from the next sequence number.
 //! - [`read`]: reading segments back (verify, export), shared with `verdict log`.
+//! - [`published`]: the rule set last published, kept beside the log for a restart.
 
 pub mod format;
+pub mod published;
 pub mod read;
 pub mod recover;
 pub mod writer;
