@@ -6,9 +6,13 @@ set -euo pipefail
 # Debian packages: hwloc + udev for hwlocality, a C toolchain and git for glommio's bundled
 # liburing, pkg-config to find them, clang + libbpf headers for the eBPF probes, DejaVu for
 # latency plots, Debian's Python Prometheus client (the tests parse /metrics with it), openssl (the
-# TLS tests make their certificates with it).
+# TLS tests make their certificates with it), python3-venv for the PyPI tools below.
 VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang libbpf-dev
-    fonts-dejavu-core python3-prometheus-client openssl)
+    fonts-dejavu-core python3-prometheus-client openssl python3-venv)
+# Tools from PyPI that tests check verdict against (pinned), in a venv of their own:
+# pyarrow reads the decision log's Parquet export.
+VERDICT_PIP_PACKAGES=(pyarrow==26.0.0)
+VERDICT_VENV=${VERDICT_VENV:-$HOME/.cache/verdict/venv}
 # Rust components the scripts use, and the target the example models are built for.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)
 VERDICT_RUST_TARGETS=(wasm32-unknown-unknown)
@@ -47,6 +51,20 @@ verdict_setup() {
 }
 
 verdict_setup
+
+# The venv with the pinned PyPI tools (scripts/test.sh calls this; serving needs none of
+# them); tests find its python in $VERDICT_VENV_PYTHON.
+verdict_venv() {
+    local want
+    want=$(printf '%s\n' "${VERDICT_PIP_PACKAGES[@]}")
+    if [ "$(cat "$VERDICT_VENV/.verdict-packages" 2>/dev/null)" != "$want" ]; then
+        echo "setup: installing ${VERDICT_PIP_PACKAGES[*]} into $VERDICT_VENV" >&2
+        /usr/bin/python3 -m venv "$VERDICT_VENV"
+        "$VERDICT_VENV/bin/pip" install -q --disable-pip-version-check "${VERDICT_PIP_PACKAGES[@]}" >&2
+        printf '%s\n' "$want" > "$VERDICT_VENV/.verdict-packages"
+    fi
+    export VERDICT_VENV_PYTHON="$VERDICT_VENV/bin/python"
+}
 
 # The example models as files beside their manifests, so `--models models/examples` works.
 # (The binary embeds its own copies; models/build.rs builds those.)

@@ -71,23 +71,16 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Writes one JSON line per decision (every shard, each shard's in sequence order) whose
+/// Calls `f` with every decision's row (every shard, each shard's in sequence order) whose
 /// event time is within `from..=to` (ms since the Unix epoch).
-pub fn export(
+fn each_row(
     dir: &Path,
-    format: &str,
-    out: &Path,
     from: Option<u64>,
     to: Option<u64>,
-) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        format == "jsonl",
-        "--format {format}: this verdict exports jsonl (parquet is not built yet)"
-    );
+    mut f: impl FnMut(&serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let segments =
         log::segments(dir, None).with_context(|| format!("reading {}", dir.display()))?;
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = std::io::BufWriter::new(file);
     let mut rows = 0u64;
     let mut shard_rows: Option<(u32, read::Rows)> = None;
     for (shard, _, path) in &segments {
@@ -104,12 +97,38 @@ pub fn export(
             {
                 continue;
             }
-            serde_json::to_writer(&mut w, &row)?;
-            w.write_all(b"\n")?;
+            f(&row)?;
             rows += 1;
         }
     }
-    w.flush()?;
+    Ok(rows)
+}
+
+/// Writes one row per decision whose event time is within `from..=to`: JSON lines, or a
+/// Parquet file with flat columns.
+pub fn export(
+    dir: &Path,
+    format: &str,
+    out: &Path,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let rows = match format {
+        "jsonl" => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let rows = each_row(dir, from, to, |row| {
+                serde_json::to_writer(&mut w, row)?;
+                w.write_all(b"\n")?;
+                Ok(())
+            })?;
+            w.flush()?;
+            rows
+        }
+        "parquet" => super::parquet::export(dir, out, |f| each_row(dir, from, to, f))?,
+        other => anyhow::bail!("--format {other}: the formats are jsonl and parquet"),
+    };
     eprintln!("verdict log export: {rows} decisions to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

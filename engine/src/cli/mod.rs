@@ -2,6 +2,7 @@
 //! `verdict check`.
 
 pub mod log;
+pub mod parquet;
 pub mod rules;
 pub mod send;
 pub mod stats;
