@@ -275,6 +275,55 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// What walking a segment meets, in order.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    Record(Record<'a>),
+    /// Bytes that are not an intact record, followed by an intact one (at `resumed_at`).
+    Corrupt {
+        offset: usize,
+        why: &'static str,
+        resumed_at: usize,
+    },
+    /// Bytes that are not an intact record, with none after them: what a crash mid-write
+    /// leaves. The walk ends here.
+    Torn {
+        offset: usize,
+        why: &'static str,
+    },
+}
+
+impl<'a> Segment<'a> {
+    /// Walks the records after the header: each intact one, and each bad stretch told as
+    /// corruption (an intact record with a higher sequence number follows it) or a torn
+    /// tail (none does). `seq_before`: the sequence number a record must be above.
+    pub fn walk(&self, seq_before: Option<u64>, mut f: impl FnMut(Step<'a>)) {
+        let mut at = HEADER_LEN;
+        let mut last = seq_before;
+        loop {
+            match self.at(at) {
+                At::Record(r) => {
+                    last = Some(r.seq.max(last.unwrap_or(0)));
+                    at = Segment::after(&r);
+                    f(Step::Record(r));
+                }
+                At::End => return,
+                At::Bad { offset, why } => match self.next_valid(offset, last) {
+                    Some(r) => {
+                        f(Step::Corrupt {
+                            offset,
+                            why,
+                            resumed_at: r.offset,
+                        });
+                        at = r.offset;
+                    }
+                    None => return f(Step::Torn { offset, why }),
+                },
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,21 +400,9 @@ mod tests {
         let seg = segment(&refs);
         for cut in HEADER_LEN..seg.len() {
             let s = Segment { bytes: &seg[..cut] };
-            let mut at = HEADER_LEN;
-            let mut last = None;
-            loop {
-                match s.at(at) {
-                    At::Record(r) => {
-                        last = Some(r.seq);
-                        at = Segment::after(&r).min(cut);
-                    }
-                    At::End => break,
-                    At::Bad { offset, .. } => {
-                        assert!(s.next_valid(offset, last).is_none(), "cut at {cut}");
-                        break;
-                    }
-                }
-            }
+            s.walk(None, |step| {
+                assert!(!matches!(step, Step::Corrupt { .. }), "cut at {cut}");
+            });
         }
         let mut bad = seg.clone();
         bad[HEADER_LEN + 70] ^= 0x40;

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent, Event};
 
 use super::format::{
-    self, At, HEADER_LEN, PAYLOAD_BYTES_AT, Record, Segment, SegmentHeader, decision as d, f64_at,
-    u16_at, u32_at, u64_at,
+    self, PAYLOAD_BYTES_AT, Record, Segment, SegmentHeader, Step, decision as d, f64_at, u16_at,
+    u32_at, u64_at,
 };
 
 /// What checking one segment found.
@@ -53,34 +53,24 @@ pub fn check(path: &Path, seq_before: Option<u64>) -> std::io::Result<Check> {
     if c.header.is_err() {
         return Ok(c);
     }
-    let s = Segment { bytes: &bytes };
     let mut last = seq_before;
-    let mut at = HEADER_LEN;
-    loop {
-        match s.at(at) {
-            At::Record(r) => {
-                if last.is_some_and(|l| r.seq <= l) {
-                    c.out_of_order.push((r.offset, r.seq));
-                }
-                c.records += 1;
-                c.first_seq.get_or_insert(r.seq);
-                c.last_seq = Some(r.seq);
-                last = Some(r.seq);
-                at = Segment::after(&r);
+    Segment { bytes: &bytes }.walk(seq_before, |step| match step {
+        Step::Record(r) => {
+            if last.is_some_and(|l| r.seq <= l) {
+                c.out_of_order.push((r.offset, r.seq));
             }
-            At::End => break,
-            At::Bad { offset, why } => match s.next_valid(offset, last) {
-                Some(r) => {
-                    c.corrupt.push((offset, why, r.offset));
-                    at = r.offset;
-                }
-                None => {
-                    c.torn = Some((offset, bytes.len() - offset));
-                    break;
-                }
-            },
+            c.records += 1;
+            c.first_seq.get_or_insert(r.seq);
+            c.last_seq = Some(r.seq);
+            last = Some(r.seq);
         }
-    }
+        Step::Corrupt {
+            offset,
+            why,
+            resumed_at,
+        } => c.corrupt.push((offset, why, resumed_at)),
+        Step::Torn { offset, .. } => c.torn = Some((offset, bytes.len() - offset)),
+    });
     Ok(c)
 }
 
@@ -234,26 +224,13 @@ impl Rows {
 /// Every intact record of a segment's bytes, in order (bad stretches skipped as `check`
 /// skips them).
 pub fn records(bytes: &[u8]) -> Vec<Record<'_>> {
-    let s = Segment { bytes };
     let mut out = Vec::new();
-    if SegmentHeader::decode(bytes).is_err() {
-        return out;
-    }
-    let mut at = HEADER_LEN;
-    let mut last = None;
-    loop {
-        match s.at(at) {
-            At::Record(r) => {
-                last = Some(r.seq);
+    if SegmentHeader::decode(bytes).is_ok() {
+        Segment { bytes }.walk(None, |step| {
+            if let Step::Record(r) = step {
                 out.push(r);
-                at = Segment::after(&r);
             }
-            At::End => break,
-            At::Bad { offset, .. } => match s.next_valid(offset, last) {
-                Some(r) => at = r.offset,
-                None => break,
-            },
-        }
+        });
     }
     out
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::format::{At, HEADER_LEN, Segment, SegmentHeader};
+use super::format::{HEADER_LEN, Segment, SegmentHeader, Step};
 
 /// Where a shard's log continues.
 #[derive(Debug)]
@@ -45,36 +45,24 @@ pub fn recover(dir: &Path, shard: u32) -> std::io::Result<Recovered> {
             });
         }
     };
-    let s = Segment { bytes: &bytes };
-    let mut at = HEADER_LEN;
     let mut last = None;
-    loop {
-        match s.at(at) {
-            At::Record(r) => {
-                last = Some(r.seq);
-                at = Segment::after(&r);
-            }
-            At::End => break,
-            At::Bad { offset, why } => match s.next_valid(offset, last) {
-                Some(r) => {
-                    report.push(format!(
-                        "{shown}: {why} at offset {offset} (corrupt: `verdict log verify` reports it); the records after it are kept"
-                    ));
-                    at = r.offset;
-                }
-                None => {
-                    let cut = bytes.len() - offset;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)?
-                        .set_len(offset as u64)?;
-                    report.push(format!(
-                        "{shown}: cut a torn tail of {cut} bytes at offset {offset} ({why})"
-                    ));
-                    break;
-                }
-            },
-        }
+    let mut torn = None;
+    Segment { bytes: &bytes }.walk(None, |step| match step {
+        Step::Record(r) => last = Some(r.seq),
+        Step::Corrupt { offset, why, .. } => report.push(format!(
+            "{shown}: {why} at offset {offset} (corrupt: `verdict log verify` reports it); the records after it are kept"
+        )),
+        Step::Torn { offset, why } => torn = Some((offset, why)),
+    });
+    if let Some((offset, why)) = torn {
+        let cut = bytes.len() - offset;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(offset as u64)?;
+        report.push(format!(
+            "{shown}: cut a torn tail of {cut} bytes at offset {offset} ({why})"
+        ));
     }
     Ok(Recovered {
         next_seq: last.map_or(header.first_seq, |s| s + 1).max(1),
