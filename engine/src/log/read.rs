@@ -112,6 +112,17 @@ impl Rows {
 
     fn decision(&self, r: &Record<'_>) -> Value {
         let b = r.body;
+        // An intact record (its checksum matched) whose counts do not fit its length was
+        // not written by verdict: reported, never read past its end.
+        let fits = b.len() >= d::ARRAYS && {
+            let n = |at| u16_at(b, at) as usize;
+            let arrays =
+                4 * (n(d::N_FIRED) + n(d::N_SHADOW)) + 9 * n(d::N_MODELS) + 8 * n(d::N_VELOCITY);
+            b.len() >= d::ARRAYS + arrays
+        };
+        if !fits {
+            return json!({"seq": r.seq, "record_error": "a decision record shorter than its counts"});
+        }
         let epoch = u64_at(b, d::EPOCH);
         let names = self.epochs.get(&epoch);
         let (nf, ns, nm, nv) = (
