@@ -54,7 +54,9 @@ pub struct LogConfig {
     pub sync: Sync,
     /// With `sync = "interval"`: the longest a written record waits for its fsync, ms.
     pub sync_interval_ms: u64,
-    /// A segment is closed and a new one begun once a write takes it past this size, bytes.
+    /// A segment is closed once it has reached this size, bytes: the next batch's records
+    /// begin a new one (a batch's records are never split, so a segment passes it by at
+    /// most one batch).
     pub segment_bytes_max: u64,
     /// Oldest closed segments of a shard are deleted while its segments pass this, bytes;
     /// 0 = keep everything.

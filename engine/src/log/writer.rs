@@ -5,6 +5,11 @@
 //! rewritten by the next write, see `Segment`); it syncs as `log.sync` says, then tells the
 //! batches waiting for those records. While it writes, new records gather in the
 //! other buffer: the next write carries all of them (group commit).
+//!
+//! Where one segment ends and the next begins is decided as records are appended, not as
+//! they are written: a batch that finds the segment at `segment_bytes_max` begins the next
+//! one (its epoch record first), so every segment holds whole batches, names its own first
+//! sequence number and says its epoch before any decision of it, however the writes fall.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -59,6 +64,12 @@ struct State {
     waiters: Vec<(u64, bool, LocalSender<bool>)>,
     /// The epoch whose names the current segment has (0: none yet).
     epoch_logged: u64,
+    /// Where in `pending` a new segment begins (in order).
+    cuts: Vec<Cut>,
+    /// The newest segment's size once `pending` is written: `segment_base` bytes, plus
+    /// `pending[segment_from..]`.
+    segment_base: u64,
+    segment_from: usize,
     /// The payload record of the evaluate-batch being logged: (its address, its seq).
     payload: (usize, u64),
 }
@@ -113,6 +124,9 @@ impl Log {
                 waiters: Vec::new(),
                 epoch_logged: 0,
                 payload: (0, 0),
+                cuts: Vec::new(),
+                segment_base: format::HEADER_LEN as u64,
+                segment_from: 0,
             }),
             doorbell,
             closing: Cell::new(false),
@@ -154,6 +168,21 @@ impl Log {
         let mut st = self.state.borrow_mut();
         let max = self.config.buffer_bytes_max as usize;
         let epoch = published.rules.epoch;
+        // A batch never straddles two segments: one that finds the segment full begins
+        // the next.
+        if st.segment_base + (st.pending.len() - st.segment_from) as u64
+            >= self.config.segment_bytes_max
+        {
+            let cut = Cut {
+                at: st.pending.len(),
+                records: st.pending_records,
+                last: st.next_seq - 1,
+            };
+            st.cuts.push(cut);
+            st.segment_base = format::HEADER_LEN as u64;
+            st.segment_from = cut.at;
+            st.epoch_logged = 0;
+        }
         if st.epoch_logged != epoch && st.pending.len() < max {
             let seq = st.take_seq();
             let names = epoch_json(published);
@@ -273,13 +302,11 @@ impl State {
     }
 
     /// Tells the waiters whose records are now written (or synced), or lost (`lost`: the
-    /// range that failed).
-    fn resolve(&mut self, lost: Option<(u64, u64)>) {
+    /// ranges that failed).
+    fn resolve(&mut self, lost: &[(u64, u64)]) {
         let (written, durable) = (self.written, self.durable);
         self.waiters.retain(|(seq, need_durable, tx)| {
-            if let Some((from, to)) = lost
-                && (from..=to).contains(seq)
-            {
+            if lost.iter().any(|&(from, to)| (from..=to).contains(&*seq)) {
                 let _ = tx.try_send(false);
                 return false;
             }
@@ -291,6 +318,16 @@ impl State {
             true
         });
     }
+}
+
+/// A segment boundary in the pending records: the next segment begins at byte `at`; the
+/// records before it number `records` (counted from the start of `pending`) and end with
+/// sequence number `last`.
+#[derive(Clone, Copy)]
+struct Cut {
+    at: usize,
+    records: u64,
+    last: u64,
 }
 
 enum EventAt<'a> {
@@ -466,7 +503,8 @@ async fn create_segment(dir: &std::path::Path, header: &SegmentHeader) -> std::i
 }
 
 /// The writer task: writes what is pending each time it is rung (and at least every
-/// `sync_interval_ms`), syncs, rotates and tells the waiters.
+/// `sync_interval_ms`), begins a new segment where the records say so, syncs, and tells
+/// the waiters.
 async fn write_loop(
     log: Rc<Log>,
     mut file: Segment,
@@ -476,37 +514,60 @@ async fn write_loop(
     let interval = Duration::from_millis(log.config.sync_interval_ms.max(1));
     let wake = interval.min(WRITE_DELAY_MAX);
     let mut spare: Vec<u8> = Vec::with_capacity(WRITE_BYTES_MIN);
+    let mut spare_cuts: Vec<Cut> = Vec::new();
+    // Sequence ranges whose records did not get to disk.
+    let mut lost: Vec<(u64, u64)> = Vec::new();
     let mut last_sync = Instant::now();
     loop {
         let _ = glommio::timer::timeout(wake, async { Ok(rung.recv().await) }).await;
-        let (mut buf, records, last) = {
+        let (buf, cuts, records, last) = {
             let mut st = log.state.borrow_mut();
+            let st = &mut *st;
+            st.segment_base += (st.pending.len() - st.segment_from) as u64;
+            st.segment_from = 0;
             std::mem::swap(&mut st.pending, &mut spare);
+            std::mem::swap(&mut st.cuts, &mut spare_cuts);
             (
                 std::mem::take(&mut spare),
+                std::mem::take(&mut spare_cuts),
                 std::mem::take(&mut st.pending_records),
                 std::mem::take(&mut st.pending_last),
             )
         };
-        let len = buf.len() as u64;
-        let mut lost = None;
-        if len > 0 {
-            match file.append(&buf).await {
-                Ok(()) => {
-                    log.stats.borrow_mut().bytes_written += len;
-                    log.state.borrow_mut().written = last;
-                }
-                Err(e) => {
-                    warn!(
-                        "decision log, shard {}: writing {len} bytes failed: {e}; {records} records lost",
+        lost.clear();
+        // The parts of `buf` between cuts, each in its own segment.
+        let (mut from, mut records_before) = (0, 0);
+        let ends = cuts.iter().map(Some).chain(std::iter::once(None));
+        for cut in ends {
+            let (to, records_to, last_to) = match cut {
+                Some(c) => (c.at, c.records, c.last),
+                None => (buf.len(), records, last),
+            };
+            if to > from {
+                write_part(
+                    &log,
+                    &mut file,
+                    &buf[from..to],
+                    records_to - records_before,
+                    last_to,
+                    &mut lost,
+                )
+                .await;
+            }
+            (from, records_before) = (to, records_to);
+            if let Some(c) = cut {
+                match rotate(&log, c.last + 1).await {
+                    Ok(next) => {
+                        // Closing syncs: what the old segment holds is on disk.
+                        if std::mem::replace(&mut file, next).close().await.is_ok() {
+                            let mut st = log.state.borrow_mut();
+                            st.durable = st.written;
+                        }
+                    }
+                    Err(e) => warn!(
+                        "decision log, shard {}: starting a new segment failed: {e}; appending to the current one",
                         log.header.shard
-                    );
-                    log.count_failed(records);
-                    let mut st = log.state.borrow_mut();
-                    lost = Some((st.written + 1, last));
-                    st.written = last;
-                    // The next segment must say its epoch again.
-                    st.epoch_logged = 0;
+                    ),
                 }
             }
         }
@@ -541,29 +602,18 @@ async fn write_loop(
                     // waiters are told so (never left waiting), and it counts as lost.
                     warn!("decision log, shard {}: sync failed: {e}", log.header.shard);
                     let mut st = log.state.borrow_mut();
-                    let from = st.durable + 1;
-                    lost =
-                        Some(lost.map_or((from, written), |(a, b)| (a.min(from), b.max(written))));
+                    lost.push((st.durable + 1, written));
                     log.count_failed(written - st.durable);
                     st.durable = written;
                 }
             }
             last_sync = Instant::now();
         }
-        log.state.borrow_mut().resolve(lost);
-        if file.len >= log.config.segment_bytes_max {
-            match rotate(&log).await {
-                Ok(next) => {
-                    let _ = std::mem::replace(&mut file, next).close().await;
-                }
-                Err(e) => warn!(
-                    "decision log, shard {}: starting a new segment failed: {e}; appending to the current one",
-                    log.header.shard
-                ),
-            }
-        }
-        buf.clear();
+        log.state.borrow_mut().resolve(&lost);
         spare = buf;
+        spare.clear();
+        spare_cuts = cuts;
+        spare_cuts.clear();
         if log.closing.get() && log.state.borrow().pending.is_empty() {
             break;
         }
@@ -574,7 +624,7 @@ async fn write_loop(
     if ok {
         st.durable = st.written;
     }
-    st.resolve(None);
+    st.resolve(&[]);
     for (_, _, tx) in st.waiters.drain(..) {
         let _ = tx.try_send(false);
     }
@@ -582,18 +632,44 @@ async fn write_loop(
     let _ = closed.try_send(());
 }
 
-/// Closes the current segment (synced unless `sync = "off"`) and starts the next, then
-/// applies retention to the closed ones.
-async fn rotate(log: &Log) -> std::io::Result<Segment> {
+/// Writes one part of the pending records (`records` of them, the last numbered `last`)
+/// to `file`; a failed write counts them lost.
+async fn write_part(
+    log: &Log,
+    file: &mut Segment,
+    bytes: &[u8],
+    records: u64,
+    last: u64,
+    lost: &mut Vec<(u64, u64)>,
+) {
+    let len = bytes.len() as u64;
+    match file.append(bytes).await {
+        Ok(()) => {
+            log.stats.borrow_mut().bytes_written += len;
+            log.state.borrow_mut().written = last;
+        }
+        Err(e) => {
+            warn!(
+                "decision log, shard {}: writing {len} bytes failed: {e}; {records} records lost",
+                log.header.shard
+            );
+            log.count_failed(records);
+            let mut st = log.state.borrow_mut();
+            lost.push((st.written + 1, last));
+            st.written = last;
+            // The segment may have lost its epoch record: the next batch says it again.
+            st.epoch_logged = 0;
+        }
+    }
+}
+
+/// Starts shard's next segment, its first record `first_seq`, then applies retention to
+/// the closed ones.
+async fn rotate(log: &Log, first_seq: u64) -> std::io::Result<Segment> {
     let mut header = log.header;
-    header.first_seq = log.state.borrow().next_seq;
+    header.first_seq = first_seq;
     header.created_ms = now_ms();
     let next = create_segment(&log.dir, &header).await?;
-    {
-        let mut st = log.state.borrow_mut();
-        // Records already pending belong to the new segment, which has not seen the epoch.
-        st.epoch_logged = 0;
-    }
     log.stats.borrow_mut().segments += 1;
     retain(log, &header);
     Ok(next)
