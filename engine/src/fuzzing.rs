@@ -17,7 +17,14 @@
 //!   its path without the query); every refusal carries the status the server answers (400,
 //!   411, 413, 431); and whatever was parsed, the answer the routes give it without a
 //!   token configured is one of theirs and renders as a response.
+//!
+//! - [`log_segment`]: a decision log segment's bytes, through every reader: `verify`'s
+//!   check, `export`'s rows and `replay`'s index. No panic, whatever the bytes; the readers
+//!   agree (every record `verify` counts is one export or replay saw, every decision replay
+//!   keeps is one export turned into a row), and every event replay keeps passes the checks
+//!   an event passes on receipt.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,4 +138,33 @@ pub fn topology(data: &[u8]) {
         back, want,
         "render, then parse, changed the topology\n{written}"
     );
+}
+
+/// Fuzz target `log_segment`: read a decision log segment as verify, export and replay do.
+pub fn log_segment(data: &[u8]) {
+    use crate::log::read;
+    let mut bytes = rkyv::util::AlignedVec::<16>::new();
+    bytes.extend_from_slice(data);
+    let path = Path::new("shard-0000-00000000000000000001.vlog");
+    let check = read::check_bytes(path, &bytes, None);
+    let records = read::records(&bytes);
+    assert_eq!(
+        records.len() as u64,
+        check.records,
+        "verify and export count other records"
+    );
+    let mut rows = read::Rows::default();
+    let decisions = records.iter().filter(|r| rows.row(r).is_some()).count();
+    let names = Mutex::new(Vec::new());
+    let (events, skipped, _) = crate::replay::read_segment(path, &bytes, &names);
+    assert!(
+        events.len() + skipped.decisions() as usize <= decisions,
+        "replay read {} decisions and skipped {}, export saw {decisions}",
+        events.len(),
+        skipped.decisions()
+    );
+    for e in &events {
+        assert!(verdict_net::validate::validate_event(e.event).is_ok());
+        assert!(crate::log::format::DecisionRecord::parse(e.body).is_some());
+    }
 }

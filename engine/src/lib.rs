@@ -50,6 +50,7 @@ pub mod memlock;
 pub mod mesh;
 pub mod metrics;
 pub mod reload;
+pub mod replay;
 pub mod request;
 pub mod runtime;
 pub mod scoring;

@@ -131,6 +131,31 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Backtest: decide a decision log's events again under another rule set, in event-time
+    /// order with fresh velocity state, and report what would change.
+    Replay {
+        /// The decision log directory (`log.dir`).
+        dir: PathBuf,
+        /// Rules file, or a directory whose .rules files form one rule set.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Directory of model manifests the rules may call (default: the built-in examples).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// CSV of `event_id,label` (1 = fraud, 0 = legitimate): precision and recall of deny
+        /// and review, before and after.
+        #[arg(long, value_name = "FILE")]
+        labels: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Topology whose [decision] and [limits] apply (default as for `serve`).
+        #[arg(long)]
+        shards: Option<PathBuf>,
+        /// Threads to replay with (default: every CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Measure the round trip of a ping.
     Ping {
         #[arg(long, default_value = cli::DEFAULT_ADDR)]
@@ -280,6 +305,27 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls,
         } => cli::stats::run(&addr, tls.config()?, json, watch),
         Command::Ping { addr, count, tls } => cli::ping(&addr, tls.config()?, count),
+        Command::Replay {
+            dir,
+            rules,
+            models,
+            labels,
+            json,
+            shards,
+            threads,
+        } => {
+            let (config, _) = load_topology(shards)?;
+            let models = models_source(models);
+            let args = cli::replay::Args {
+                dir: &dir,
+                rules: &rules,
+                models: &models,
+                labels: labels.as_deref(),
+                json,
+                threads,
+            };
+            cli::replay::run(&args, &config)
+        }
         Command::Log { command } => match command {
             LogCommand::Verify { dir } => cli::log::verify(&dir),
             LogCommand::Export {

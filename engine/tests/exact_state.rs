@@ -20,42 +20,7 @@ use common::{Server, topology};
 use verdict_net::routing::{PARTITIONS_DEFAULT, PartitionTable};
 use verdict_net::{Client, ClientError, Decision, ErrorCode, Event, Kind, ShardedClient};
 
-/// Velocity over every key, a model, a shadow rule and a policy.
-const RULES: &str = r#"
-fallback model("fraud_lr") = 0
-rule device_burst { when count(device, 10m) >= 5  score 50 }
-rule ip_spend { when sum(amount, ip, 1h) > 300.00  score 20 }
-rule merchant_accounts { when distinct(account, merchant, 1h) >= 3  score 10 }
-rule account_burst { when count(account, 60s) >= 3  score 30 }
-rule many_devices { when distinct(device, account, 24h) >= 2  score 15 }
-rule model_risk { when model("fraud_lr") > 0.5  score 40 }
-shadow rule shadow_device { when count(device, 1h) >= 8  action deny }
-policy { deny when score >= 80; review when score >= 40; otherwise allow }
-"#;
-
-const T0: u64 = 1_700_000_000_000;
-
-/// `n` events: many accounts, few devices, IPs and merchants shared across them, time
-/// moving forward by 0.5-3.5 s per event (seeded: the same stream every run).
-fn stream(n: usize) -> Vec<Event> {
-    let mut rng = fastrand::Rng::with_seed(16);
-    let mut t = T0;
-    (0..n)
-        .map(|i| {
-            t += rng.u64(500..3_500);
-            let mut e = verdict_net::test_event(
-                &format!("evt-{i}"),
-                &format!("acct-{}", rng.u32(0..150)),
-                rng.i64(100..20_000),
-            );
-            e.timestamp_ms = t;
-            e.device_id = format!("dev-{}", rng.u32(0..6));
-            e.merchant_id = format!("m-{}", rng.u32(0..4));
-            e.ip = std::net::IpAddr::from([198, 51, 100, rng.u8(1..6)]);
-            e
-        })
-        .collect()
-}
+use common::{RULES, T0, velocity_stream as stream};
 
 /// What must be identical however the event travelled (not the shard, timing or epoch).
 fn essence(

@@ -15,9 +15,10 @@ use verdict_engine::config::{FILE_HEADER, TopologyConfig, render};
 use verdict_engine::fuzzing;
 use verdict_net::fuzzing::Target;
 
-const TARGETS: [Target; 2] = [
+const TARGETS: [Target; 3] = [
     ("topology", fuzzing::topology),
     ("admin_request", fuzzing::admin_request),
+    ("log_segment", fuzzing::log_segment),
 ];
 
 fn crate_dir() -> &'static Path {

@@ -3,6 +3,7 @@
 
 pub mod log;
 pub mod parquet;
+pub mod replay;
 pub mod rules;
 pub mod send;
 pub mod stats;

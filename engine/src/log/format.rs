@@ -324,6 +324,128 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// A decision record's body, read in place: its counts checked against its length once, so
+/// no accessor reads past its end.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRecord<'a> {
+    body: &'a [u8],
+    fired: usize,
+    shadow: usize,
+    models: usize,
+    velocity: usize,
+}
+
+/// Where a logged decision's event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventBytes<'a> {
+    /// In the record itself: the event's rkyv bytes (at a 16-aligned file offset).
+    InRecord(&'a [u8]),
+    /// Event `index` of the batch in payload record `payload_seq`.
+    InPayload { payload_seq: u64, index: u32 },
+}
+
+impl<'a> DecisionRecord<'a> {
+    /// `None` if the counts do not fit the body (not written by verdict) or the action is
+    /// not one of the three.
+    pub fn parse(body: &'a [u8]) -> Option<DecisionRecord<'a>> {
+        use decision as d;
+        if body.len() < d::ARRAYS || body[d::ACTION] > 2 {
+            return None;
+        }
+        let n = |at| u16_at(body, at) as usize;
+        let r = DecisionRecord {
+            body,
+            fired: n(d::N_FIRED),
+            shadow: n(d::N_SHADOW),
+            models: n(d::N_MODELS),
+            velocity: n(d::N_VELOCITY),
+        };
+        (body.len() >= r.arrays_end()).then_some(r)
+    }
+
+    fn arrays_end(&self) -> usize {
+        decision::ARRAYS + 4 * (self.fired + self.shadow) + 9 * self.models + 8 * self.velocity
+    }
+
+    pub fn epoch(&self) -> u64 {
+        u64_at(self.body, decision::EPOCH)
+    }
+
+    pub fn logged_at_ms(&self) -> u64 {
+        u64_at(self.body, decision::LOGGED_AT_MS)
+    }
+
+    pub fn score(&self) -> i32 {
+        u32_at(self.body, decision::SCORE) as i32
+    }
+
+    /// 0 allow, 1 review, 2 deny.
+    pub fn action(&self) -> u8 {
+        self.body[decision::ACTION]
+    }
+
+    pub fn shard(&self) -> u16 {
+        u16_at(self.body, decision::SHARD)
+    }
+
+    fn indexes(&self, from: usize, n: usize) -> impl Iterator<Item = u32> + 'a {
+        let body = self.body;
+        (0..n).map(move |k| u32_at(body, decision::ARRAYS + 4 * (from + k)))
+    }
+
+    /// The rules that fired (indexes into the epoch's `rules`), in evaluation order.
+    pub fn fired(&self) -> impl Iterator<Item = u32> + 'a {
+        self.indexes(0, self.fired)
+    }
+
+    /// The shadow rules that fired.
+    pub fn shadow(&self) -> impl Iterator<Item = u32> + 'a {
+        self.indexes(self.fired, self.shadow)
+    }
+
+    pub fn models(&self) -> usize {
+        self.models
+    }
+
+    /// Model `k`'s score and whether it failed (its score is then the fallback).
+    pub fn model(&self, k: usize) -> (f64, bool) {
+        let scores = decision::ARRAYS + 4 * (self.fired + self.shadow);
+        (
+            f64_at(self.body, scores + 8 * k),
+            self.body[scores + 8 * self.models + k] != 0,
+        )
+    }
+
+    /// The velocity values, in the epoch's `velocity` order.
+    pub fn velocity(&self) -> impl Iterator<Item = f64> + 'a {
+        let (body, at) = (
+            self.body,
+            decision::ARRAYS + 4 * (self.fired + self.shadow) + 9 * self.models,
+        );
+        (0..self.velocity).map(move |k| f64_at(body, at + 8 * k))
+    }
+
+    /// Where the event is; `None` if the record says its bytes follow but they do not fit.
+    pub fn event(&self) -> Option<EventBytes<'a>> {
+        use decision as d;
+        match self.body[d::EVENT_KIND] {
+            d::EVENT_IN_RECORD => {
+                let len = u32_at(self.body, d::EVENT_LEN) as usize;
+                // The body starts 8 bytes into a 16-aligned record.
+                let start = (self.arrays_end() + RECORD_HEAD_LEN).next_multiple_of(RECORD_ALIGN)
+                    - RECORD_HEAD_LEN;
+                let bytes = self.body.get(start..start.checked_add(len)?)?;
+                Some(EventBytes::InRecord(bytes))
+            }
+            d::EVENT_IN_PAYLOAD => Some(EventBytes::InPayload {
+                payload_seq: u64_at(self.body, d::PAYLOAD_SEQ),
+                index: u32_at(self.body, d::BATCH_INDEX),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

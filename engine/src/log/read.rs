@@ -9,8 +9,7 @@ use serde_json::{Map, Value, json};
 use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent, Event};
 
 use super::format::{
-    self, PAYLOAD_BYTES_AT, Record, Segment, SegmentHeader, Step, decision as d, f64_at, u16_at,
-    u32_at, u64_at,
+    self, DecisionRecord, EventBytes, PAYLOAD_BYTES_AT, Record, Segment, SegmentHeader, Step,
 };
 
 /// What checking one segment found.
@@ -39,10 +38,14 @@ impl Check {
 /// Checks one segment; `seq_before`: the last sequence number of the shard's previous
 /// segment (a record must be above it).
 pub fn check(path: &Path, seq_before: Option<u64>) -> std::io::Result<Check> {
-    let bytes = std::fs::read(path)?;
+    Ok(check_bytes(path, &std::fs::read(path)?, seq_before))
+}
+
+/// [`check`] of a segment's bytes (`path` names it in the result).
+pub fn check_bytes(path: &Path, bytes: &[u8], seq_before: Option<u64>) -> Check {
     let mut c = Check {
         path: path.to_path_buf(),
-        header: SegmentHeader::decode(&bytes),
+        header: SegmentHeader::decode(bytes),
         records: 0,
         first_seq: None,
         last_seq: None,
@@ -51,10 +54,10 @@ pub fn check(path: &Path, seq_before: Option<u64>) -> std::io::Result<Check> {
         out_of_order: Vec::new(),
     };
     if c.header.is_err() {
-        return Ok(c);
+        return c;
     }
     let mut last = seq_before;
-    Segment { bytes: &bytes }.walk(seq_before, |step| match step {
+    Segment { bytes }.walk(seq_before, |step| match step {
         Step::Record(r) => {
             if last.is_some_and(|l| r.seq <= l) {
                 c.out_of_order.push((r.offset, r.seq));
@@ -71,7 +74,7 @@ pub fn check(path: &Path, seq_before: Option<u64>) -> std::io::Result<Check> {
         } => c.corrupt.push((offset, why, resumed_at)),
         Step::Torn { offset, .. } => c.torn = Some((offset, bytes.len() - offset)),
     });
-    Ok(c)
+    c
 }
 
 /// Turns one shard's records into rows, in order: it remembers the epoch names and batch
@@ -111,68 +114,43 @@ impl Rows {
     }
 
     fn decision(&self, r: &Record<'_>) -> Value {
-        let b = r.body;
         // An intact record (its checksum matched) whose counts do not fit its length was
         // not written by verdict: reported, never read past its end.
-        let fits = b.len() >= d::ARRAYS && {
-            let n = |at| u16_at(b, at) as usize;
-            let arrays =
-                4 * (n(d::N_FIRED) + n(d::N_SHADOW)) + 9 * n(d::N_MODELS) + 8 * n(d::N_VELOCITY);
-            b.len() >= d::ARRAYS + arrays
-        };
-        if !fits {
+        let Some(d) = DecisionRecord::parse(r.body) else {
             return json!({"seq": r.seq, "record_error": "a decision record shorter than its counts"});
-        }
-        let epoch = u64_at(b, d::EPOCH);
+        };
+        let epoch = d.epoch();
         let names = self.epochs.get(&epoch);
-        let (nf, ns, nm, nv) = (
-            u16_at(b, d::N_FIRED) as usize,
-            u16_at(b, d::N_SHADOW) as usize,
-            u16_at(b, d::N_MODELS) as usize,
-            u16_at(b, d::N_VELOCITY) as usize,
-        );
         let name = |list: &str, i: usize| -> Value {
             names
                 .and_then(|n| n[list].get(i))
                 .cloned()
                 .unwrap_or_else(|| json!(format!("#{i}")))
         };
-        let mut at = d::ARRAYS;
-        let mut indexes = |n: usize| -> Vec<usize> {
-            let out = (0..n).map(|k| u32_at(b, at + 4 * k) as usize).collect();
-            at += 4 * n;
-            out
+        let key = |list: &str, i: usize| -> String {
+            name(list, i)
+                .as_str()
+                .map_or(format!("#{i}"), str::to_string)
         };
-        let fired: Vec<Value> = indexes(nf).into_iter().map(|i| name("rules", i)).collect();
-        let shadow: Vec<Value> = indexes(ns).into_iter().map(|i| name("rules", i)).collect();
-        let scores: Vec<f64> = (0..nm).map(|k| f64_at(b, at + 8 * k)).collect();
-        at += 8 * nm;
-        let failed: Vec<bool> = (0..nm).map(|k| b[at + k] != 0).collect();
-        at += nm;
-        let velocity: Vec<f64> = (0..nv).map(|k| f64_at(b, at + 8 * k)).collect();
-        at += 8 * nv;
+        let fired: Vec<Value> = d.fired().map(|i| name("rules", i as usize)).collect();
+        let shadow: Vec<Value> = d.shadow().map(|i| name("rules", i as usize)).collect();
         let mut models = Map::new();
         let mut model_errors = Vec::new();
-        for (k, (score, failed)) in scores.iter().zip(&failed).enumerate() {
-            let n = name("models", k);
-            let key = n.as_str().map_or(format!("#{k}"), str::to_string);
-            if *failed {
-                model_errors.push(json!(key));
+        for k in 0..d.models() {
+            let (score, failed) = d.model(k);
+            if failed {
+                model_errors.push(json!(key("models", k)));
             }
-            models.insert(key, json!(score));
+            models.insert(key("models", k), json!(score));
         }
-        let mut vel = Map::new();
-        for (k, x) in velocity.iter().enumerate() {
-            let n = name("velocity", k);
-            vel.insert(n.as_str().map_or(format!("#{k}"), str::to_string), json!(x));
-        }
-        let action = match b[d::ACTION] {
-            0 => "allow",
-            1 => "review",
-            _ => "deny",
-        };
+        let velocity: Map<String, Value> = d
+            .velocity()
+            .enumerate()
+            .map(|(k, x)| (key("velocity", k), json!(x)))
+            .collect();
+        let action = ["allow", "review", "deny"][d.action() as usize];
         let mut row = Map::new();
-        match self.event(b, at) {
+        match self.event(&d) {
             Some(event) => {
                 if let Value::Object(fields) = verdict_net::json::event_to_json(&event) {
                     row.extend(fields);
@@ -186,46 +164,38 @@ impl Rows {
             }
         }
         row.insert("action".into(), json!(action));
-        row.insert(
-            "score".into(),
-            json!(i32::from_le_bytes(
-                b[d::SCORE..d::SCORE + 4].try_into().expect("4")
-            )),
-        );
+        row.insert("score".into(), json!(d.score()));
         row.insert("rules".into(), json!(fired));
         row.insert("shadow_rules".into(), json!(shadow));
         row.insert("models".into(), Value::Object(models));
         row.insert("model_errors".into(), json!(model_errors));
-        row.insert("velocity".into(), Value::Object(vel));
+        row.insert("velocity".into(), Value::Object(velocity));
         row.insert("epoch".into(), json!(epoch));
         row.insert(
             "digest".into(),
             names.map_or(Value::Null, |n| n["digest"].clone()),
         );
-        row.insert("shard".into(), json!(u16_at(b, d::SHARD)));
+        row.insert("shard".into(), json!(d.shard()));
         row.insert("seq".into(), json!(r.seq));
-        row.insert("logged_at_ms".into(), json!(u64_at(b, d::LOGGED_AT_MS)));
+        row.insert("logged_at_ms".into(), json!(d.logged_at_ms()));
         Value::Object(row)
     }
 
-    /// The decision's event: its own bytes (after the arrays, 16-aligned in the file), or
-    /// its place in a batch payload record.
-    fn event(&self, b: &[u8], arrays_end: usize) -> Option<Event> {
+    /// The decision's event: its own bytes (copied: a segment read into memory need not be
+    /// 16-aligned), or its place in a batch payload record.
+    fn event(&self, d: &DecisionRecord<'_>) -> Option<Event> {
         use rkyv::rancor::Error;
-        match b[d::EVENT_KIND] {
-            d::EVENT_IN_RECORD => {
-                let len = u32_at(b, d::EVENT_LEN) as usize;
-                // The body starts 8 bytes into a 16-aligned record.
-                let start = (arrays_end + 8).next_multiple_of(16) - 8;
+        match d.event()? {
+            EventBytes::InRecord(bytes) => {
                 let mut copy = AlignedVec::<16>::new();
-                copy.extend_from_slice(b.get(start..start + len)?);
+                copy.extend_from_slice(bytes);
                 let archived = rkyv::access::<ArchivedEvent, Error>(&copy).ok()?;
                 rkyv::deserialize::<Event, Error>(archived).ok()
             }
-            _ => {
-                let payload = self.payloads.get(&u64_at(b, d::PAYLOAD_SEQ))?;
+            EventBytes::InPayload { payload_seq, index } => {
+                let payload = self.payloads.get(&payload_seq)?;
                 let batch = rkyv::access::<ArchivedEvaluateBatch, Error>(payload).ok()?;
-                let archived = batch.events.get(u32_at(b, d::BATCH_INDEX) as usize)?;
+                let archived = batch.events.get(index as usize)?;
                 rkyv::deserialize::<Event, Error>(archived).ok()
             }
         }

@@ -1,0 +1,79 @@
+//! `verdict replay DIR --rules PATH`: a backtest of a decision log under another rule set
+//! (see [`crate::replay`]).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use verdict_rules::Disk;
+
+use crate::config::TopologyConfig;
+use crate::replay::report::Labels;
+use crate::replay::{Log, Options, replay};
+use crate::runtime::{model_runtime, rules_options};
+use crate::scoring::{ModelsSource, Published, render_errors};
+
+/// What `verdict replay` was given.
+pub struct Args<'a> {
+    pub dir: &'a Path,
+    pub rules: &'a Path,
+    pub models: &'a ModelsSource,
+    pub labels: Option<&'a Path>,
+    pub json: bool,
+    /// Threads; `None`: every CPU.
+    pub threads: Option<usize>,
+}
+
+/// Loads the rule set and its models as `verdict check` does, replays the log under them
+/// and prints the report (text, or JSON with `--json`).
+pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
+    let runtime = model_runtime(config)?;
+    let models = args.models.load(&runtime, None).map_err(|errors| {
+        anyhow::anyhow!(
+            "the models of {} do not load:\n{}",
+            args.models.describe(),
+            render_errors(&errors).join("\n")
+        )
+    })?;
+    let options = rules_options(config, &models);
+    let set = verdict_rules::load(args.rules, &Disk, &options).map_err(|report| {
+        anyhow::anyhow!(
+            "the rule set {} does not load:\n{report}",
+            args.rules.display()
+        )
+    })?;
+    let published = Published::new(set, Arc::new(models));
+    let labels = args.labels.map(Labels::read).transpose()?;
+    let log = Log::open(args.dir)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let began = Instant::now();
+    let index = log.index(threads);
+    let read_ms = began.elapsed().as_millis() as u64;
+    let options = Options {
+        threads,
+        entities_max: config.limits.velocity_entities_max as usize,
+        labels,
+    };
+    let mut report = replay(&index, &published, &options);
+    report.log.dir = args.dir.display().to_string();
+    report.timing.read_ms = read_ms;
+    report.timing.events_per_s = report.events as f64 / began.elapsed().as_secs_f64().max(1e-9);
+    let skipped = &report.log.skipped;
+    if skipped.decisions() + skipped.corrupt_stretches + skipped.bad_segments > 0 {
+        eprintln!(
+            "verdict replay: WARNING: {} decisions and {} corrupt stretches could not be read and were skipped (see \"skipped\"; `verdict log verify {}` says where)",
+            skipped.decisions(),
+            skipped.corrupt_stretches,
+            args.dir.display()
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
