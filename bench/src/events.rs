@@ -119,6 +119,19 @@ pub fn encode_events(events: &[Event]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Where an evaluate frame's `timestamp_ms` sits (rkyv puts the root object at the end of
+/// the payload, and the field at its fixed offset in `ArchivedEvent`); `None` if `frame` is
+/// not one whole frame.
+pub fn timestamp_at(frame: &[u8]) -> Option<usize> {
+    use verdict_net::frame::{HEADER_LEN, Scan, scan};
+    let Scan::Frame(at) = scan(frame, u32::MAX) else {
+        return None;
+    };
+    let end = HEADER_LEN + at.header.len as usize;
+    let root = end.checked_sub(std::mem::size_of::<verdict_net::ArchivedEvent>())?;
+    Some(root + std::mem::offset_of!(verdict_net::ArchivedEvent, timestamp_ms))
+}
+
 /// `count` events whose account shard `shard` owns under `table` (all events when `shard`
 /// is `None`).
 pub fn events_for_shard(
@@ -155,6 +168,29 @@ pub fn model_rows(name: &str, cols: usize, n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_at_finds_the_archived_field() {
+        use verdict_net::frame::{HEADER_LEN, Scan, scan};
+        let mut g = EventGen::new(5);
+        let events: Vec<Event> = (0..20).map(|_| g.next_event()).collect();
+        for (e, frame) in events.iter().zip(encode_events(&events)) {
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&frame);
+            let at = timestamp_at(&aligned).unwrap();
+            let stamp = u64::from_le_bytes(aligned[at..at + 8].try_into().unwrap());
+            assert_eq!(stamp, e.timestamp_ms);
+            aligned[at..at + 8].copy_from_slice(&42u64.to_le_bytes());
+            let Scan::Frame(f) = scan(&aligned, u32::MAX) else {
+                panic!("one frame")
+            };
+            let payload = &aligned[HEADER_LEN..HEADER_LEN + f.header.len as usize];
+            let archived =
+                rkyv::access::<verdict_net::ArchivedEvent, rkyv::rancor::Failure>(payload).unwrap();
+            assert_eq!(archived.timestamp_ms.to_native(), 42);
+            assert_eq!(archived.event_id.as_str(), e.event_id);
+        }
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_events() {

@@ -67,6 +67,9 @@ pub struct Plan {
     pub workload: Workload,
     /// Speak TLS with this client configuration (`None`: plaintext).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Stamp each evaluate frame with the wall clock (ms) as it is sent, so event time
+    /// moves on as in live traffic (pool events otherwise repeat their own times).
+    pub stamp_now: bool,
 }
 
 /// What a run measured (warm-up excluded).
@@ -364,6 +367,14 @@ impl Conn {
                 let at = out.len();
                 out.extend_from_slice(frame);
                 out[at + 8..at + 16].copy_from_slice(&(k + 1).to_le_bytes());
+                if self.plan.stamp_now
+                    && let Some(ts) = crate::events::timestamp_at(frame)
+                {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    out[at + ts..at + ts + 8].copy_from_slice(&now.to_le_bytes());
+                }
             }
         }
     }

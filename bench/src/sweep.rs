@@ -144,6 +144,7 @@ fn plan(
         timeout: Duration::from_secs(5),
         workload: Workload::Evaluate,
         tls: None,
+        stamp_now: false,
     }
 }
 

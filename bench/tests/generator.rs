@@ -50,6 +50,7 @@ fn plan(addr: SocketAddr, depth: usize, rate: Option<f64>, workload: Workload) -
         timeout: Duration::from_secs(5),
         workload,
         tls: None,
+        stamp_now: false,
     }
 }
 

@@ -113,9 +113,12 @@ pub fn decide(
     }
     let outcomes = &mut scratch.outcomes[..events.len()];
     if events.len() > 1 {
-        // Every event's entity lookups start loading before the first is recorded.
-        for event in events {
-            rules.prefetch(event, state);
+        // Every event's entity lookups start loading before the first is recorded (not
+        // those of an event whose every key another core recorded).
+        for (i, event) in events.iter().enumerate() {
+            if remote.at.get(i).is_none_or(|at| at.contains(&HERE)) {
+                rules.prefetch(event, state);
+            }
         }
     }
     let per_key = rules.functions_by_key();

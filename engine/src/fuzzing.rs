@@ -156,7 +156,7 @@ pub fn log_segment(data: &[u8]) {
     let mut rows = read::Rows::default();
     let decisions = records.iter().filter(|r| rows.row(r).is_some()).count();
     let names = Mutex::new(Vec::new());
-    let (events, skipped, _) = crate::replay::read_segment(path, &bytes, &names);
+    let (events, skipped, _) = crate::replay::read_segment(path, &bytes, &names, [true; 4]);
     assert!(
         events.len() + skipped.decisions() as usize <= decisions,
         "replay read {} decisions and skipped {}, export saw {decisions}",

@@ -23,6 +23,40 @@ fn serve_logging(toml: &str, files: &[(&str, &str)], logs: &Path) -> Server {
     Server::launch_with(&[], toml, files, &["--log-dir", logs.to_str().unwrap()])
 }
 
+/// The shipped `fraud_lr` with a deadline of a second: a live call that the scheduler
+/// delays past the shipped 2 ms would be logged as a fallback score, which no replay
+/// reproduces (replays cut calls only after 100 ms or more).
+fn patient_models(dir: &Path) -> std::path::PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/examples/fraud_lr");
+    let models = dir.join("models");
+    let model = models.join("fraud_lr");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(shipped.join("fraud_lr.wasm"), model.join("fraud_lr.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(shipped.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("deadline_us = 2000"), "{manifest}");
+    std::fs::write(
+        model.join("manifest.toml"),
+        manifest.replace("deadline_us = 2000", "deadline_us = 1000000"),
+    )
+    .unwrap();
+    models
+}
+
+/// `serve_logging` of [`RULES`] with [`patient_models`].
+fn serve_patiently(toml: &str, logs: &Path, models: &Path) -> Server {
+    Server::launch_with(
+        &[],
+        toml,
+        &[("exact.rules", RULES)],
+        &[
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--models",
+            models.to_str().unwrap(),
+        ],
+    )
+}
+
 fn stop(mut server: Server) {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
@@ -99,7 +133,9 @@ fn replaying_under_the_logged_rules_reproduces_every_decision_across_shards() {
     let dir = common::tempdir::Dir::new("replay");
     let logs = dir.0.join("log");
     let rules = write(&dir.0, "exact.rules", RULES);
-    let server = serve_logging(&topology(&[0, 1], ""), &[("exact.rules", RULES)], &logs);
+    let models = patient_models(&dir.0);
+    let models_arg = ["--models", models.to_str().unwrap()];
+    let server = serve_patiently(&topology(&[0, 1], ""), &logs, &models);
     // One event at a time on the shared port: half are forwarded, and every device, IP and
     // merchant is recorded by its owner, each key's events in event-time order.
     let mut c = server.client();
@@ -118,12 +154,20 @@ fn replaying_under_the_logged_rules_reproduces_every_decision_across_shards() {
             && fired(&answers, "shadow_device").1 > 0,
         "the stream exercises every key, the model and the shadow rule"
     );
-    let (report, stderr) = replay(&logs, &rules, &["--threads", "2"]);
+    let (report, stderr) = replay(
+        &logs,
+        &rules,
+        &[&models_arg[..], &["--threads", "2"]].concat(),
+    );
     assert_reproduced(&report, &answers);
     assert_eq!(report["log"]["shards"], 2);
     assert!(!stderr.contains("WARNING"), "{stderr}");
     // One thread gives the same report.
-    let (one, _) = replay(&logs, &rules, &["--threads", "1"]);
+    let (one, _) = replay(
+        &logs,
+        &rules,
+        &[&models_arg[..], &["--threads", "1"]].concat(),
+    );
     assert_eq!(one["rule_counts"], report["rule_counts"]);
     assert_eq!(one["identical"], report["identical"]);
 }
@@ -133,7 +177,8 @@ fn pipelined_singles_and_batches_on_one_shard_replay_exactly() {
     let dir = common::tempdir::Dir::new("replay");
     let logs = dir.0.join("log");
     let rules = write(&dir.0, "exact.rules", RULES);
-    let server = serve_logging(&topology(&[0], ""), &[("exact.rules", RULES)], &logs);
+    let models = patient_models(&dir.0);
+    let server = serve_patiently(&topology(&[0], ""), &logs, &models);
     let mut c = server.client();
     let events = stream(1_200);
     let mut answers = Vec::new();
@@ -161,7 +206,7 @@ fn pipelined_singles_and_batches_on_one_shard_replay_exactly() {
         }
     }
     stop(server);
-    let (report, _) = replay(&logs, &rules, &[]);
+    let (report, _) = replay(&logs, &rules, &["--models", models.to_str().unwrap()]);
     assert_reproduced(&report, &answers);
 }
 

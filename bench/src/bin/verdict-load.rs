@@ -69,6 +69,10 @@ enum Cmd {
         /// Pre-encoded events per target.
         #[arg(long, default_value_t = 4096)]
         pool: usize,
+        /// Stamp each event with the wall clock (ms) as it is sent, so event time moves on
+        /// as in live traffic (otherwise pool events repeat their own times).
+        #[arg(long)]
+        stamp_now: bool,
         /// Write the run as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -155,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             events,
             seed,
             pool,
+            stamp_now,
             json,
             hgrm,
             tls_ca,
@@ -237,6 +242,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs_f64(timeout),
                 workload,
                 tls,
+                stamp_now,
             };
             let outcome = load::run(&plan)?;
             print!(

@@ -6,13 +6,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use verdict_models::Runtime;
 use verdict_rules::Disk;
 
 use crate::config::TopologyConfig;
 use crate::replay::report::Labels;
 use crate::replay::{Log, Options, replay};
-use crate::runtime::{model_runtime, rules_options};
+use crate::runtime::rules_options;
 use crate::scoring::{ModelsSource, Published, render_errors};
+
+/// The epoch tick of a replay's model runtime, µs: a call gets at least its manifest's
+/// deadline in these ticks (a `deadline_us` of 2,000 is 100 ms or more), so a call that
+/// the scheduler delays is not cut, and the same log replays to the same scores. A model
+/// that does exceed it is reported under `model_failures`.
+const REPLAY_EPOCH_TICK_US: u64 = 100_000;
 
 /// What `verdict replay` was given.
 pub struct Args<'a> {
@@ -28,7 +35,14 @@ pub struct Args<'a> {
 /// Loads the rule set and its models as `verdict check` does, replays the log under them
 /// and prints the report (text, or JSON with `--json`).
 pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode> {
-    let runtime = model_runtime(config)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // A backtest must not depend on how busy the machine is: a model call is cut only
+    // after its deadline in ticks of REPLAY_EPOCH_TICK_US, not of `models.epoch_tick_us`.
+    let mut runtime = config.models.runtime((threads as u32 * 256).max(1000));
+    runtime.epoch_tick_us = REPLAY_EPOCH_TICK_US;
+    let runtime = Runtime::new(runtime).map_err(|e| anyhow::anyhow!("{e}"))?;
     let models = args.models.load(&runtime, None).map_err(|errors| {
         anyhow::anyhow!(
             "the models of {} do not load:\n{}",
@@ -46,11 +60,9 @@ pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode>
     let published = Published::new(set, Arc::new(models));
     let labels = args.labels.map(Labels::read).transpose()?;
     let log = Log::open(args.dir)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let began = Instant::now();
-    let index = log.index(threads);
+    let per_key = published.rules.functions_by_key();
+    let index = log.index(threads, per_key.map(|n| n > 0));
     let read_ms = began.elapsed().as_millis() as u64;
     let options = Options {
         threads,

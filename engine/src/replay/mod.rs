@@ -37,6 +37,7 @@ use serde::Deserialize;
 use verdict_net::routing::PartitionTable;
 use verdict_net::validate::validate_event;
 use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent};
+use verdict_rules::ir::Agg;
 use verdict_rules::{Sample, VelocityKey, VelocityState, key_value};
 
 use crate::decide::{Decided, Remote, Scratch, decide};
@@ -185,7 +186,7 @@ impl Log {
             // (by a live engine) or cut at its torn tail (at start), never rewritten in
             // place, so the bytes read here do not change under the reader. Every record
             // is checked (CRC32C, then bytecheck) before use.
-            let map = unsafe { Mmap::map(&file) }
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
                 .with_context(|| format!("mapping {}", path.display()))?;
             segments.push((path, map));
         }
@@ -196,7 +197,8 @@ impl Log {
     }
 
     /// Reads every segment with `threads` threads, then orders the decisions by event time.
-    pub fn index(&self, threads: usize) -> Index<'_> {
+    /// `keys[k]`: whether the rules count by key `k` (only those keys' owners are found).
+    pub fn index(&self, threads: usize, keys: [bool; 4]) -> Index<'_> {
         let next = AtomicUsize::new(0);
         let names: Mutex<Vec<EpochNames>> = Mutex::new(Vec::new());
         let mut parts: Vec<(usize, Vec<Logged<'_>>, Skipped, usize)> = std::thread::scope(|s| {
@@ -209,7 +211,7 @@ impl Log {
                             let Some((path, map)) = self.segments.get(i) else {
                                 break;
                             };
-                            let (events, skipped, shards) = read_segment(path, map, &names);
+                            let (events, skipped, shards) = read_segment(path, map, &names, keys);
                             out.push((i, events, skipped, shards));
                         }
                         out
@@ -249,6 +251,7 @@ pub(crate) fn read_segment<'a>(
     path: &Path,
     bytes: &'a [u8],
     names: &Mutex<Vec<EpochNames>>,
+    keys: [bool; 4],
 ) -> (Vec<Logged<'a>>, Skipped, usize) {
     let mut skipped = Skipped::default();
     let mut out = Vec::new();
@@ -336,11 +339,15 @@ pub(crate) fn read_segment<'a>(
                     skipped.invalid_events += 1;
                     return skipped.note(path, r.offset, "the event does not pass the checks");
                 };
-                let owners =
-                    std::array::from_fn(|k| match (&table, key_value(event, KEYS[k], &mut ip)) {
+                let owners = std::array::from_fn(|k| {
+                    if !keys[k] {
+                        return NO_OWNER;
+                    }
+                    match (&table, key_value(event, KEYS[k], &mut ip)) {
                         (Some(t), Some(v)) => t.owner(v) as u16,
                         _ => NO_OWNER,
-                    });
+                    }
+                });
                 out.push(Logged {
                     event,
                     body: r.body,
@@ -374,24 +381,69 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
         key_at[k] = key_at[k - 1] + per_key[k - 1];
     }
     let n = index.events.len();
+    let run = n.div_ceil(threads).max(1);
+    // What each function of each key adds: a sample's bits (`Sample` by the function's
+    // aggregation), replaced by the window's value once the owner has recorded it.
+    let aggs: Vec<Agg> = KEYS
+        .iter()
+        .flat_map(|&key| {
+            rules
+                .program()
+                .velocity
+                .iter()
+                .filter(move |v| v.key == key)
+                .map(|v| v.agg)
+        })
+        .collect();
     let began = Instant::now();
     let slots: Vec<AtomicU64> = (0..n * functions).map(|_| AtomicU64::new(0)).collect();
+    // 3a. Every event's samples, once, each thread a run of events.
+    std::thread::scope(|s| {
+        for (c, chunk) in index.events.chunks(run).enumerate() {
+            let slots = &slots;
+            s.spawn(move || {
+                let mut scratch = rules.outcome();
+                let mut samples: Vec<Sample> = Vec::new();
+                for (i, logged) in chunk.iter().enumerate() {
+                    let row = (c * run + i) * functions;
+                    let mut loaded = false;
+                    for key in KEYS {
+                        let k = key as usize;
+                        if per_key[k] == 0 || logged.owners[k] == NO_OWNER {
+                            continue;
+                        }
+                        if !std::mem::replace(&mut loaded, true) {
+                            rules.load(logged.event, &mut scratch);
+                        }
+                        samples.clear();
+                        rules.key_samples(logged.event, key, &scratch, &mut samples);
+                        for (j, sample) in samples.iter().enumerate() {
+                            let bits = match *sample {
+                                Sample::Count => 0,
+                                Sample::Sum(x) => x.to_bits(),
+                                Sample::Distinct(h) => h,
+                            };
+                            slots[row + key_at[k] + j].store(bits, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    // 3b. Each owner records its keys' samples in event-time order.
     let owners = index.shard_count;
     std::thread::scope(|s| {
         for t in 0..threads.min(owners) {
-            let slots = &slots;
+            let (slots, aggs) = (&slots, &aggs);
             s.spawn(move || {
                 // This thread stands in for owners t, t + threads, ...
-                let mine: Vec<usize> = (t..owners).step_by(threads).collect();
-                let mut states: Vec<VelocityState> = mine
-                    .iter()
+                let mut states: Vec<VelocityState> = (t..owners)
+                    .step_by(threads)
                     .map(|_| VelocityState::new(options.entities_max))
                     .collect();
-                let mut scratch = rules.outcome();
                 let (mut samples, mut values): (Vec<Sample>, Vec<f64>) = (Vec::new(), Vec::new());
                 let mut ip = [0u8; 16];
                 for (e, logged) in index.events.iter().enumerate() {
-                    let mut loaded = false;
                     for key in KEYS {
                         let k = key as usize;
                         let owner = logged.owners[k] as usize;
@@ -401,15 +453,19 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
                         let Some(value) = key_value(logged.event, key, &mut ip) else {
                             continue;
                         };
-                        if !std::mem::replace(&mut loaded, true) {
-                            rules.load(logged.event, &mut scratch);
-                        }
+                        let row = e * functions + key_at[k];
                         samples.clear();
+                        samples.extend((0..per_key[k]).map(|j| {
+                            let bits = slots[row + j].load(Ordering::Relaxed);
+                            match aggs[key_at[k] + j] {
+                                Agg::Count => Sample::Count,
+                                Agg::Sum => Sample::Sum(f64::from_bits(bits)),
+                                Agg::Distinct => Sample::Distinct(bits),
+                            }
+                        }));
                         values.clear();
-                        rules.key_samples(logged.event, key, &scratch, &mut samples);
                         let state = &mut states[owner / threads];
                         rules.record_samples(key, value, logged.ts, &samples, state, &mut values);
-                        let row = e * functions + key_at[k];
                         for (j, v) in values.iter().enumerate() {
                             slots[row + j].store(v.to_bits(), Ordering::Relaxed);
                         }
@@ -420,7 +476,6 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
     });
     let velocity_ms = began.elapsed().as_millis() as u64;
     let began = Instant::now();
-    let run = n.div_ceil(threads).max(1);
     let tallies: Vec<Tally> = std::thread::scope(|s| {
         let workers: Vec<_> =
             index
