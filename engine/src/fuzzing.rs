@@ -28,6 +28,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use verdict_rules::VelocityState;
+
 use crate::admin::Routes;
 use crate::config::{TopologyConfig, render};
 use crate::http::{Bounds, HttpError, parse_request};
@@ -156,7 +158,14 @@ pub fn log_segment(data: &[u8]) {
     let mut rows = read::Rows::default();
     let decisions = records.iter().filter(|r| rows.row(r).is_some()).count();
     let names = Mutex::new(Vec::new());
-    let (events, skipped, _) = crate::replay::read_segment(path, &bytes, &names, [true; 4]);
+    let owners: Vec<VelocityState> = (0..2).map(|_| VelocityState::new(1)).collect();
+    let prep = crate::replay::Prep {
+        rules: fuzz_rules(),
+        owners: &owners,
+    };
+    let mut rows = Vec::new();
+    let (events, skipped) = crate::replay::read_segment(path, &bytes, &names, &prep, 0, &mut rows);
+    assert_eq!(rows.len(), events.len() * (4 + 3), "a row per event");
     assert!(
         events.len() + skipped.decisions() as usize <= decisions,
         "replay read {} decisions and skipped {}, export saw {decisions}",
@@ -167,4 +176,20 @@ pub fn log_segment(data: &[u8]) {
         assert!(verdict_net::validate::validate_event(e.event).is_ok());
         assert!(crate::log::format::DecisionRecord::parse(e.body).is_some());
     }
+}
+
+/// A rule set counting by every key (three functions), for `log_segment`.
+fn fuzz_rules() -> &'static verdict_rules::RuleSet {
+    static RULES: std::sync::OnceLock<verdict_rules::RuleSet> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        let text = "rule r { when count(device, 10m) >= 2 and sum(amount, ip, 1h) > 5 \
+                    and distinct(account, merchant, 1h) > 1  score 10 }\n";
+        let files = verdict_rules::Memory(vec![("fuzz.rules".into(), text.into())]);
+        verdict_rules::load(
+            Path::new("fuzz.rules"),
+            &files,
+            &verdict_rules::Options::default(),
+        )
+        .expect("the fuzz rule set compiles")
+    })
 }

@@ -510,10 +510,26 @@ impl RuleSet {
         state: &mut VelocityState,
         values: &mut Vec<f64>,
     ) {
+        let hash = state.key_hash(value);
+        self.record_hashed(key, hash, ts_ms, samples, state, values);
+    }
+
+    /// [`record_samples`](Self::record_samples) of a key value whose entity hash
+    /// ([`VelocityState::key_hash`] of this `state`) is already known: `None` for an empty
+    /// value (not tracked, its values are 0).
+    pub fn record_hashed(
+        &self,
+        key: VelocityKey,
+        hash: Option<u64>,
+        ts_ms: u64,
+        samples: &[Sample],
+        state: &mut VelocityState,
+        values: &mut Vec<f64>,
+    ) {
         if state.prepared_for() != self.uid {
             state.prepare(self.uid, &self.program.velocity);
         }
-        let entity = state.key_hash(value).map(|h| state.entity(key, h, ts_ms));
+        let entity = hash.map(|h| state.entity(key, h, ts_ms));
         let functions = self
             .velocity
             .iter()

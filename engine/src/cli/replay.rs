@@ -61,17 +61,13 @@ pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode>
     let labels = args.labels.map(Labels::read).transpose()?;
     let log = Log::open(args.dir)?;
     let began = Instant::now();
-    let per_key = published.rules.functions_by_key();
-    let index = log.index(threads, per_key.map(|n| n > 0));
-    let read_ms = began.elapsed().as_millis() as u64;
     let options = Options {
         threads,
         entities_max: config.limits.velocity_entities_max as usize,
         labels,
     };
-    let mut report = replay(&index, &published, &options);
+    let mut report = replay(&log, &published, &options);
     report.log.dir = args.dir.display().to_string();
-    report.timing.read_ms = read_ms;
     report.timing.events_per_s = report.events as f64 / began.elapsed().as_secs_f64().max(1e-9);
     let skipped = &report.log.skipped;
     if skipped.decisions() + skipped.corrupt_stretches + skipped.bad_segments > 0 {

@@ -38,7 +38,7 @@ use verdict_net::routing::PartitionTable;
 use verdict_net::validate::validate_event;
 use verdict_net::{ArchivedEvaluateBatch, ArchivedEvent};
 use verdict_rules::ir::Agg;
-use verdict_rules::{Sample, VelocityKey, VelocityState, key_value};
+use verdict_rules::{RuleSet, Sample, VelocityKey, VelocityState, key_value};
 
 use crate::decide::{Decided, Remote, Scratch, decide};
 use crate::log::format::{
@@ -73,6 +73,8 @@ pub struct Options {
 /// The names an epoch record gives its decisions' indexes.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EpochNames {
+    #[serde(default)]
+    pub epoch: u64,
     #[serde(default)]
     pub digest: String,
     #[serde(default)]
@@ -140,6 +142,8 @@ impl Skipped {
 pub struct Log {
     pub dir: PathBuf,
     segments: Vec<(PathBuf, Mmap)>,
+    /// The most shards of any segment's engine: the velocity owners replayed.
+    pub shard_count: usize,
 }
 
 /// One logged decision, as read: its event in place in the mapped segment.
@@ -149,23 +153,55 @@ pub struct Logged<'a> {
     pub body: &'a [u8],
     pub ts: u64,
     pub seq: u64,
+    /// Its row: [`Index::rows`]`[part][row * width..]` (see [`Index::row`]).
+    pub part: u32,
+    pub row: u32,
     /// Index into [`Index::names`].
     pub names: u32,
     pub shard: u16,
     /// Per key (`VelocityKey as usize`): the shard that owned its value's partition, or
-    /// [`NO_OWNER`].
+    /// [`NO_OWNER`] (no value, or the rules do not count by that key).
     pub owners: [u16; 4],
+}
+
+/// What reading needs from the replay: the rules (each event's velocity samples are
+/// computed as it is read, while its bytes are in cache) and the owners' velocity states
+/// (each key value's entity hash is its owner's).
+pub struct Prep<'r> {
+    pub rules: &'r RuleSet,
+    pub owners: &'r [VelocityState],
+}
+
+impl Prep<'_> {
+    /// Values per row: an entity hash per key, then one slot per velocity function (key
+    /// by key, in function order): first its sample's bits, then the window's value.
+    fn width(&self) -> usize {
+        4 + self.functions()
+    }
+
+    fn functions(&self) -> usize {
+        self.rules.functions_by_key().iter().sum()
+    }
 }
 
 /// Every readable decision of a log, in event-time order.
 pub struct Index<'a> {
     pub events: Vec<Logged<'a>>,
+    /// Per segment read, per event in reading order: [`Prep::width`] values.
+    rows: Vec<Vec<AtomicU64>>,
+    width: usize,
     /// The distinct epoch names the log's decisions were made under.
     pub names: Vec<EpochNames>,
     pub skipped: Skipped,
     pub segments: usize,
-    /// The most shards of any segment's engine: the velocity owners replayed.
     pub shard_count: usize,
+}
+
+impl Index<'_> {
+    /// `logged`'s row: its keys' entity hashes, then its functions' samples or values.
+    fn row(&self, logged: &Logged<'_>) -> &[AtomicU64] {
+        &self.rows[logged.part as usize][logged.row as usize * self.width..][..self.width]
+    }
 }
 
 impl Log {
@@ -179,6 +215,7 @@ impl Log {
             dir.display()
         );
         let mut segments = Vec::with_capacity(list.len());
+        let mut shard_count = 1;
         for (_, _, path) in list {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
@@ -188,20 +225,24 @@ impl Log {
             // is checked (CRC32C, then bytecheck) before use.
             let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
                 .with_context(|| format!("mapping {}", path.display()))?;
+            if let Ok(h) = SegmentHeader::decode(&map) {
+                shard_count = shard_count.max(usize::from(h.shard_count));
+            }
             segments.push((path, map));
         }
         Ok(Log {
             dir: dir.to_path_buf(),
             segments,
+            shard_count,
         })
     }
 
     /// Reads every segment with `threads` threads, then orders the decisions by event time.
-    /// `keys[k]`: whether the rules count by key `k` (only those keys' owners are found).
-    pub fn index(&self, threads: usize, keys: [bool; 4]) -> Index<'_> {
+    pub fn index(&self, threads: usize, prep: &Prep<'_>) -> Index<'_> {
         let next = AtomicUsize::new(0);
         let names: Mutex<Vec<EpochNames>> = Mutex::new(Vec::new());
-        let mut parts: Vec<(usize, Vec<Logged<'_>>, Skipped, usize)> = std::thread::scope(|s| {
+        type Part<'a> = (usize, Vec<Logged<'a>>, Vec<AtomicU64>, Skipped);
+        let mut parts: Vec<Part<'_>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads.max(1))
                 .map(|_| {
                     s.spawn(|| {
@@ -211,8 +252,10 @@ impl Log {
                             let Some((path, map)) = self.segments.get(i) else {
                                 break;
                             };
-                            let (events, skipped, shards) = read_segment(path, map, &names, keys);
-                            out.push((i, events, skipped, shards));
+                            let mut rows = Vec::new();
+                            let (events, skipped) =
+                                read_segment(path, map, &names, prep, i as u32, &mut rows);
+                            out.push((i, events, rows, skipped));
                         }
                         out
                     })
@@ -225,46 +268,76 @@ impl Log {
         });
         parts.sort_by_key(|p| p.0);
         let mut skipped = Skipped::default();
-        let mut shard_count = 1;
-        let mut events = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
-        for (_, part, s, shards) in parts {
-            events.extend(part);
+        let n = parts.iter().map(|p| p.1.len()).sum();
+        let mut read = Vec::with_capacity(n);
+        let mut rows = Vec::with_capacity(parts.len());
+        for (_, part, part_rows, s) in parts {
+            read.extend(part);
+            rows.push(part_rows);
             skipped.add(&s);
-            shard_count = shard_count.max(shards);
         }
-        // Each shard's segments are nearly in event-time order already: a stable sort
-        // merges those runs.
-        events.sort_by_key(|e| (e.ts, e.shard, e.seq));
+        // In event-time order, ties by shard, then sequence number. `read` holds each
+        // shard's decisions in sequence order (segments sort by shard, then sequence), so
+        // sorting (time, shard, position) orders ties by sequence; 16-byte keys sort much
+        // faster than the entries.
+        let mut order: Vec<u128> = read
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (u128::from(e.ts) << 64) | (u128::from(e.shard) << 32) | i as u128)
+            .collect();
+        order.sort_unstable();
+        let mut read: Vec<Option<Logged<'_>>> = read.into_iter().map(Some).collect();
+        let events: Vec<Logged<'_>> = order
+            .iter()
+            .map(|&k| read[k as u32 as usize].take().expect("each position once"))
+            .collect();
         Index {
             events,
+            rows,
+            width: prep.width(),
             names: names.into_inner().expect("no reader panicked"),
             skipped,
             segments: self.segments.len(),
-            shard_count,
+            shard_count: self.shard_count,
         }
     }
 }
 
-/// One segment's decisions, with what was skipped and the shard count of its engine.
+/// One segment's decisions (what was skipped), each with its row appended to `rows`.
 /// `bytes` must start 16-aligned (a mapped file does) for events to be read in place.
 pub(crate) fn read_segment<'a>(
     path: &Path,
     bytes: &'a [u8],
     names: &Mutex<Vec<EpochNames>>,
-    keys: [bool; 4],
-) -> (Vec<Logged<'a>>, Skipped, usize) {
+    prep: &Prep<'_>,
+    part: u32,
+    rows: &mut Vec<AtomicU64>,
+) -> (Vec<Logged<'a>>, Skipped) {
     let mut skipped = Skipped::default();
-    let mut out = Vec::new();
+    // Room for the decisions of a segment of small records, so neither vector is copied as
+    // it grows.
+    let expect = bytes.len() / 256;
+    let mut out = Vec::with_capacity(expect);
+    rows.reserve(expect * prep.width());
     let header = match SegmentHeader::decode(bytes) {
         Ok(h) => h,
         Err(e) => {
             skipped.bad_segments += 1;
             skipped.note(path, 0, &format!("bad header: {e}"));
-            return (out, skipped, 1);
+            return (out, skipped);
         }
     };
     let shards = u32::from(header.shard_count.max(1));
     let table = PartitionTable::modulo(header.partitions.max(shards), shards).ok();
+    let rules = prep.rules;
+    let per_key = rules.functions_by_key();
+    let width = prep.width();
+    let mut key_at = [4usize; 4];
+    for k in 1..4 {
+        key_at[k] = key_at[k - 1] + per_key[k - 1];
+    }
+    let mut scratch = rules.outcome();
+    let mut samples: Vec<Sample> = Vec::new();
     // Epochs and batch payloads this segment's decisions refer to.
     let mut epochs: HashMap<u64, u32> = HashMap::new();
     let mut payloads: HashMap<u64, &'a ArchivedEvaluateBatch> = HashMap::new();
@@ -272,26 +345,17 @@ pub(crate) fn read_segment<'a>(
     Segment { bytes }.walk(None, |step| match step {
         Step::Record(r) => match r.kind {
             format::KIND_EPOCH => {
-                match serde_json::from_slice::<serde_json::Value>(&r.body[format::BODY_HEAD_LEN..])
-                {
-                    Ok(v) => {
-                        let epoch = v["epoch"].as_u64().unwrap_or(0);
-                        let parsed: EpochNames =
-                            serde_json::from_value(v).unwrap_or_else(|_| EpochNames {
-                                digest: String::new(),
-                                rules: Vec::new(),
-                                models: Vec::new(),
-                                velocity: Vec::new(),
-                            });
+                match serde_json::from_slice::<EpochNames>(&r.body[format::BODY_HEAD_LEN..]) {
+                    Ok(parsed) => {
                         let mut all = names.lock().expect("no reader panicked");
                         let at = match all.iter().position(|n| *n == parsed) {
                             Some(at) => at,
                             None => {
-                                all.push(parsed);
+                                all.push(parsed.clone());
                                 all.len() - 1
                             }
                         };
-                        epochs.insert(epoch, at as u32);
+                        epochs.insert(parsed.epoch, at as u32);
                     }
                     Err(_) => skipped.note(path, r.offset, "an epoch record that is not JSON"),
                 }
@@ -339,20 +403,47 @@ pub(crate) fn read_segment<'a>(
                     skipped.invalid_events += 1;
                     return skipped.note(path, r.offset, "the event does not pass the checks");
                 };
-                let owners = std::array::from_fn(|k| {
-                    if !keys[k] {
-                        return NO_OWNER;
+                // Its row: each key's owner and entity hash, and the samples that owner
+                // will record.
+                let row = rows.len();
+                rows.resize_with(row + width, || AtomicU64::new(0));
+                let mut owners = [NO_OWNER; 4];
+                let mut loaded = false;
+                for key in KEYS {
+                    let k = key as usize;
+                    if per_key[k] == 0 {
+                        continue;
                     }
-                    match (&table, key_value(event, KEYS[k], &mut ip)) {
-                        (Some(t), Some(v)) => t.owner(v) as u16,
-                        _ => NO_OWNER,
+                    let (Some(table), Some(value)) = (&table, key_value(event, key, &mut ip))
+                    else {
+                        continue;
+                    };
+                    let owner = table.owner(value) as usize;
+                    let Some(hash) = prep.owners.get(owner).and_then(|s| s.key_hash(value)) else {
+                        continue;
+                    };
+                    owners[k] = owner as u16;
+                    *rows[row + k].get_mut() = hash;
+                    if !std::mem::replace(&mut loaded, true) {
+                        rules.load(event, &mut scratch);
                     }
-                });
+                    samples.clear();
+                    rules.key_samples(event, key, &scratch, &mut samples);
+                    for (j, sample) in samples.iter().enumerate() {
+                        *rows[row + key_at[k] + j].get_mut() = match *sample {
+                            Sample::Count => 0,
+                            Sample::Sum(x) => x.to_bits(),
+                            Sample::Distinct(h) => h,
+                        };
+                    }
+                }
                 out.push(Logged {
                     event,
                     body: r.body,
                     ts: event.timestamp_ms.to_native(),
                     seq: r.seq,
+                    part,
+                    row: (row / width) as u32,
                     names: names_at,
                     shard: header.shard,
                     owners,
@@ -366,24 +457,30 @@ pub(crate) fn read_segment<'a>(
         }
         Step::Torn { .. } => skipped.torn_tails += 1,
     });
-    (out, skipped, shards as usize)
+    (out, skipped)
 }
 
-/// Steps 3 to 5 over `index`: returns the report.
-pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Report {
+/// Reads `log` and replays it under `published` (steps 1 to 5): the report.
+pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
     let threads = options.threads.max(1);
     let rules = &published.rules;
+    let owners = log.shard_count;
+    let began = Instant::now();
+    let states: Vec<VelocityState> = (0..owners)
+        .map(|_| VelocityState::new(options.entities_max))
+        .collect();
+    let prep = Prep {
+        rules,
+        owners: &states,
+    };
+    let index = log.index(threads, &prep);
+    let read_ms = began.elapsed().as_millis() as u64;
+    let functions = prep.functions();
     let per_key = rules.functions_by_key();
-    let functions: usize = per_key.iter().sum();
-    // Where each key's values start in an event's row of `functions` values.
-    let mut key_at = [0usize; 4];
+    let mut key_at = [4usize; 4];
     for k in 1..4 {
         key_at[k] = key_at[k - 1] + per_key[k - 1];
     }
-    let n = index.events.len();
-    let run = n.div_ceil(threads).max(1);
-    // What each function of each key adds: a sample's bits (`Sample` by the function's
-    // aggregation), replaced by the window's value once the owner has recorded it.
     let aggs: Vec<Agg> = KEYS
         .iter()
         .flat_map(|&key| {
@@ -395,79 +492,53 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
                 .map(|v| v.agg)
         })
         .collect();
+    // 3. Each owner records its keys' samples in event-time order; thread t stands in for
+    // owners t, t + threads, ...
     let began = Instant::now();
-    let slots: Vec<AtomicU64> = (0..n * functions).map(|_| AtomicU64::new(0)).collect();
-    // 3a. Every event's samples, once, each thread a run of events.
+    let mut groups: Vec<Vec<VelocityState>> = (0..threads).map(|_| Vec::new()).collect();
+    for (owner, state) in states.into_iter().enumerate() {
+        groups[owner % threads].push(state);
+    }
+    let index = &index;
     std::thread::scope(|s| {
-        for (c, chunk) in index.events.chunks(run).enumerate() {
-            let slots = &slots;
+        for (t, mut states) in groups.into_iter().enumerate() {
+            if states.is_empty() {
+                continue;
+            }
+            let aggs = &aggs;
             s.spawn(move || {
-                let mut scratch = rules.outcome();
-                let mut samples: Vec<Sample> = Vec::new();
-                for (i, logged) in chunk.iter().enumerate() {
-                    let row = (c * run + i) * functions;
-                    let mut loaded = false;
-                    for key in KEYS {
-                        let k = key as usize;
-                        if per_key[k] == 0 || logged.owners[k] == NO_OWNER {
-                            continue;
-                        }
-                        if !std::mem::replace(&mut loaded, true) {
-                            rules.load(logged.event, &mut scratch);
-                        }
-                        samples.clear();
-                        rules.key_samples(logged.event, key, &scratch, &mut samples);
-                        for (j, sample) in samples.iter().enumerate() {
-                            let bits = match *sample {
-                                Sample::Count => 0,
-                                Sample::Sum(x) => x.to_bits(),
-                                Sample::Distinct(h) => h,
-                            };
-                            slots[row + key_at[k] + j].store(bits, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    // 3b. Each owner records its keys' samples in event-time order.
-    let owners = index.shard_count;
-    std::thread::scope(|s| {
-        for t in 0..threads.min(owners) {
-            let (slots, aggs) = (&slots, &aggs);
-            s.spawn(move || {
-                // This thread stands in for owners t, t + threads, ...
-                let mut states: Vec<VelocityState> = (t..owners)
-                    .step_by(threads)
-                    .map(|_| VelocityState::new(options.entities_max))
-                    .collect();
                 let (mut samples, mut values): (Vec<Sample>, Vec<f64>) = (Vec::new(), Vec::new());
-                let mut ip = [0u8; 16];
-                for (e, logged) in index.events.iter().enumerate() {
+                for logged in &index.events {
+                    let row = index.row(logged);
                     for key in KEYS {
                         let k = key as usize;
                         let owner = logged.owners[k] as usize;
-                        if per_key[k] == 0 || owner % threads != t || owner >= owners {
+                        if logged.owners[k] == NO_OWNER || owner % threads != t {
                             continue;
                         }
-                        let Some(value) = key_value(logged.event, key, &mut ip) else {
-                            continue;
-                        };
-                        let row = e * functions + key_at[k];
+                        let at = key_at[k];
                         samples.clear();
                         samples.extend((0..per_key[k]).map(|j| {
-                            let bits = slots[row + j].load(Ordering::Relaxed);
-                            match aggs[key_at[k] + j] {
+                            let bits = row[at + j].load(Ordering::Relaxed);
+                            match aggs[key_at[k] - 4 + j] {
                                 Agg::Count => Sample::Count,
                                 Agg::Sum => Sample::Sum(f64::from_bits(bits)),
                                 Agg::Distinct => Sample::Distinct(bits),
                             }
                         }));
                         values.clear();
+                        let hash = row[k].load(Ordering::Relaxed);
                         let state = &mut states[owner / threads];
-                        rules.record_samples(key, value, logged.ts, &samples, state, &mut values);
+                        rules.record_hashed(
+                            key,
+                            Some(hash),
+                            logged.ts,
+                            &samples,
+                            state,
+                            &mut values,
+                        );
                         for (j, v) in values.iter().enumerate() {
-                            slots[row + j].store(v.to_bits(), Ordering::Relaxed);
+                            row[at + j].store(v.to_bits(), Ordering::Relaxed);
                         }
                     }
                 }
@@ -475,59 +546,59 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
         }
     });
     let velocity_ms = began.elapsed().as_millis() as u64;
+    // 4, 5. Each thread decides a run of events and tallies them.
     let began = Instant::now();
+    let run = index.events.len().div_ceil(threads).max(1);
     let tallies: Vec<Tally> = std::thread::scope(|s| {
-        let workers: Vec<_> =
-            index
-                .events
-                .chunks(run)
-                .enumerate()
-                .map(|(c, chunk)| {
-                    let slots = &slots;
-                    s.spawn(move || {
-                        let first = c * run;
-                        let mut tally = Tally::new(index, published, options.labels.as_ref());
-                        let mut models = CoreModels::new(published);
-                        let mut state = VelocityState::new(1);
-                        let clock = quanta::Clock::new();
-                        let mut scratch = Scratch::default();
-                        let mut decided = Decided::default();
-                        let mut remote = Remote::default();
-                        let mut events: Vec<&ArchivedEvent> = Vec::with_capacity(BATCH_EVENTS);
-                        for (b, batch) in chunk.chunks(BATCH_EVENTS).enumerate() {
-                            let start = first + b * BATCH_EVENTS;
-                            events.clear();
-                            events.extend(batch.iter().map(|l| l.event));
-                            // Every key's windows, as its owner recorded them.
-                            remote.clear();
+        let workers: Vec<_> = index
+            .events
+            .chunks(run)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut tally = Tally::new(index, published, options.labels.as_ref());
+                    let mut models = CoreModels::new(published);
+                    let mut state = VelocityState::new(1);
+                    let clock = quanta::Clock::new();
+                    let mut scratch = Scratch::default();
+                    let mut decided = Decided::default();
+                    let mut remote = Remote::default();
+                    let mut events: Vec<&ArchivedEvent> = Vec::with_capacity(BATCH_EVENTS);
+                    for batch in chunk.chunks(BATCH_EVENTS) {
+                        events.clear();
+                        events.extend(batch.iter().map(|l| l.event));
+                        // Every key's windows, as its owner recorded them (0 where the
+                        // event has no value for the key: its row was left 0).
+                        remote.clear();
+                        for (i, logged) in batch.iter().enumerate() {
                             remote.values.extend(
-                                slots[start * functions..(start + batch.len()) * functions]
+                                index.row(logged)[4..]
                                     .iter()
                                     .map(|x| f64::from_bits(x.load(Ordering::Relaxed))),
                             );
-                            remote.at.extend((0..batch.len()).map(|i| {
-                                std::array::from_fn(|k| (i * functions + key_at[k]) as u32)
+                            remote.at.push(std::array::from_fn(|k| {
+                                (i * functions + key_at[k] - 4) as u32
                             }));
-                            decided.clear();
-                            decide(
-                                &events,
-                                published,
-                                &mut state,
-                                &remote,
-                                &mut models,
-                                &clock,
-                                &mut scratch,
-                                &mut decided,
-                            );
-                            models.refill();
-                            for (i, logged) in batch.iter().enumerate() {
-                                tally.add(logged, &decided, i, scratch.velocity(i));
-                            }
                         }
-                        tally
-                    })
+                        decided.clear();
+                        decide(
+                            &events,
+                            published,
+                            &mut state,
+                            &remote,
+                            &mut models,
+                            &clock,
+                            &mut scratch,
+                            &mut decided,
+                        );
+                        models.refill();
+                        for (i, logged) in batch.iter().enumerate() {
+                            tally.add(logged, &decided, i, scratch.velocity(i));
+                        }
+                    }
+                    tally
                 })
-                .collect();
+            })
+            .collect();
         workers
             .into_iter()
             .map(|w| w.join().expect("a replay worker panicked"))
@@ -539,6 +610,7 @@ pub fn replay(index: &Index<'_>, published: &Published, options: &Options) -> Re
         report.add(t);
     }
     report.finish(&tallies, options.labels.as_ref());
+    report.timing.read_ms = read_ms;
     report.timing.velocity_ms = velocity_ms;
     report.timing.decide_ms = decide_ms;
     report.timing.threads = threads;

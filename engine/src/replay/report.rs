@@ -469,11 +469,13 @@ pub struct Timing {
 impl Report {
     pub fn new(index: &Index<'_>, published: &Published, labels: Option<&Labels>) -> Report {
         let rules = &published.rules;
-        let mut logged_digests = BTreeMap::new();
+        let mut per_names = vec![0u64; index.names.len()];
         for e in &index.events {
-            *logged_digests
-                .entry(index.names[e.names as usize].digest.clone())
-                .or_insert(0) += 1;
+            per_names[e.names as usize] += 1;
+        }
+        let mut logged_digests = BTreeMap::new();
+        for (names, n) in index.names.iter().zip(per_names) {
+            *logged_digests.entry(names.digest.clone()).or_insert(0) += n;
         }
         Report {
             log: LogSummary {
