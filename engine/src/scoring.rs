@@ -62,6 +62,17 @@ impl Published {
         }
     }
 
+    /// Each velocity function's canonical text (`count(account, 1h)`), in the order
+    /// decisions report their values.
+    pub fn velocity_ids(&self) -> Vec<&str> {
+        self.rules
+            .program()
+            .velocity
+            .iter()
+            .map(|v| v.id.as_str())
+            .collect()
+    }
+
     /// `name@version (sha)` of every loaded model.
     pub fn describe_models(&self) -> Vec<String> {
         self.models.models.iter().map(|m| m.describe()).collect()

@@ -62,17 +62,21 @@ fn stop(mut server: Server) {
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
 }
 
-/// `verdict replay LOGS --rules RULES --json ARGS...`: the report, and stderr.
-fn replay(logs: &Path, rules: &Path, args: &[&str]) -> (Value, String) {
+/// `verdict replay LOGS --rules RULES ARGS...`, run to completion.
+fn replay_command(logs: &Path, rules: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec![
         "replay",
         logs.to_str().unwrap(),
         "--rules",
         rules.to_str().unwrap(),
-        "--json",
     ];
     all.extend_from_slice(args);
-    let out = common::verdict(&all);
+    common::verdict(&all)
+}
+
+/// `verdict replay LOGS --rules RULES --json ARGS...`: the report, and stderr.
+fn replay(logs: &Path, rules: &Path, args: &[&str]) -> (Value, String) {
+    let out = replay_command(logs, rules, &[&["--json"], args].concat());
     let stderr = common::text(&out.stderr);
     assert!(out.status.success(), "replay failed: {stderr}");
     let report = serde_json::from_slice(&out.stdout)
@@ -383,14 +387,7 @@ fn a_changed_rule_set_reports_the_hand_computed_counts() {
     );
     // The earliest changed decision, as people read it.
     assert_eq!(r["examples"][0]["event_id"], "e4");
-    let text = common::verdict(&[
-        "replay",
-        logs.to_str().unwrap(),
-        "--rules",
-        after.to_str().unwrap(),
-        "--labels",
-        labels.to_str().unwrap(),
-    ]);
+    let text = replay_command(&logs, &after, &["--labels", labels.to_str().unwrap()]);
     let text = common::text(&text.stdout);
     for line in [
         "decided exactly as logged: 3",
@@ -402,14 +399,7 @@ fn a_changed_rule_set_reports_the_hand_computed_counts() {
     }
     // A labels file with a bad label is refused, naming its line.
     let bad = write(&dir.0, "bad.csv", "event_id,label\ne1,1\ne2,yes\n");
-    let out = common::verdict(&[
-        "replay",
-        logs.to_str().unwrap(),
-        "--rules",
-        after.to_str().unwrap(),
-        "--labels",
-        bad.to_str().unwrap(),
-    ]);
+    let out = replay_command(&logs, &after, &["--labels", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
         common::text(&out.stderr).contains("bad.csv:3:"),
@@ -467,12 +457,7 @@ fn corrupt_records_are_skipped_and_reported_and_a_bad_header_skips_its_segment()
     // No log at all is an error, not an empty report.
     let empty = dir.0.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = common::verdict(&[
-        "replay",
-        empty.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-    ]);
+    let out = replay_command(&empty, &rules, &[]);
     assert!(!out.status.success());
     assert!(common::text(&out.stderr).contains("no decision log segments"));
 }

@@ -403,12 +403,7 @@ fn epoch_json(published: &Published) -> String {
     let names: Vec<&str> = (0..rules.shape().rules as u32)
         .map(|i| rules.rule_name(i))
         .collect();
-    let velocity: Vec<&str> = rules
-        .program()
-        .velocity
-        .iter()
-        .map(|v| v.id.as_str())
-        .collect();
+    let velocity = published.velocity_ids();
     serde_json::json!({
         "epoch": rules.epoch,
         "digest": rules.digest,

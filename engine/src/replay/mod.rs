@@ -184,9 +184,12 @@ impl Prep<'_> {
     }
 }
 
-/// Every readable decision of a log, in event-time order.
+/// Every readable decision of a log.
 pub struct Index<'a> {
+    /// In reading order (segment by segment).
     pub events: Vec<Logged<'a>>,
+    /// `events` indexes in event-time order (see [`Index::ordered`]).
+    pub order: Vec<u32>,
     /// Per segment read, per event in reading order: [`Prep::width`] values.
     rows: Vec<Vec<AtomicU64>>,
     width: usize,
@@ -197,7 +200,12 @@ pub struct Index<'a> {
     pub shard_count: usize,
 }
 
-impl Index<'_> {
+impl<'a> Index<'a> {
+    /// The decisions in event-time order.
+    pub fn ordered(&self) -> impl Iterator<Item = &Logged<'a>> {
+        self.order.iter().map(|&i| &self.events[i as usize])
+    }
+
     /// `logged`'s row: its keys' entity hashes, then its functions' samples or values.
     fn row(&self, logged: &Logged<'_>) -> &[AtomicU64] {
         &self.rows[logged.part as usize][logged.row as usize * self.width..][..self.width]
@@ -269,30 +277,27 @@ impl Log {
         parts.sort_by_key(|p| p.0);
         let mut skipped = Skipped::default();
         let n = parts.iter().map(|p| p.1.len()).sum();
-        let mut read = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
         let mut rows = Vec::with_capacity(parts.len());
         for (_, part, part_rows, s) in parts {
-            read.extend(part);
+            events.extend(part);
             rows.push(part_rows);
             skipped.add(&s);
         }
-        // In event-time order, ties by shard, then sequence number. `read` holds each
+        // In event-time order, ties by shard, then sequence number. `events` holds each
         // shard's decisions in sequence order (segments sort by shard, then sequence), so
         // sorting (time, shard, position) orders ties by sequence; 16-byte keys sort much
-        // faster than the entries.
-        let mut order: Vec<u128> = read
+        // faster than the entries, which stay where they are.
+        let mut keys: Vec<u128> = events
             .iter()
             .enumerate()
             .map(|(i, e)| (u128::from(e.ts) << 64) | (u128::from(e.shard) << 32) | i as u128)
             .collect();
-        order.sort_unstable();
-        let mut read: Vec<Option<Logged<'_>>> = read.into_iter().map(Some).collect();
-        let events: Vec<Logged<'_>> = order
-            .iter()
-            .map(|&k| read[k as u32 as usize].take().expect("each position once"))
-            .collect();
+        keys.sort_unstable();
+        let order = keys.into_iter().map(|k| k as u32).collect();
         Index {
             events,
+            order,
             rows,
             width: prep.width(),
             names: names.into_inner().expect("no reader panicked"),
@@ -508,7 +513,7 @@ pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
             let aggs = &aggs;
             s.spawn(move || {
                 let (mut samples, mut values): (Vec<Sample>, Vec<f64>) = (Vec::new(), Vec::new());
-                for logged in &index.events {
+                for logged in index.ordered() {
                     let row = index.row(logged);
                     for key in KEYS {
                         let k = key as usize;
@@ -548,10 +553,10 @@ pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
     let velocity_ms = began.elapsed().as_millis() as u64;
     // 4, 5. Each thread decides a run of events and tallies them.
     let began = Instant::now();
-    let run = index.events.len().div_ceil(threads).max(1);
+    let run = index.order.len().div_ceil(threads).max(1);
     let tallies: Vec<Tally> = std::thread::scope(|s| {
         let workers: Vec<_> = index
-            .events
+            .order
             .chunks(run)
             .map(|chunk| {
                 s.spawn(move || {
@@ -563,7 +568,10 @@ pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
                     let mut decided = Decided::default();
                     let mut remote = Remote::default();
                     let mut events: Vec<&ArchivedEvent> = Vec::with_capacity(BATCH_EVENTS);
-                    for batch in chunk.chunks(BATCH_EVENTS) {
+                    let mut batch: Vec<&Logged<'_>> = Vec::with_capacity(BATCH_EVENTS);
+                    for positions in chunk.chunks(BATCH_EVENTS) {
+                        batch.clear();
+                        batch.extend(positions.iter().map(|&i| &index.events[i as usize]));
                         events.clear();
                         events.extend(batch.iter().map(|l| l.event));
                         // Every key's windows, as its owner recorded them (0 where the

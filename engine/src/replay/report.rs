@@ -160,12 +160,7 @@ impl<'a> Tally<'a> {
     ) -> Tally<'a> {
         let rules = &published.rules;
         let rule_count = rules.shape().rules;
-        let velocity: Vec<&str> = rules
-            .program()
-            .velocity
-            .iter()
-            .map(|v| v.id.as_str())
-            .collect();
+        let velocity = published.velocity_ids();
         let names = index
             .names
             .iter()
@@ -483,8 +478,8 @@ impl Report {
                 shards: index.shard_count,
                 decisions: index.events.len() as u64,
                 skipped: index.skipped.clone(),
-                first_event_ms: index.events.first().map(|e| e.ts),
-                last_event_ms: index.events.last().map(|e| e.ts),
+                first_event_ms: index.ordered().next().map(|e| e.ts),
+                last_event_ms: index.ordered().last().map(|e| e.ts),
                 logged_digests,
                 ..LogSummary::default()
             },
