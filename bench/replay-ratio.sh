@@ -2,8 +2,8 @@
 # Replay throughput against the engine's own decision rate, in one run:
 # 1. a decision log of at least EVENTS decisions (default 10,000,000): a two-shard engine
 #    (cpus 0 and 1), the shipped rules and model, `log.sync = "off"`, fed by `verdict-load`
-#    (its seeded generator, shared port, 16 x depth 16) in 10-second runs until the
-#    engine's stats count EVENTS logged decisions;
+#    (its seeded generator, shared port, 16 x depth 16, each event stamped with the time it
+#    is sent) in 10-second runs until the engine's stats count EVENTS logged decisions;
 # 2. `verdict replay` of that log under the same rules, `--threads 2`, ROUNDS times: events
 #    per second per thread, read to report;
 # 3. the `hot_path` bench's "decision/full: validate + decide + encode" on cpu 1 (criterion):
@@ -31,7 +31,7 @@ logged() {
 }
 while [ "$(logged)" -lt "$events" ]; do
     target/release/verdict-load run --addr "127.0.0.1:$engine_port" --connections 16 \
-        --depth 16 --duration 10 --warmup 0 --seed "$RANDOM" > /dev/null
+        --depth 16 --duration 10 --warmup 0 --seed "$RANDOM" --stamp-now > /dev/null
     echo "logged: $(logged) decisions"
 done
 kill "$engine_pid"

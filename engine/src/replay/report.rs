@@ -454,6 +454,7 @@ pub struct Quality {
 #[derive(Debug, Default, Serialize)]
 pub struct Timing {
     pub threads: usize,
+    /// Mapping the segments, checking every record and event, ordering them.
     pub read_ms: u64,
     pub velocity_ms: u64,
     pub decide_ms: u64,
