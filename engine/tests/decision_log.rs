@@ -386,9 +386,12 @@ fn a_full_disk_follows_the_documented_policy() {
         let dir = common::tempdir::Dir::new("log");
         let logs = dir.0.join("log");
         let disk = SmallDisk::mount(&logs);
+        // Room taken now and given back once the disk has filled.
+        let ballast = logs.join("ballast");
+        std::fs::write(&ballast, vec![0u8; 64 << 10]).unwrap();
         let toml = topology(&[0], "")
             + &format!(
-                "\n[log]\nsync = \"interval\"\nsync_interval_ms = 5\non_write_error = \"{policy}\"\n"
+                "\n[log]\nsync = \"interval\"\nsync_interval_ms = 5\nsegment_bytes_max = 65536\non_write_error = \"{policy}\"\n"
             );
         let server = serve_logging(&toml, &logs);
         let mut c = server.client();
@@ -430,7 +433,37 @@ fn a_full_disk_follows_the_documented_policy() {
             }
         }
         c.ping().unwrap();
+        // Space comes back: the log goes on, and what it writes reads whole. Every
+        // decision after the failed writes is under an epoch record in its segment.
+        std::fs::remove_file(&ballast).unwrap();
+        for i in 0..100 {
+            let _ = c.evaluate(&event(5_000 + i));
+        }
         stop(server);
+        let (ok, report) = verify(&logs);
+        assert!(ok, "{policy}: {report}");
+        let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/default.rules");
+        let out = common::verdict(&[
+            "replay",
+            logs.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            replayed["log"]["skipped"]["missing_epoch"], 0,
+            "{policy}: {:#}",
+            replayed["log"]["skipped"]
+        );
+        let rows = export(&logs);
+        assert_eq!(replayed["events"].as_u64().unwrap(), rows.len() as u64);
+        let later = rows
+            .iter()
+            .filter(|r| r["event_id"].as_str().unwrap()[4..].parse::<u64>().unwrap() >= 5_000)
+            .count();
+        assert!(later > 0, "{policy}: nothing logged once space came back");
         drop(disk);
     }
 }

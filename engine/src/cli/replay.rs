@@ -67,7 +67,7 @@ pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode>
         entities_max: config.limits.velocity_entities_max as usize,
         labels,
     };
-    let mut report = replay(&log, &published, &options);
+    let mut report = replay(&log, &published, &options)?;
     // Mapping (and faulting in) the segments is part of reading them.
     report.timing.read_ms += mapped_ms;
     report.log.dir = args.dir.display().to_string();
@@ -75,9 +75,10 @@ pub fn run(args: &Args<'_>, config: &TopologyConfig) -> anyhow::Result<ExitCode>
     let skipped = &report.log.skipped;
     if skipped.decisions() + skipped.corrupt_stretches + skipped.bad_segments > 0 {
         eprintln!(
-            "verdict replay: WARNING: {} decisions and {} corrupt stretches could not be read and were skipped (see \"skipped\"; `verdict log verify {}` says where)",
+            "verdict replay: WARNING: {} decisions, {} corrupt stretches and {} segments with a bad header could not be read and were skipped (see \"skipped\"; `verdict log verify {}` says where)",
             skipped.decisions(),
             skipped.corrupt_stretches,
+            skipped.bad_segments,
             args.dir.display()
         );
     }

@@ -407,8 +407,10 @@ impl<'a> DecisionRecord<'a> {
         self.models
     }
 
-    /// Model `k`'s score and whether it failed (its score is then the fallback).
+    /// Model `k`'s score and whether it failed (its score is then the fallback);
+    /// `k < self.models()`.
     pub fn model(&self, k: usize) -> (f64, bool) {
+        assert!(k < self.models, "model {k} of {}", self.models);
         let scores = decision::ARRAYS + 4 * (self.fired + self.shadow);
         (
             f64_at(self.body, scores + 8 * k),

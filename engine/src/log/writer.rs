@@ -512,6 +512,10 @@ async fn write_loop(
     let mut spare_cuts: Vec<Cut> = Vec::new();
     // Sequence ranges whose records did not get to disk.
     let mut lost: Vec<(u64, u64)> = Vec::new();
+    // The last epoch record of a failed write, written again ahead of the next part: the
+    // records appended while that write failed may be of its epoch, and the segment must
+    // name an epoch before its decisions (its sequence number stays below theirs).
+    let mut carry: Vec<u8> = Vec::new();
     let mut last_sync = Instant::now();
     loop {
         let _ = glommio::timer::timeout(wake, async { Ok(rung.recv().await) }).await;
@@ -539,25 +543,34 @@ async fn write_loop(
                 None => (buf.len(), records, last),
             };
             if to > from {
-                write_part(
-                    &log,
-                    &mut file,
-                    &buf[from..to],
-                    records_to - records_before,
-                    last_to,
-                    &mut lost,
-                )
-                .await;
+                let part = Part {
+                    bytes: &buf[from..to],
+                    records: records_to - records_before,
+                    last: last_to,
+                };
+                write_part(&log, &mut file, part, &mut carry, &mut lost).await;
             }
             (from, records_before) = (to, records_to);
             if let Some(c) = cut {
                 match rotate(&log, c.last + 1).await {
                     Ok(next) => {
-                        // Closing syncs: what the old segment holds is on disk.
-                        if std::mem::replace(&mut file, next).close().await.is_ok() {
-                            let mut st = log.state.borrow_mut();
-                            st.durable = st.written;
+                        // The new segment starts with its own epoch record.
+                        carry.clear();
+                        // Closing syncs: what the old segment holds is on disk, or, if
+                        // that failed, may not be.
+                        let closed = std::mem::replace(&mut file, next).close().await;
+                        let mut st = log.state.borrow_mut();
+                        if let Err(e) = closed
+                            && st.written > st.durable
+                        {
+                            warn!(
+                                "decision log, shard {}: closing a segment failed: {e}",
+                                log.header.shard
+                            );
+                            lost.push((st.durable + 1, st.written));
+                            log.count_failed(st.written - st.durable);
                         }
+                        st.durable = st.written;
                     }
                     Err(e) => warn!(
                         "decision log, shard {}: starting a new segment failed: {e}; appending to the current one",
@@ -627,35 +640,62 @@ async fn write_loop(
     let _ = closed.try_send(());
 }
 
-/// Writes one part of the pending records (`records` of them, the last numbered `last`)
-/// to `file`; a failed write counts them lost.
+/// Pending records bound for one segment: `records` of them, the last numbered `last`.
+struct Part<'a> {
+    bytes: &'a [u8],
+    records: u64,
+    last: u64,
+}
+
+/// Writes `part` to `file`, after `carry` (an epoch record a failed write lost); a failed
+/// write counts its records lost and leaves its last epoch record in `carry`.
 async fn write_part(
     log: &Log,
     file: &mut Segment,
-    bytes: &[u8],
-    records: u64,
-    last: u64,
+    part: Part<'_>,
+    carry: &mut Vec<u8>,
     lost: &mut Vec<(u64, u64)>,
 ) {
+    let joined;
+    let bytes = if carry.is_empty() {
+        part.bytes
+    } else {
+        joined = [carry.as_slice(), part.bytes].concat();
+        &joined[..]
+    };
     let len = bytes.len() as u64;
     match file.append(bytes).await {
         Ok(()) => {
+            carry.clear();
             log.stats.borrow_mut().bytes_written += len;
-            log.state.borrow_mut().written = last;
+            log.state.borrow_mut().written = part.last;
         }
         Err(e) => {
             warn!(
-                "decision log, shard {}: writing {len} bytes failed: {e}; {records} records lost",
-                log.header.shard
+                "decision log, shard {}: writing {len} bytes failed: {e}; {} records lost",
+                log.header.shard, part.records
             );
-            log.count_failed(records);
+            log.count_failed(part.records);
+            *carry = last_epoch_record(bytes).to_vec();
             let mut st = log.state.borrow_mut();
-            lost.push((st.written + 1, last));
-            st.written = last;
-            // The segment may have lost its epoch record: the next batch says it again.
-            st.epoch_logged = 0;
+            lost.push((st.written + 1, part.last));
+            st.written = part.last;
         }
     }
+}
+
+/// The last epoch record among whole records `bytes` (empty if there is none).
+fn last_epoch_record(bytes: &[u8]) -> &[u8] {
+    let records = format::Segment { bytes };
+    let (mut at, mut found) = (0, &bytes[..0]);
+    while let format::At::Record(r) = records.at(at) {
+        let next = format::Segment::after(&r);
+        if r.kind == format::KIND_EPOCH {
+            found = &bytes[at..next.min(bytes.len())];
+        }
+        at = next;
+    }
+    found
 }
 
 /// Starts shard's next segment, its first record `first_seq`, then applies retention to
@@ -664,7 +704,20 @@ async fn rotate(log: &Log, first_seq: u64) -> std::io::Result<Segment> {
     let mut header = log.header;
     header.first_seq = first_seq;
     header.created_ms = now_ms();
-    let next = create_segment(&log.dir, &header).await?;
+    let next = match create_segment(&log.dir, &header).await {
+        Ok(next) => next,
+        Err(e) => {
+            // A file that did not get its header whole is no segment: a restart must not
+            // take it for the last one.
+            let path = log
+                .dir
+                .join(super::segment_name(u32::from(header.shard), first_seq));
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() <= format::HEADER_LEN as u64) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
+    };
     log.stats.borrow_mut().segments += 1;
     retain(log, &header);
     Ok(next)

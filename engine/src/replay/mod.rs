@@ -227,10 +227,11 @@ impl Log {
         for (_, _, path) in list {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: the map is read-only and private; a segment is only ever appended to
-            // (by a live engine) or cut at its torn tail (at start), never rewritten in
-            // place, so the bytes read here do not change under the reader. Every record
-            // is checked (CRC32C, then bytecheck) before use.
+            // SAFETY: the map is read-only and private. A live engine only appends to a
+            // segment (rewriting its last partial block with the same bytes and more);
+            // only an engine starting on the same directory cuts a torn tail, so replay a
+            // log no engine is starting on (README, Backtesting). Every record is checked
+            // (CRC32C, then bytecheck) before use.
             let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
                 .with_context(|| format!("mapping {}", path.display()))?;
             if let Ok(h) = SegmentHeader::decode(&map) {
@@ -246,7 +247,7 @@ impl Log {
     }
 
     /// Reads every segment with `threads` threads, then orders the decisions by event time.
-    pub fn index(&self, threads: usize, prep: &Prep<'_>) -> Index<'_> {
+    pub fn index(&self, threads: usize, prep: &Prep<'_>) -> anyhow::Result<Index<'_>> {
         let next = AtomicUsize::new(0);
         let names: Mutex<Vec<EpochNames>> = Mutex::new(Vec::new());
         type Part<'a> = (usize, Vec<Logged<'a>>, Vec<AtomicU64>, Skipped);
@@ -276,7 +277,12 @@ impl Log {
         });
         parts.sort_by_key(|p| p.0);
         let mut skipped = Skipped::default();
-        let n = parts.iter().map(|p| p.1.len()).sum();
+        let n: usize = parts.iter().map(|p| p.1.len()).sum();
+        anyhow::ensure!(
+            u32::try_from(n).is_ok(),
+            "{n} decisions: one replay reads at most {} (replay the log in parts: copy some of its segments to another directory)",
+            u32::MAX
+        );
         let mut events = Vec::with_capacity(n);
         let mut rows = Vec::with_capacity(parts.len());
         for (_, part, part_rows, s) in parts {
@@ -295,7 +301,7 @@ impl Log {
             .collect();
         keys.sort_unstable();
         let order = keys.into_iter().map(|k| k as u32).collect();
-        Index {
+        Ok(Index {
             events,
             order,
             rows,
@@ -304,7 +310,7 @@ impl Log {
             skipped,
             segments: self.segments.len(),
             shard_count: self.shard_count,
-        }
+        })
     }
 }
 
@@ -333,7 +339,15 @@ pub(crate) fn read_segment<'a>(
         }
     };
     let shards = u32::from(header.shard_count.max(1));
-    let table = PartitionTable::modulo(header.partitions.max(shards), shards).ok();
+    let Ok(table) = PartitionTable::modulo(header.partitions, shards) else {
+        skipped.bad_segments += 1;
+        skipped.note(
+            path,
+            0,
+            "a header whose partitions do not fit its shard count",
+        );
+        return (out, skipped);
+    };
     let rules = prep.rules;
     let per_key = rules.functions_by_key();
     let width = prep.width();
@@ -419,8 +433,7 @@ pub(crate) fn read_segment<'a>(
                     if per_key[k] == 0 {
                         continue;
                     }
-                    let (Some(table), Some(value)) = (&table, key_value(event, key, &mut ip))
-                    else {
+                    let Some(value) = key_value(event, key, &mut ip) else {
                         continue;
                     };
                     let owner = table.owner(value) as usize;
@@ -466,7 +479,7 @@ pub(crate) fn read_segment<'a>(
 }
 
 /// Reads `log` and replays it under `published` (steps 1 to 5): the report.
-pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
+pub fn replay(log: &Log, published: &Published, options: &Options) -> anyhow::Result<Report> {
     let threads = options.threads.max(1);
     let rules = &published.rules;
     let owners = log.shard_count;
@@ -478,7 +491,7 @@ pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
         rules,
         owners: &states,
     };
-    let index = log.index(threads, &prep);
+    let index = log.index(threads, &prep)?;
     let read_ms = began.elapsed().as_millis() as u64;
     let functions = prep.functions();
     let per_key = rules.functions_by_key();
@@ -622,5 +635,5 @@ pub fn replay(log: &Log, published: &Published, options: &Options) -> Report {
     report.timing.velocity_ms = velocity_ms;
     report.timing.decide_ms = decide_ms;
     report.timing.threads = threads;
-    report
+    Ok(report)
 }

@@ -52,16 +52,18 @@ impl Labels {
             rows: 0,
             duplicates: 0,
         };
+        let mut first = true;
         for (i, row) in reader.records().enumerate() {
             let row = row.with_context(|| format!("--labels {}", path.display()))?;
             let line = row.position().map_or(i as u64 + 1, |p| p.line());
             if row.len() == 1 && row[0].is_empty() {
                 continue;
             }
+            let header = std::mem::replace(&mut first, false);
             let label = match (row.get(0), row.get(1), row.len()) {
                 (Some(id), Some("1"), 2) if !id.is_empty() => (id, true),
                 (Some(id), Some("0"), 2) if !id.is_empty() => (id, false),
-                _ if i == 0 => continue,
+                _ if header => continue,
                 _ => anyhow::bail!(
                     "--labels {}:{line}: want `event_id,label` with label 1 (fraud) or 0 (legitimate)",
                     path.display()
@@ -554,8 +556,8 @@ impl Report {
                         events: s.events + table[l][b][a].events,
                         amount: s.amount.saturating_add(table[l][b][a].amount),
                     });
-                    *amounts.before.entry(ACTIONS[b]).or_default() += cell.amount;
-                    *amounts.after.entry(ACTIONS[a]).or_default() += cell.amount;
+                    add(amounts.before.entry(ACTIONS[b]).or_default(), cell.amount);
+                    add(amounts.after.entry(ACTIONS[a]).or_default(), cell.amount);
                     self.actions.entry(ACTIONS[b]).or_default().before += cell.events;
                     self.actions.entry(ACTIONS[a]).or_default().after += cell.events;
                     if a != b && cell.events > 0 {
@@ -565,7 +567,7 @@ impl Report {
                             .entry(format!("{}->{}", ACTIONS[b], ACTIONS[a]))
                             .or_default();
                         tr.events += cell.events;
-                        *tr.amount.entry(currency.clone()).or_default() += cell.amount;
+                        add(tr.amount.entry(currency.clone()).or_default(), cell.amount);
                     }
                 }
             }
@@ -809,20 +811,29 @@ impl LabelSide {
                     }
                 }
                 if action == DENY && fraud.events > 0 {
-                    *self
-                        .fraud_amount_caught
-                        .entry(currency.to_string())
-                        .or_default() += fraud.amount;
+                    add(
+                        self.fraud_amount_caught
+                            .entry(currency.to_string())
+                            .or_default(),
+                        fraud.amount,
+                    );
                 }
                 if action == DENY && legit.events > 0 {
-                    *self
-                        .legit_amount_blocked
-                        .entry(currency.to_string())
-                        .or_default() += legit.amount;
+                    add(
+                        self.legit_amount_blocked
+                            .entry(currency.to_string())
+                            .or_default(),
+                        legit.amount,
+                    );
                 }
             }
         }
     }
+}
+
+/// Amounts are summed saturating: an event may carry up to `i64::MAX` minor units.
+fn add(sum: &mut i64, amount: i64) {
+    *sum = sum.saturating_add(amount);
 }
 
 fn ratio(n: u64, d: u64) -> Option<f64> {
