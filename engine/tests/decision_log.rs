@@ -55,21 +55,8 @@ fn every_answered_decision_is_logged_and_exports_as_it_was_answered() {
     let server = serve_logging(&with_log("interval"), &logs);
     let mut c = server.client();
     // Pipelined single evaluates on the shared port (about half forwarded) and a batch.
-    let ids: Vec<u64> = (0..300)
-        .map(|i| c.send(Kind::Evaluate, &event(i)).unwrap())
-        .collect();
-    c.flush().unwrap();
-    let mut answered: Vec<Decision> = ids
-        .into_iter()
-        .map(|id| {
-            c.recv()
-                .unwrap()
-                .expect(Kind::Evaluate, id)
-                .unwrap()
-                .decode()
-                .unwrap()
-        })
-        .collect();
+    let events: Vec<_> = (0..300).map(event).collect();
+    let mut answered: Vec<Decision> = common::pipelined(&mut c, &events);
     let batch: Vec<_> = (300..340).map(event).collect();
     answered.extend(c.evaluate_batch(batch).unwrap());
     let total = c.stats().unwrap().total;

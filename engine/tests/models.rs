@@ -101,18 +101,8 @@ fn pipelined_evaluates_are_scored_in_one_call() {
     let server = Server::start();
     let mut c = client(&server.shard_addr(0));
     // Ten evaluate frames in one write arrive in one read: one batch, one model call.
-    let ids: Vec<u64> = (0..10)
-        .map(|i| c.send(Kind::Evaluate, &event_on(0, 500 + i)).unwrap())
-        .collect();
-    c.flush().unwrap();
-    for id in ids {
-        let d: Decision = c
-            .recv()
-            .unwrap()
-            .expect(Kind::Evaluate, id)
-            .unwrap()
-            .decode()
-            .unwrap();
+    let events: Vec<_> = (0..10).map(|i| event_on(0, 500 + i)).collect();
+    for d in common::pipelined(&mut c, &events) {
         assert!(!d.models[0].error);
     }
     let stats = c.stats().unwrap();

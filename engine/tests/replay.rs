@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::{RULES, Server, T0, topology, velocity_stream as stream};
 use serde_json::Value;
-use verdict_net::{Decision, Event, Kind};
+use verdict_net::{Decision, Event};
 
 fn serve_logging(toml: &str, files: &[(&str, &str)], logs: &Path) -> Server {
     Server::launch_with(&[], toml, files, &["--log-dir", logs.to_str().unwrap()])
@@ -189,21 +189,7 @@ fn pipelined_singles_and_batches_on_one_shard_replay_exactly() {
     for (n, chunk) in events.chunks(100).enumerate() {
         if n % 2 == 0 {
             // Pipelined evaluates: each event's bytes in its own record.
-            let ids: Vec<u64> = chunk
-                .iter()
-                .map(|e| c.send(Kind::Evaluate, e).unwrap())
-                .collect();
-            c.flush().unwrap();
-            for id in ids {
-                answers.push(
-                    c.recv()
-                        .unwrap()
-                        .expect(Kind::Evaluate, id)
-                        .unwrap()
-                        .decode()
-                        .unwrap(),
-                );
-            }
+            answers.extend(common::pipelined(&mut c, chunk));
         } else {
             // An evaluate-batch: one payload record, decisions pointing into it.
             answers.extend(c.evaluate_batch(chunk.to_vec()).unwrap());

@@ -331,6 +331,26 @@ sys.stdout.write(str(r.status) + "\n" + r.read().decode("utf-8", "replace"))
     (status.parse().unwrap(), body.to_string())
 }
 
+/// Sends every event as a pipelined evaluate, flushes once, and returns the decisions in
+/// order (each answer checked to be the decision of its request).
+pub fn pipelined(c: &mut Client, events: &[Event]) -> Vec<verdict_net::Decision> {
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| c.send(verdict_net::Kind::Evaluate, e).unwrap())
+        .collect();
+    c.flush().unwrap();
+    ids.into_iter()
+        .map(|id| {
+            c.recv()
+                .unwrap()
+                .expect(verdict_net::Kind::Evaluate, id)
+                .unwrap()
+                .decode()
+                .unwrap()
+        })
+        .collect()
+}
+
 pub fn client(addr: &str) -> Client {
     let c = Client::connect(addr).unwrap();
     c.set_timeout(Some(Duration::from_secs(20))).unwrap();
