@@ -671,12 +671,13 @@ async fn write_part(
             log.state.borrow_mut().written = part.last;
         }
         Err(e) => {
+            let (decisions, epoch) = lost_records(bytes);
             warn!(
-                "decision log, shard {}: writing {len} bytes failed: {e}; {} records lost",
+                "decision log, shard {}: writing {len} bytes failed: {e}; {} records lost, {decisions} of them decisions",
                 log.header.shard, part.records
             );
-            log.count_failed(part.records);
-            *carry = last_epoch_record(bytes).to_vec();
+            log.count_failed(decisions);
+            *carry = epoch.to_vec();
             let mut st = log.state.borrow_mut();
             lost.push((st.written + 1, part.last));
             st.written = part.last;
@@ -684,18 +685,21 @@ async fn write_part(
     }
 }
 
-/// The last epoch record among whole records `bytes` (empty if there is none).
-fn last_epoch_record(bytes: &[u8]) -> &[u8] {
+/// Of whole records `bytes` that a write lost: how many are decisions, and the last epoch
+/// record (empty if there is none).
+fn lost_records(bytes: &[u8]) -> (u64, &[u8]) {
     let records = format::Segment { bytes };
-    let (mut at, mut found) = (0, &bytes[..0]);
+    let (mut at, mut decisions, mut epoch) = (0, 0, &bytes[..0]);
     while let format::At::Record(r) = records.at(at) {
         let next = format::Segment::after(&r);
-        if r.kind == format::KIND_EPOCH {
-            found = &bytes[at..next.min(bytes.len())];
+        match r.kind {
+            format::KIND_EPOCH => epoch = &bytes[at..next.min(bytes.len())],
+            format::KIND_DECISION => decisions += 1,
+            _ => {}
         }
         at = next;
     }
-    found
+    (decisions, epoch)
 }
 
 /// Starts shard's next segment, its first record `first_seq`, then applies retention to

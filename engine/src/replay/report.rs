@@ -163,6 +163,9 @@ impl<'a> Tally<'a> {
         let rules = &published.rules;
         let rule_count = rules.shape().rules;
         let velocity = published.velocity_ids();
+        let by_name: HashMap<&str, u32> = (0..rule_count as u32)
+            .map(|i| (rules.rule_name(i), i))
+            .collect();
         let names = index
             .names
             .iter()
@@ -170,7 +173,7 @@ impl<'a> Tally<'a> {
                 rules: n
                     .rules
                     .iter()
-                    .map(|name| (0..rule_count as u32).find(|&i| rules.rule_name(i) == name))
+                    .map(|name| by_name.get(name.as_str()).copied())
                     .collect(),
                 velocity: n
                     .velocity
