@@ -123,20 +123,12 @@ fn kill_9_under_load_with_sync_always_loses_no_answered_decision() {
     let mut c = server.client();
     let mut answered = Vec::new();
     for round in 0..20u64 {
-        let ids: Vec<u64> = (0..50)
-            .map(|i| c.send(Kind::Evaluate, &event(round * 50 + i)).unwrap())
-            .collect();
-        c.flush().unwrap();
-        for id in ids {
-            let d: Decision = c
-                .recv()
-                .unwrap()
-                .expect(Kind::Evaluate, id)
-                .unwrap()
-                .decode()
-                .unwrap();
-            answered.push(d.event_id);
-        }
+        let events: Vec<_> = (0..50).map(|i| event(round * 50 + i)).collect();
+        answered.extend(
+            common::pipelined(&mut c, &events)
+                .into_iter()
+                .map(|d| d.event_id),
+        );
     }
     let total = c.stats().unwrap().total;
     assert!(

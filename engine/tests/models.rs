@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Server, client, event, event_on, tempdir, topology};
-use verdict_net::{Decision, Event, Kind};
+use verdict_net::Event;
 
 /// A two-feature model (deadline 50 ms: wall-clock, so generous on a busy test machine): it
 /// loops forever when features[0] > 0, traps when features[1] > 0,
@@ -137,21 +137,8 @@ fn a_looping_or_trapping_model_costs_its_event_the_fallback_not_the_core() {
     assert_eq!((after.models[0].score, after.models[0].error), (0.2, false));
     // Pipelined, a looping event and a normal one are one batch, one call: the deadline cuts
     // the call, so both get the fallback, and both are answered.
-    let looping = c
-        .send(Kind::Evaluate, &with_features(5, [1.0, 0.0]))
-        .unwrap();
-    let normal = c
-        .send(Kind::Evaluate, &with_features(6, [0.0, 0.0]))
-        .unwrap();
-    c.flush().unwrap();
-    for id in [looping, normal] {
-        let d: Decision = c
-            .recv()
-            .unwrap()
-            .expect(Kind::Evaluate, id)
-            .unwrap()
-            .decode()
-            .unwrap();
+    let looping_and_normal = [with_features(5, [1.0, 0.0]), with_features(6, [0.0, 0.0])];
+    for d in common::pipelined(&mut c, &looping_and_normal) {
         assert_eq!((d.models[0].score, d.models[0].error), (0.9, true));
     }
     let trapped = c.evaluate(&with_features(4, [0.0, 1.0])).unwrap();
