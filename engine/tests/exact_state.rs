@@ -50,7 +50,7 @@ fn essence(
 }
 
 fn two_shards() -> Server {
-    Server::with_rules(&topology(&[0, 1], ""), &[("exact.rules", RULES)])
+    Server::with_patient_rules(&topology(&[0, 1], ""), &[("exact.rules", RULES)])
 }
 
 fn table() -> PartitionTable {
@@ -61,7 +61,7 @@ fn table() -> PartitionTable {
 fn every_path_decides_like_a_single_shard() {
     let events = stream(3_000);
     // (1) one shard: every key's windows on one core.
-    let single = Server::with_rules(&topology(&[0], ""), &[("exact.rules", RULES)]);
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", RULES)]);
     let mut c = single.client();
     let reference: Vec<Decision> = events.iter().map(|e| c.evaluate(e).unwrap()).collect();
     drop(single);
@@ -206,7 +206,7 @@ fn a_mixed_owner_batch_keeps_its_order_and_each_event_is_decided_by_its_owner() 
 #[test]
 fn a_tiny_mesh_budget_refuses_the_excess_and_answers_every_request_once() {
     let toml = topology(&[0, 1], "mesh_events_in_flight_max = 2");
-    let server = Server::with_rules(&toml, &[("exact.rules", RULES)]);
+    let server = Server::with_patient_rules(&toml, &[("exact.rules", RULES)]);
     let events = stream(2_000);
     let mut c = server.client();
     let (mut decided, mut overloaded) = (0, 0);
@@ -450,7 +450,7 @@ fn shard_aware_clients_route_by_the_partition_table_and_keep_the_callers_order()
 #[test]
 fn live_rule_counts_match_the_decisions_and_survive_a_reload() {
     let toml = topology(&[0, 1], "") + "\n[admin]\nwire_reload = true\n";
-    let server = Server::with_rules(&toml, &[("exact.rules", RULES)]);
+    let server = Server::with_patient_rules(&toml, &[("exact.rules", RULES)]);
     let mut c = server.client();
     let mut expected: std::collections::BTreeMap<(String, bool), u64> = Default::default();
     let mut decide = |c: &mut Client, events: &[Event]| {

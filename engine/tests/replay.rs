@@ -23,26 +23,9 @@ fn serve_logging(toml: &str, files: &[(&str, &str)], logs: &Path) -> Server {
     Server::launch_with(&[], toml, files, &["--log-dir", logs.to_str().unwrap()])
 }
 
-/// The shipped `fraud_lr` with a deadline of a second: a live call that the scheduler
+/// `serve_logging` of [`RULES`] with [`common::patient_models`]: a live call the scheduler
 /// delays past the shipped 2 ms would be logged as a fallback score, which no replay
 /// reproduces (replays cut calls only after 100 ms or more).
-fn patient_models(dir: &Path) -> std::path::PathBuf {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/examples/fraud_lr");
-    let models = dir.join("models");
-    let model = models.join("fraud_lr");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(shipped.join("fraud_lr.wasm"), model.join("fraud_lr.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(shipped.join("manifest.toml")).unwrap();
-    assert!(manifest.contains("deadline_us = 2000"), "{manifest}");
-    std::fs::write(
-        model.join("manifest.toml"),
-        manifest.replace("deadline_us = 2000", "deadline_us = 1000000"),
-    )
-    .unwrap();
-    models
-}
-
-/// `serve_logging` of [`RULES`] with [`patient_models`].
 fn serve_patiently(toml: &str, logs: &Path, models: &Path) -> Server {
     Server::launch_with(
         &[],
@@ -137,7 +120,7 @@ fn replaying_under_the_logged_rules_reproduces_every_decision_across_shards() {
     let dir = common::tempdir::Dir::new("replay");
     let logs = dir.0.join("log");
     let rules = write(&dir.0, "exact.rules", RULES);
-    let models = patient_models(&dir.0);
+    let models = common::patient_models(&dir.0);
     let models_arg = ["--models", models.to_str().unwrap()];
     let server = serve_patiently(&topology(&[0, 1], ""), &logs, &models);
     // One event at a time on the shared port: half are forwarded, and every device, IP and
@@ -181,7 +164,7 @@ fn pipelined_singles_and_batches_on_one_shard_replay_exactly() {
     let dir = common::tempdir::Dir::new("replay");
     let logs = dir.0.join("log");
     let rules = write(&dir.0, "exact.rules", RULES);
-    let models = patient_models(&dir.0);
+    let models = common::patient_models(&dir.0);
     let server = serve_patiently(&topology(&[0], ""), &logs, &models);
     let mut c = server.client();
     let events = stream(1_200);

@@ -19,6 +19,8 @@ pub struct Server {
     pub admin_port: u16,
     pub dir: tempdir::Dir,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Files the server reads that live outside `dir` (removed with the server).
+    pub kept: Option<tempdir::Dir>,
 }
 
 pub mod tempdir {
@@ -175,7 +177,20 @@ impl Server {
             admin_port,
             dir,
             stderr,
+            kept: None,
         }
+    }
+
+    /// [`Server::with_rules`], scoring with [`patient_models`]: for tests that compare
+    /// model scores across runs, which a call the scheduler delays past the shipped 2 ms
+    /// deadline would turn into a fallback.
+    pub fn with_patient_rules(toml: &str, files: &[(&str, &str)]) -> Server {
+        let models = tempdir::Dir::new("models");
+        let dir = patient_models(&models.0);
+        let mut server =
+            Server::launch_with(&[], toml, files, &["--models", dir.to_str().unwrap()]);
+        server.kept = Some(models);
+        server
     }
 
     pub fn addr(&self) -> String {
@@ -485,4 +500,23 @@ pub fn velocity_stream(n: usize) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+/// The shipped `fraud_lr` with a deadline of a second, written under `dir`; returns the
+/// models directory to pass as `--models`.
+pub fn patient_models(dir: &std::path::Path) -> std::path::PathBuf {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/examples/fraud_lr");
+    let models = dir.join("models");
+    let model = models.join("fraud_lr");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(shipped.join("fraud_lr.wasm"), model.join("fraud_lr.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(shipped.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("deadline_us = 2000"), "{manifest}");
+    std::fs::write(
+        model.join("manifest.toml"),
+        manifest.replace("deadline_us = 2000", "deadline_us = 1000000"),
+    )
+    .unwrap();
+    models
 }
