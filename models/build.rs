@@ -10,6 +10,7 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     println!("cargo:rerun-if-changed=examples");
+    println!("cargo:rerun-if-changed=trees");
     println!("cargo:rerun-if-changed=../scripts/build-models.sh");
     let script = here.join("../scripts/build-models.sh");
     let output = Command::new("bash")

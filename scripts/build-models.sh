@@ -29,3 +29,20 @@ for src in "$here"/models/examples/*/wasm.rs; do
         -o "$dest.partial" "$src"
     mv -f "$dest.partial" "$dest"
 done
+# The scorer template of imported models (models/trees): only embedded, never a file beside
+# a manifest, so only built into OUT_DIR.
+if [ -n "$out" ]; then
+    dest="$out/trees.wasm"
+    stale=0
+    [ -f "$dest" ] || stale=1
+    for input in "$here"/models/trees/*.rs "$here"/models/examples/abi_v1.rs "$here/scripts/build-models.sh"; do
+        [ "$input" -nt "$dest" ] && stale=1
+    done
+    if ((stale)); then
+        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "$rustc" --edition 2024 \
+            --crate-type cdylib --crate-name trees --target wasm32-unknown-unknown \
+            -C opt-level=3 -C target-feature=+simd128 -C panic=abort -C strip=symbols -C debuginfo=0 \
+            -o "$dest.partial" "$here/models/trees/wasm.rs"
+        mv -f "$dest.partial" "$dest"
+    fi
+fi

@@ -156,6 +156,11 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Import a model trained with XGBoost or LightGBM, or inspect an imported one.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Measure the round trip of a ping.
     Ping {
         #[arg(long, default_value = cli::DEFAULT_ADDR)]
@@ -186,6 +191,49 @@ enum LogCommand {
         /// Only events at or before this event time (ms since the Unix epoch).
         #[arg(long)]
         to: Option<u64>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ModelCommand {
+    /// Turn a saved XGBoost (JSON) or LightGBM (text) model into a verdict model directory:
+    /// OUT/manifest.toml and OUT/NAME.wasm (ABI v1), scoring what the library predicts.
+    Import {
+        /// The model file: XGBoost's `save_model("m.json")`, LightGBM's `save_model("m.txt")`.
+        file: PathBuf,
+        /// `xgboost` or `lightgbm`.
+        #[arg(long)]
+        format: String,
+        /// The model's name, as rules call it: model("NAME").
+        #[arg(long)]
+        name: String,
+        /// The model's features in its training column order, comma-separated
+        /// rules-language expressions: 'amount, count(account, 1h), features[0]'.
+        #[arg(long)]
+        features: String,
+        /// For a multi-class model: the class whose probability is the score.
+        #[arg(long)]
+        class: Option<usize>,
+        /// The manifest's version (default: format, library version, file hash).
+        #[arg(long = "version")]
+        model_version: Option<String>,
+        /// The model's per-call deadline, microseconds.
+        #[arg(long, default_value_t = 5000)]
+        deadline_us: u64,
+        /// Instances each core keeps ready.
+        #[arg(long, default_value_t = 2)]
+        instances_per_core: u32,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Topology whose [models] limits the module is checked under (default as for `serve`).
+        #[arg(long)]
+        shards: Option<PathBuf>,
+    },
+    /// Print an imported model: provenance, objective, trees, depth and features.
+    Inspect {
+        /// The model's directory (or its manifest).
+        dir: PathBuf,
     },
 }
 
@@ -326,6 +374,35 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             cli::replay::run(&args, &config)
         }
+        Command::Model { command } => match command {
+            ModelCommand::Import {
+                file,
+                format,
+                name,
+                features,
+                class,
+                model_version,
+                deadline_us,
+                instances_per_core,
+                out,
+                shards,
+            } => {
+                let (config, _) = load_topology(shards)?;
+                let args = cli::model::ImportArgs {
+                    format: &format,
+                    file: &file,
+                    name: &name,
+                    features: &features,
+                    class,
+                    version: model_version,
+                    deadline_us,
+                    instances_per_core,
+                    out: &out,
+                };
+                cli::model::import(&args, &config)
+            }
+            ModelCommand::Inspect { dir } => cli::model::inspect(&dir),
+        },
         Command::Log { command } => match command {
             LogCommand::Verify { dir } => cli::log::verify(&dir),
             LogCommand::Export {

@@ -503,14 +503,6 @@ fn a_restart_after_kill_9_serves_the_rule_set_last_published() {
     );
 }
 
-/// The venv's python (scripts/setup.sh installs pyarrow there, pinned).
-fn pyarrow_python() -> String {
-    std::env::var("VERDICT_VENV_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/verdict/venv/bin/python")
-    })
-}
-
 /// `verdict log export --format parquet`, read back by pyarrow (a reader no one here
 /// wrote): the same rows and values as the JSON lines export, flat columns.
 #[test]
@@ -542,7 +534,7 @@ import pyarrow.parquet as pq
 t = pq.read_table(sys.argv[1])
 print(json.dumps({"names": t.column_names, "rows": t.to_pylist()}))
 "#;
-    let python = pyarrow_python();
+    let python = common::venv_python();
     let out = std::process::Command::new(&python)
         .args(["-c", SCRIPT, parquet.to_str().unwrap()])
         .output()

@@ -7,6 +7,10 @@
 //! core in a [`ModelSet`] -> [`Pool`] (one per model per core: ready instances) ->
 //! [`Pool::score`] (rows of f32 features in, one f64 score per row out).
 //!
+//! [`import`] turns an XGBoost or LightGBM model file into such a model: the tree scorer
+//! of `models/trees` (built for wasm32 once, with verdict; natively as [`trees`]) plus the
+//! model's tables.
+//!
 //! The engine computes the features (they are rules-language expressions, compiled by
 //! verdict-rules); this crate never sees an event. The ABI is documented in
 //! `models/README.md`.
@@ -19,8 +23,10 @@ mod cache;
 pub mod examples;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod manifest;
 mod pool;
+pub mod trees;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
-//! The subcommands that talk to a running engine as clients, plus `verdict topology` and
-//! `verdict check`.
+//! The subcommands that talk to a running engine as clients, plus `verdict topology`,
+//! `verdict check`, the offline log tools and `verdict model`.
 
 pub mod log;
+pub mod model;
 pub mod parquet;
 pub mod replay;
 pub mod rules;

@@ -520,3 +520,12 @@ pub fn patient_models(dir: &std::path::Path) -> std::path::PathBuf {
     .unwrap();
     models
 }
+
+/// The venv's python (scripts/setup.sh installs the pinned PyPI tools there: pyarrow,
+/// xgboost-cpu, lightgbm, numpy).
+pub fn venv_python() -> String {
+    std::env::var("VERDICT_VENV_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/verdict/venv/bin/python")
+    })
+}

@@ -1,0 +1,47 @@
+//! The scorer template of imported models, built for wasm32 (ABI v1) by
+//! `scripts/build-models.sh` and embedded in verdict. It carries no model: `verdict model
+//! import` appends a data segment with the model's tables at `__heap_base` (the first byte
+//! past this module's own data; the scorer allocates nothing) and raises the memory's
+//! minimum to hold it.
+#![no_std]
+
+// The template uses the scorer alone; the constants it defines are the importer's too.
+#[allow(dead_code)]
+#[path = "scorer.rs"]
+mod scorer;
+
+mod score {
+    use core::ptr::addr_of_mut;
+
+    use super::scorer;
+
+    unsafe extern "C" {
+        /// Defined by the linker: the end of the module's static data.
+        static __heap_base: u8;
+    }
+
+    static mut SUMS: scorer::Sums = scorer::Sums::new();
+
+    /// The table blob: its header gives its length.
+    fn tables() -> &'static [u8] {
+        let at = (&raw const __heap_base as usize).next_multiple_of(8);
+        // SAFETY: the importer wrote the blob at this address (the header's length word is
+        // checked before any section is read); memory past the end traps, never corrupts.
+        unsafe {
+            let header = core::slice::from_raw_parts(at as *const u8, scorer::HEADER_BYTES);
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&header[scorer::h::BYTES * 4..scorer::h::BYTES * 4 + 4]);
+            let len = (u32::from_le_bytes(len) as usize).max(scorer::HEADER_BYTES);
+            core::slice::from_raw_parts(at as *const u8, len)
+        }
+    }
+
+    pub fn score(rows: usize, cols: usize, input: &[f32], out: &mut [f64]) -> i32 {
+        // SAFETY: single-threaded wasm; SUMS is scratch for this call alone.
+        let sums = unsafe { &mut *addr_of_mut!(SUMS) };
+        scorer::score(tables(), sums, rows, cols, input, out)
+    }
+}
+
+#[path = "../examples/abi_v1.rs"]
+mod abi;
