@@ -11,6 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use verdict_models::import::{module, tables};
 use verdict_models::{Pool, Runtime, RuntimeConfig, trees};
 
@@ -85,8 +88,8 @@ fn feature_list(cols: usize) -> String {
         .join(", ")
 }
 
-/// Runs `verdict model import` for the case into `out`; returns its output.
-fn import(c: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
+/// Runs `verdict model import` for the case into `out`, named `name`; returns its output.
+fn import(c: &Case, name: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let file = model_file(c);
     let features = feature_list(c.cols);
     let mut args = vec![
@@ -96,7 +99,7 @@ fn import(c: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
         "--format",
         &c.format,
         "--name",
-        &c.name,
+        name,
         "--features",
         &features,
         "--out",
@@ -137,7 +140,7 @@ fn check(name: &str) -> (usize, usize) {
     let c = case(name);
     let dir = common::tempdir::Dir::new("import");
     let out = dir.0.join(name);
-    let o = import(&c, &out, &[]);
+    let o = import(&c, name, &out, &[]);
     assert!(o.status.success(), "{}", common::text(&o.stderr));
     let mut exact = 0;
     for batch in [1, 64] {
@@ -327,4 +330,159 @@ fn unsupported_models_and_wrong_options_are_refused_with_the_reason() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(!out.exists(), "a refused import wrote {}", out.display());
+}
+
+/// Events carrying the case's rows as `features` (rows with a NaN are left out: the wire
+/// refuses non-finite features), as `verdict send` JSON lines; and each one's reference.
+fn events(c: &Case, tag: &str) -> (String, Vec<f64>) {
+    let mut lines = String::new();
+    let mut expect = Vec::new();
+    for (i, row) in c.rows.chunks(c.cols).enumerate() {
+        if row.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
+        let features: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        let event = serde_json::json!({
+            "event_id": format!("{tag}-{i}"), "timestamp_ms": common::T0 + i as u64,
+            "account_id": format!("acct-{i}"), "merchant_id": "m-1", "amount_minor": 1000,
+            "currency": "USD", "country": "US", "channel": "web", "device_id": "d-1",
+            "ip": "203.0.113.9", "mcc": 5411, "features": features,
+        });
+        lines.push_str(&event.to_string());
+        lines.push('\n');
+        expect.push(c.expect[i]);
+    }
+    (lines, expect)
+}
+
+/// `verdict send` over `lines`; each decision's score from `model`, and whether it failed.
+fn send(server: &common::Server, dir: &Path, lines: &str, model: &str) -> Vec<(f64, bool)> {
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = common::verdict(&[
+        "send",
+        "--addr",
+        &server.addr(),
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    common::text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let d: serde_json::Value = serde_json::from_str(l).unwrap();
+            let score = d["models"][model]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {model} score in {l}"));
+            let failed = d["model_errors"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|n| n == model));
+            (score, failed)
+        })
+        .collect()
+}
+
+/// A deadline no scheduler delay on a loaded test machine reaches (1 s): these tests
+/// compare every score, and a delayed call would score its fallback.
+const PATIENT: &[&str] = &["--deadline-us", "1000000"];
+
+/// An imported model served as any other: `verdict send` decisions carry exactly the
+/// library's predictions; then a retrained model (here LightGBM's, same features) is imported
+/// over it and `verdict reload` swaps it in while a client streams: every event is answered
+/// by one model or the other, none by a fallback, and afterwards scores are the new model's.
+#[test]
+fn an_imported_model_serves_decisions_and_a_retrained_one_reloads_under_load() {
+    let (xgb, lgb) = (case("xgb_logistic"), case("lgb_binary"));
+    let dir = common::tempdir::Dir::new("served");
+    let models = dir.0.join("models");
+    let o = import(&xgb, "card_fraud", &models.join("card_fraud"), PATIENT);
+    assert!(o.status.success(), "{}", common::text(&o.stderr));
+    let token = common::token_file(&dir.0);
+    let rules = "fallback model(\"card_fraud\") = -1\n\
+                 rule model_says_fraud { when model(\"card_fraud\") > 0.5  score 50 }\n";
+    let server = common::Server::launch_with(
+        &[],
+        &common::topology(&[0, 1], ""),
+        &[("fraud.rules", rules)],
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let (lines, expect) = events(&xgb, "x");
+    assert!(expect.len() > 400, "{} finite rows", expect.len());
+    let got = send(&server, &dir.0, &lines, "card_fraud");
+    assert_eq!(got.len(), expect.len());
+    for (i, ((score, failed), want)) in got.iter().zip(&expect).enumerate() {
+        assert!(!failed, "event {i}: the model failed");
+        assert_eq!(
+            score.to_bits(),
+            want.to_bits(),
+            "event {i}: {score} vs xgboost {want}"
+        );
+    }
+
+    // Under load: a client streams the XGBoost events until the reload is done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let (stop, addr) = (stop.clone(), server.addr());
+        let events: Vec<verdict_net::Event> = lines
+            .lines()
+            .map(|l| verdict_net::json::event_from_json(l).unwrap())
+            .collect();
+        std::thread::spawn(move || {
+            let mut c = common::client(&addr);
+            let (mut answered, mut failed) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                for chunk in events.chunks(64) {
+                    for d in common::pipelined(&mut c, chunk) {
+                        answered += 1;
+                        failed += d.models.iter().filter(|m| m.error).count();
+                    }
+                }
+            }
+            (answered, failed)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let o = import(&lgb, "card_fraud", &models.join("card_fraud"), PATIENT);
+    assert!(o.status.success(), "{}", common::text(&o.stderr));
+    let admin = format!("127.0.0.1:{}", server.admin_port);
+    let o = common::verdict(&[
+        "reload",
+        "--admin",
+        &admin,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::text(&o.stdout),
+        common::text(&o.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = streamer.join().unwrap();
+    assert!(
+        answered >= 1000,
+        "{answered} events answered while reloading"
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} of {answered} decisions fell back during the reload"
+    );
+
+    let (lines, expect) = events(&lgb, "l");
+    let got = send(&server, &dir.0, &lines, "card_fraud");
+    assert_eq!(got.len(), expect.len());
+    for (i, ((score, failed), want)) in got.iter().zip(&expect).enumerate() {
+        assert!(!failed, "event {i}: the model failed");
+        assert!(
+            (score - want).abs() <= 1e-12 * want.abs(),
+            "event {i}: {score} vs lightgbm {want}"
+        );
+    }
 }
