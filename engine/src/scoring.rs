@@ -99,6 +99,8 @@ pub fn model_inputs(set: &ModelSet) -> Vec<ModelInput> {
                     offset: f.offset,
                 })
                 .collect(),
+            absent_features_missing: m.manifest.absent_features
+                == verdict_models::manifest::Absent::Missing,
         })
         .collect()
 }

@@ -332,16 +332,21 @@ fn unsupported_models_and_wrong_options_are_refused_with_the_reason() {
     assert!(!out.exists(), "a refused import wrote {}", out.display());
 }
 
-/// Events carrying the case's rows as `features` (rows with a NaN are left out: the wire
-/// refuses non-finite features), as `verdict send` JSON lines; and each one's reference.
-fn events(c: &Case, tag: &str) -> (String, Vec<f64>) {
+/// Events carrying the case's rows as `features`, as `verdict send` JSON lines, and each
+/// one's reference. The wire refuses NaN: a row whose NaNs all come last is sent without
+/// them (the manifest's `absent_features = "missing"` gives the model NaN there); other
+/// rows with a NaN are left out. Also returns how many events lack trailing features.
+fn events(c: &Case, tag: &str) -> (String, Vec<f64>, usize) {
     let mut lines = String::new();
     let mut expect = Vec::new();
+    let mut short = 0;
     for (i, row) in c.rows.chunks(c.cols).enumerate() {
-        if row.iter().any(|v| !v.is_finite()) {
+        let carried = row.iter().position(|v| v.is_nan()).unwrap_or(row.len());
+        if row[carried..].iter().any(|v| !v.is_nan()) || row.iter().any(|v| v.is_infinite()) {
             continue;
         }
-        let features: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        short += usize::from(carried < row.len());
+        let features: Vec<f64> = row[..carried].iter().map(|&v| f64::from(v)).collect();
         let event = serde_json::json!({
             "event_id": format!("{tag}-{i}"), "timestamp_ms": common::T0 + i as u64,
             "account_id": format!("acct-{i}"), "merchant_id": "m-1", "amount_minor": 1000,
@@ -352,7 +357,7 @@ fn events(c: &Case, tag: &str) -> (String, Vec<f64>) {
         lines.push('\n');
         expect.push(c.expect[i]);
     }
-    (lines, expect)
+    (lines, expect, short)
 }
 
 /// `verdict send` over `lines`; each decision's score from `model`, and whether it failed.
@@ -387,7 +392,7 @@ fn send(server: &common::Server, dir: &Path, lines: &str, model: &str) -> Vec<(f
 const PATIENT: &[&str] = &["--deadline-us", "1000000"];
 
 /// An imported model served as any other: `verdict send` decisions carry exactly the
-/// library's predictions; then a retrained model (here LightGBM's, same features) is imported
+/// library's predictions (events without trailing features score as rows missing them); then a retrained model (here LightGBM's, same features) is imported
 /// over it and `verdict reload` swaps it in while a client streams: every event is answered
 /// by one model or the other, none by a fallback, and afterwards scores are the new model's.
 #[test]
@@ -411,8 +416,9 @@ fn an_imported_model_serves_decisions_and_a_retrained_one_reloads_under_load() {
             token.to_str().unwrap(),
         ],
     );
-    let (lines, expect) = events(&xgb, "x");
-    assert!(expect.len() > 400, "{} finite rows", expect.len());
+    let (lines, expect, short) = events(&xgb, "x");
+    assert!(expect.len() > 400, "{} rows to send", expect.len());
+    assert!(short >= 3, "{short} events without trailing features");
     let got = send(&server, &dir.0, &lines, "card_fraud");
     assert_eq!(got.len(), expect.len());
     for (i, ((score, failed), want)) in got.iter().zip(&expect).enumerate() {
@@ -475,7 +481,7 @@ fn an_imported_model_serves_decisions_and_a_retrained_one_reloads_under_load() {
         "{failed} of {answered} decisions fell back during the reload"
     );
 
-    let (lines, expect) = events(&lgb, "l");
+    let (lines, expect, _) = events(&lgb, "l");
     let got = send(&server, &dir.0, &lines, "card_fraud");
     assert_eq!(got.len(), expect.len());
     for (i, ((score, failed), want)) in got.iter().zip(&expect).enumerate() {

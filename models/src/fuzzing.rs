@@ -8,6 +8,8 @@
 //!   [`Manifest::read`] does). A manifest that parses holds only values inside the documented
 //!   bounds, resolves its module beside itself, and locates each feature it says is written
 //!   verbatim at that very text; one that does not parse gets an error naming the file.
+//! - [`import_model`]: an XGBoost or LightGBM model file through `verdict model import`'s
+//!   parser and table layout, then the native scorer.
 
 use std::path::Path;
 
@@ -63,4 +65,45 @@ pub fn manifest(data: &[u8]) {
             );
         }
     }
+}
+
+/// Fuzz target `import_model`: the first byte picks the format (even: XGBoost JSON, odd:
+/// LightGBM text) and the class, the rest is the model file. Parsing refuses with a typed
+/// error or yields a forest that lays out into tables the scorer reads back tree for tree,
+/// and scores a row of zeros and a row of NaN without a walk error.
+pub fn import_model(data: &[u8]) {
+    use crate::import::{self, Format, tables};
+    use crate::trees;
+    let Some((&selector, model)) = data.split_first() else {
+        return;
+    };
+    let format = if selector & 1 == 0 {
+        Format::Xgboost
+    } else {
+        Format::Lightgbm
+    };
+    let class = (selector & 0x80 != 0).then_some(usize::from(selector >> 1 & 3));
+    let Ok(forest) = import::parse(model, format, class) else {
+        return;
+    };
+    let Ok(blob) = tables::encode(&forest) else {
+        return;
+    };
+    let shape = tables::shape(&blob).expect("encoded tables read back");
+    assert_eq!(shape.trees, forest.trees.len());
+    assert_eq!(shape.cols, forest.features);
+    let aligned = tables::Aligned::new(&blob);
+    let mut sums = Box::new(trees::Sums::new());
+    let mut out = [0.0; 2];
+    let mut rows = vec![0f32; forest.features];
+    rows.extend(std::iter::repeat_n(f32::NAN, forest.features));
+    let code = trees::score(
+        aligned.bytes(),
+        &mut sums,
+        2,
+        forest.features,
+        &rows,
+        &mut out,
+    );
+    assert_eq!(code, 0, "scoring a parsed model failed");
 }

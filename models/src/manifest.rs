@@ -8,6 +8,7 @@
 //! features = ["amount", "count(account, 1h)", "features[0]"]
 //! deadline_us = 500               # default 1000
 //! instances_per_core = 2          # default 2
+//! absent_features = "missing"     # default "zero"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,19 @@ struct Raw {
     deadline_us: u64,
     #[serde(default = "default_instances")]
     instances_per_core: u32,
+    #[serde(default)]
+    absent_features: Absent,
+}
+
+/// What a feature written `features[i]` is for an event that carries fewer than i + 1.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Absent {
+    /// 0, as everywhere in the rules language.
+    #[default]
+    Zero,
+    /// NaN: the model's own "missing" (tree models take each split's default direction).
+    Missing,
 }
 
 fn default_deadline_us() -> u64 {
@@ -64,6 +78,7 @@ pub struct Manifest {
     pub features: Vec<Feature>,
     pub deadline_us: u64,
     pub instances_per_core: u32,
+    pub absent_features: Absent,
     /// Where the manifest was read from, and its text (for error positions).
     pub path: PathBuf,
     pub text: String,
@@ -133,6 +148,7 @@ impl Manifest {
             features,
             deadline_us: raw.deadline_us,
             instances_per_core: raw.instances_per_core,
+            absent_features: raw.absent_features,
             path: path.to_path_buf(),
             text: text.to_string(),
         })
@@ -237,6 +253,10 @@ mod tests {
                 "unknown field `threads`",
             ),
             (format!("name = \"m\"\n{base}"), "missing field `features`"),
+            (
+                format!("name = \"m\"\n{base}features = [\"amount\"]\nabsent_features = \"nan\""),
+                "unknown variant `nan`",
+            ),
         ];
         for (text, want) in cases {
             let got = parse(&text).unwrap_err();

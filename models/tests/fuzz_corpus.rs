@@ -13,7 +13,10 @@ use std::path::Path;
 use verdict_models::fuzzing;
 use verdict_net::fuzzing::Target;
 
-const TARGETS: [Target; 1] = [("manifest", fuzzing::manifest)];
+const TARGETS: [Target; 2] = [
+    ("manifest", fuzzing::manifest),
+    ("import_model", fuzzing::import_model),
+];
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

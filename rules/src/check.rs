@@ -81,6 +81,15 @@ pub fn check(
         }
     }
     let model_features = c.model_features();
+    let model_absent_missing = c
+        .models
+        .iter()
+        .map(|m| {
+            c.known_models
+                .iter()
+                .any(|k| &k.name == m && k.absent_features_missing)
+        })
+        .collect();
     let model_fallbacks = c
         .models
         .iter()
@@ -126,6 +135,7 @@ pub fn check(
         velocity: c.velocity,
         models: c.models,
         model_features,
+        model_absent_missing,
         model_fallbacks,
         policy: policy.flatten(),
     };

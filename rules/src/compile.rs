@@ -60,6 +60,8 @@ struct CompiledVelocity {
 enum FeatureFn {
     Num(NumFn),
     Cond(u32),
+    /// `features[i]` of a model whose absent features are missing: NaN past the event's.
+    Slot(usize),
 }
 
 /// A compiled, immutable rule set: what one epoch decides with. Shared by every core
@@ -243,11 +245,13 @@ impl RuleSet {
         let features = program
             .model_features
             .iter()
-            .map(|nodes| {
+            .zip(&program.model_absent_missing)
+            .map(|(nodes, &absent_missing)| {
                 nodes
                     .iter()
-                    .map(|n| match n.ty {
-                        Ty::Bool => FeatureFn::Cond(b.condition(&fold(n))),
+                    .map(|n| match (n.ty, &n.kind) {
+                        (_, NodeKind::Feature(i)) if absent_missing => FeatureFn::Slot(*i as usize),
+                        (Ty::Bool, _) => FeatureFn::Cond(b.condition(&fold(n))),
                         _ => FeatureFn::Num(b.num(&fold(n))),
                     })
                     .collect()
@@ -385,6 +389,10 @@ impl RuleSet {
             *x = match f {
                 FeatureFn::Num(f) => f(&ctx) as f32,
                 FeatureFn::Cond(entry) => f32::from(u8::from(branch::run(&self.ops, *entry, &ctx))),
+                FeatureFn::Slot(i) => event
+                    .features
+                    .get(*i)
+                    .map_or(f32::NAN, |v| v.to_native() as f32),
             };
         }
     }

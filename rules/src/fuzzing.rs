@@ -123,6 +123,7 @@ pub fn expr(data: &[u8]) {
             expr: text.to_string(),
             offset: Some(0),
         }],
+        absent_features_missing: false,
     };
     load(&files, vec![model]);
 }
@@ -218,6 +219,7 @@ impl Files {
                 name: name.display().to_string(),
                 manifest: Some(Source::new(path.display().to_string(), text.as_str())),
                 features,
+                absent_features_missing: false,
             });
         }
         for name in NAMED_MODELS {

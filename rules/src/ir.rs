@@ -273,6 +273,8 @@ pub struct Program {
     pub models: Vec<String>,
     /// Each used model's features (numbers or bools), in its manifest's order.
     pub model_features: Vec<Vec<Node>>,
+    /// Each used model's `absent_features = "missing"` (see `ModelInput`).
+    pub model_absent_missing: Vec<bool>,
     /// Each used model's fallback score (`fallback model("x") = N`, else 0).
     pub model_fallbacks: Vec<f64>,
     /// `None` when no file has a `policy`: then the rules' actions decide, and the default

@@ -185,6 +185,10 @@ pub struct ModelInput {
     pub manifest: Option<Source>,
     /// The features the engine computes for each event the model scores.
     pub features: Vec<FeatureInput>,
+    /// The manifest's `absent_features = "missing"`: a feature written exactly
+    /// `features[i]` is NaN (the model's "missing") for an event carrying fewer than i + 1
+    /// features, instead of the language's 0.
+    pub absent_features_missing: bool,
 }
 
 /// One feature: a rules-language expression (a number or a bool).
@@ -202,6 +206,7 @@ impl ModelInput {
             name: name.to_string(),
             manifest: None,
             features: Vec::new(),
+            absent_features_missing: false,
         }
     }
 }

@@ -809,6 +809,7 @@ fn model_with(features: &[&str]) -> verdict_rules::ModelInput {
         name: "m".into(),
         manifest: Some(verdict_rules::Source::new("m/manifest.toml", text)),
         features,
+        absent_features_missing: false,
     }
 }
 

@@ -472,6 +472,11 @@ fn manifest_text(o: &Options, f: &Forest, version: &str) -> String {
     let _ = writeln!(m, "]");
     let _ = writeln!(m, "deadline_us = {}", o.deadline_us);
     let _ = writeln!(m, "instances_per_core = {}", o.instances_per_core);
+    let _ = writeln!(
+        m,
+        "# An event without features[i] gives the model NaN there: missing, as in training."
+    );
+    let _ = writeln!(m, "absent_features = \"missing\"");
     m
 }
 
