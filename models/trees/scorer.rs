@@ -92,10 +92,9 @@ pub const GROUPS_MAX: usize = 32;
 
 /// Error codes (negative, as ABI v1 wants them).
 pub const ERR_SHAPE: i32 = -1;
-/// The tables are not a blob this scorer reads (bad magic, version or bounds).
+/// The tables are not a blob this scorer reads (bad magic, version, bounds or an index a
+/// walk could follow out of its section).
 pub const ERR_TABLES: i32 = -2;
-/// A walk met an index out of its tree (a corrupt blob).
-pub const ERR_WALK: i32 = -3;
 
 /// One split. `left`/`right` are node indices, or `!leaf` when negative; `cat` indexes the
 /// set of a categorical split in the cats section.
@@ -187,82 +186,184 @@ impl<'a> Tables<'a> {
         })
     }
 
-    /// Whether `category` is in the set at `at` (a word count, then the bitset).
-    #[inline]
-    fn in_set(&self, at: u32, category: u32) -> Option<bool> {
-        let at = at as usize;
-        let words = *self.cats.get(at)? as usize;
-        let i = (category / 32) as usize;
-        if i >= words {
-            return Some(false);
+    /// Checks every index a walk can follow, once, so walks need no checks of their own:
+    /// each node's feature is a column, each child is a later node or a leaf, each
+    /// categorical set lies in the cats section, each tree's root and group exist, and the
+    /// kind and output are known. A child after its parent also makes every walk end.
+    pub fn check(self) -> Option<Checked<'a>> {
+        let known_kind = matches!(self.kind, KIND_XGBOOST | KIND_LIGHTGBM);
+        let known_output = self.output <= OUT_EXP;
+        if !known_kind || !known_output || self.cols == 0 || self.cols > META_FEATURE as usize {
+            return None;
         }
-        Some(self.cats.get(at + 1 + i)? >> (category % 32) & 1 == 1)
-    }
-
-    /// The leaf value `x` reaches in the tree rooted at `root`, XGBoost's way.
-    #[inline]
-    fn walk_xgboost(&self, root: i32, x: &[f32]) -> Option<f64> {
-        let mut i = root;
-        while i >= 0 {
-            let n = self.nodes.get(i as usize)?;
-            let v = *x.get((n.meta & META_FEATURE) as usize)?;
-            let left = if v.is_nan() {
-                n.meta & META_DEFAULT_LEFT != 0
-            } else if n.meta & META_CATEGORICAL != 0 {
-                // XGBoost's `Decision`: invalid categories (negative, >= 2^24) go left;
-                // a category in the set goes right.
-                !(0.0..16_777_216.0).contains(&v) || !self.in_set(n.cat, v as u32)?
-            } else {
-                f64::from(v) < n.threshold
-            };
-            let next = if left { n.left } else { n.right };
-            if next >= 0 && next <= i {
+        let leaf_ok = |c: i32| (!c as usize) < self.leaves.len();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if (n.meta & META_FEATURE) as usize >= self.cols {
                 return None;
             }
-            i = next;
+            for c in [n.left, n.right] {
+                let ok = if c < 0 {
+                    leaf_ok(c)
+                } else {
+                    c as usize > i && (c as usize) < self.nodes.len()
+                };
+                if !ok {
+                    return None;
+                }
+            }
+            if n.meta & META_CATEGORICAL != 0 {
+                let at = n.cat as usize;
+                let words = *self.cats.get(at)? as usize;
+                if at.checked_add(1 + words)? > self.cats.len() {
+                    return None;
+                }
+            }
         }
-        self.leaves.get(!i as usize).copied()
+        for &[root, group] in self.trees {
+            let root = root as i32;
+            let ok = if root < 0 {
+                leaf_ok(root)
+            } else {
+                (root as usize) < self.nodes.len()
+            };
+            if !ok || group as usize >= self.groups {
+                return None;
+            }
+        }
+        Some(Checked(self))
+    }
+}
+
+/// Tables whose every index was checked ([`Tables::check`]): what the walks read.
+pub struct Checked<'a>(Tables<'a>);
+
+impl<'a> Checked<'a> {
+    pub fn tables(&self) -> &Tables<'a> {
+        &self.0
     }
 
-    /// The leaf value `x` reaches in the tree rooted at `root`, LightGBM's way.
+    /// Whether `category` is in the set at `at` (a word count, then the bitset).
     #[inline]
-    fn walk_lightgbm(&self, root: i32, x: &[f32]) -> Option<f64> {
-        const ZERO: f64 = 1e-35f32 as f64;
+    fn in_set(&self, at: u32, category: u32) -> bool {
+        let cats = self.0.cats;
+        let at = at as usize;
+        // SAFETY: `check` proved `at` and the `cats[at]` words after it lie in `cats`.
+        unsafe {
+            let words = *cats.get_unchecked(at) as usize;
+            let i = (category / 32) as usize;
+            i < words && *cats.get_unchecked(at + 1 + i) >> (category % 32) & 1 == 1
+        }
+    }
+
+    /// The leaf value `x` (one row, `cols` values) reaches from `root`, XGBoost's way.
+    #[inline]
+    fn walk_xgboost(&self, root: i32, x: &[f32]) -> f64 {
+        let nodes = self.0.nodes;
         let mut i = root;
         while i >= 0 {
-            let n = self.nodes.get(i as usize)?;
-            let mut v = f64::from(*x.get((n.meta & META_FEATURE) as usize)?);
+            // SAFETY: `check` proved every reachable index is a node and every feature a
+            // column; the caller passes rows of `cols` values.
+            let n = unsafe { nodes.get_unchecked(i as usize) };
+            let v = unsafe { *x.get_unchecked((n.meta & META_FEATURE) as usize) };
+            let left = if n.meta & META_CATEGORICAL == 0 {
+                // A NaN compares false: it goes left only when that is its default.
+                (f64::from(v) < n.threshold) | (v.is_nan() & (n.meta & META_DEFAULT_LEFT != 0))
+            } else if v.is_nan() {
+                n.meta & META_DEFAULT_LEFT != 0
+            } else {
+                // XGBoost's `Decision`: invalid categories (negative, >= 2^24) go left; a
+                // category in the set goes right.
+                !(0.0..16_777_216.0).contains(&v) || !self.in_set(n.cat, v as u32)
+            };
+            i = if left { n.left } else { n.right };
+        }
+        // SAFETY: `check` proved every leaf reference is a leaf.
+        unsafe { *self.0.leaves.get_unchecked(!i as usize) }
+    }
+
+    /// The leaf value `x` reaches from `root`, LightGBM's way.
+    #[inline]
+    fn walk_lightgbm(&self, root: i32, x: &[f32]) -> f64 {
+        const ZERO: f64 = 1e-35f32 as f64;
+        let nodes = self.0.nodes;
+        let mut i = root;
+        while i >= 0 {
+            // SAFETY: as in `walk_xgboost`.
+            let n = unsafe { nodes.get_unchecked(i as usize) };
+            let mut v = f64::from(unsafe { *x.get_unchecked((n.meta & META_FEATURE) as usize) });
             if v.abs() <= ZERO {
                 v = 0.0;
             }
             let left = if n.meta & META_CATEGORICAL != 0 {
                 // NaN and negatives (after truncation: -0.5 is category 0) go right;
                 // categories beyond i32 read as negative.
-                if v.is_nan() || v <= -1.0 || v >= 2_147_483_648.0 {
-                    false
-                } else {
-                    self.in_set(n.cat, v as u32)?
-                }
+                !(v.is_nan() || v <= -1.0 || v >= 2_147_483_648.0) && self.in_set(n.cat, v as u32)
             } else {
                 let missing = n.meta >> META_MISSING_SHIFT & 3;
                 if v.is_nan() && missing != MISSING_NAN {
                     v = 0.0;
                 }
-                if (missing == MISSING_ZERO && v.abs() <= ZERO)
-                    || (missing == MISSING_NAN && v.is_nan())
-                {
+                if (missing == MISSING_ZERO && v == 0.0) || (missing == MISSING_NAN && v.is_nan()) {
                     n.meta & META_DEFAULT_LEFT != 0
                 } else {
                     v <= n.threshold
                 }
             };
-            let next = if left { n.left } else { n.right };
-            if next >= 0 && next <= i {
-                return None;
-            }
-            i = next;
+            i = if left { n.left } else { n.right };
         }
-        self.leaves.get(!i as usize).copied()
+        // SAFETY: as in `walk_xgboost`.
+        unsafe { *self.0.leaves.get_unchecked(!i as usize) }
+    }
+
+    /// Scores `rows` rows of `cols` f32 features (row-major) into `out`, one score per row:
+    /// what the library's `predict` returns for the chosen class. Returns 0 or an error code.
+    pub fn score(
+        &self,
+        sums: &mut Sums,
+        rows: usize,
+        cols: usize,
+        input: &[f32],
+        out: &mut [f64],
+    ) -> i32 {
+        let t = &self.0;
+        if rows > ROWS_MAX || cols != t.cols || input.len() < rows * cols || out.len() < rows {
+            return ERR_SHAPE;
+        }
+        let g = t.groups;
+        let input = &input[..rows * cols];
+        if t.kind == KIND_XGBOOST {
+            let acc = &mut sums.f32s[..rows * g];
+            for r in 0..rows {
+                acc[r * g..r * g + g]
+                    .iter_mut()
+                    .zip(t.base)
+                    .for_each(|(a, b)| *a = *b as f32);
+            }
+            // Tree-major, so a tree's nodes stay in cache across the rows; each row's sum
+            // still adds its trees in order, as XGBoost does.
+            for &[root, group] in t.trees {
+                let group = group as usize;
+                for (r, x) in input.chunks_exact(cols).enumerate() {
+                    acc[r * g + group] += self.walk_xgboost(root as i32, x) as f32;
+                }
+            }
+            for (r, o) in out[..rows].iter_mut().enumerate() {
+                *o = f64::from(output_xgboost(t, &acc[r * g..r * g + g]));
+            }
+        } else {
+            let acc = &mut sums.f64s[..rows * g];
+            acc.fill(0.0);
+            for &[root, group] in t.trees {
+                let group = group as usize;
+                for (r, x) in input.chunks_exact(cols).enumerate() {
+                    acc[r * g + group] += self.walk_lightgbm(root as i32, x);
+                }
+            }
+            for (r, o) in out[..rows].iter_mut().enumerate() {
+                *o = output_lightgbm(t, &acc[r * g..r * g + g]);
+            }
+        }
+        0
     }
 }
 
@@ -287,8 +388,8 @@ impl Default for Sums {
     }
 }
 
-/// Scores `rows` rows of `cols` f32 features (row-major) into `out`, one score per row:
-/// what the library's `predict` returns for the chosen class. Returns 0 or an error code.
+/// [`Tables::read`], [`Tables::check`] and [`Checked::score`] in one call (the checks are
+/// O(nodes): a caller scoring many batches checks once and keeps the [`Checked`]).
 pub fn score(
     blob: &[u8],
     sums: &mut Sums,
@@ -297,70 +398,10 @@ pub fn score(
     input: &[f32],
     out: &mut [f64],
 ) -> i32 {
-    let Some(t) = Tables::read(blob) else {
-        return ERR_TABLES;
-    };
-    if rows > ROWS_MAX || cols != t.cols || input.len() < rows * cols || out.len() < rows {
-        return ERR_SHAPE;
+    match Tables::read(blob).and_then(Tables::check) {
+        Some(t) => t.score(sums, rows, cols, input, out),
+        None => ERR_TABLES,
     }
-    let g = t.groups;
-    let ok = match t.kind {
-        KIND_XGBOOST => sum_xgboost(&t, &mut sums.f32s[..rows * g], rows, cols, input),
-        KIND_LIGHTGBM => sum_lightgbm(&t, &mut sums.f64s[..rows * g], rows, cols, input),
-        _ => false,
-    };
-    if !ok {
-        return ERR_WALK;
-    }
-    for (r, o) in out[..rows].iter_mut().enumerate() {
-        *o = match t.kind {
-            KIND_XGBOOST => f64::from(output_xgboost(&t, &sums.f32s[r * g..r * g + g])),
-            _ => output_lightgbm(&t, &sums.f64s[r * g..r * g + g]),
-        };
-    }
-    0
-}
-
-/// Tree-major, so a tree's nodes stay in cache across the rows; each row's sum still adds
-/// its trees in order, as the library does.
-fn sum_xgboost(t: &Tables, acc: &mut [f32], rows: usize, cols: usize, input: &[f32]) -> bool {
-    let g = t.groups;
-    for r in 0..rows {
-        for k in 0..g {
-            acc[r * g + k] = t.base[k] as f32;
-        }
-    }
-    for &[root, group] in t.trees {
-        let group = group as usize;
-        if group >= g {
-            return false;
-        }
-        for (r, x) in input[..rows * cols].chunks_exact(cols).enumerate() {
-            let Some(leaf) = t.walk_xgboost(root as i32, x) else {
-                return false;
-            };
-            acc[r * g + group] += leaf as f32;
-        }
-    }
-    true
-}
-
-fn sum_lightgbm(t: &Tables, acc: &mut [f64], rows: usize, cols: usize, input: &[f32]) -> bool {
-    let g = t.groups;
-    acc.fill(0.0);
-    for &[root, group] in t.trees {
-        let group = group as usize;
-        if group >= g {
-            return false;
-        }
-        for (r, x) in input[..rows * cols].chunks_exact(cols).enumerate() {
-            let Some(leaf) = t.walk_lightgbm(root as i32, x) else {
-                return false;
-            };
-            acc[r * g + group] += leaf;
-        }
-    }
-    true
 }
 
 /// XGBoost's `PredTransform`, in f32 as it does it.

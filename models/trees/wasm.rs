@@ -21,6 +21,9 @@ mod score {
     }
 
     static mut SUMS: scorer::Sums = scorer::Sums::new();
+    /// The tables, checked by this instance's first call (an instance is reused across calls
+    /// and nothing writes the tables, so one check serves every call).
+    static mut CHECKED: Option<scorer::Checked<'static>> = None;
 
     /// The table blob: its header gives its length.
     fn tables() -> &'static [u8] {
@@ -37,9 +40,16 @@ mod score {
     }
 
     pub fn score(rows: usize, cols: usize, input: &[f32], out: &mut [f64]) -> i32 {
-        // SAFETY: single-threaded wasm; SUMS is scratch for this call alone.
-        let sums = unsafe { &mut *addr_of_mut!(SUMS) };
-        scorer::score(tables(), sums, rows, cols, input, out)
+        // SAFETY: single-threaded wasm; SUMS is scratch for this call alone, CHECKED is
+        // written once, before any read.
+        let (sums, checked) = unsafe { (&mut *addr_of_mut!(SUMS), &mut *addr_of_mut!(CHECKED)) };
+        if checked.is_none() {
+            *checked = scorer::Tables::read(tables()).and_then(scorer::Tables::check);
+        }
+        match checked {
+            Some(t) => t.score(sums, rows, cols, input, out),
+            None => scorer::ERR_TABLES,
+        }
     }
 }
 
