@@ -252,3 +252,96 @@ impl Aligned {
         unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.1) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::Tree;
+
+    fn forest() -> Forest {
+        let split = |feature, threshold, left, right| Node::Split {
+            feature,
+            test: Test::Numerical { threshold },
+            default_left: true,
+            missing: 0,
+            left,
+            right,
+        };
+        Forest {
+            format: Format::Xgboost,
+            library_version: "test".into(),
+            booster: "gbtree".into(),
+            objective: "reg:squarederror".into(),
+            output: trees::OUT_IDENTITY,
+            sigmoid: 1.0,
+            features: 2,
+            feature_names: Vec::new(),
+            feature_types: Vec::new(),
+            groups: 1,
+            class: 0,
+            base: vec![0.5],
+            base_text: "5E-1".into(),
+            average: false,
+            trees: vec![Tree {
+                group: 0,
+                // Source order differs from pre-order: the root's right child comes first.
+                nodes: vec![
+                    split(0, 1.0, 2, 1),
+                    Node::Leaf(10.0),
+                    split(1, 0.0, 3, 4),
+                    Node::Leaf(1.0),
+                    Node::Leaf(2.0),
+                ],
+            }],
+        }
+    }
+
+    fn scores(blob: &[u8], rows: &[f32]) -> Result<Vec<f64>, i32> {
+        let a = Aligned::new(blob);
+        let mut sums = Box::new(trees::Sums::new());
+        let mut out = vec![0.0; rows.len() / 2];
+        match trees::score(a.bytes(), &mut sums, out.len(), 2, rows, &mut out) {
+            0 => Ok(out),
+            code => Err(code),
+        }
+    }
+
+    #[test]
+    fn tables_lay_trees_out_in_pre_order_and_score_them() {
+        let blob = encode(&forest()).unwrap();
+        let s = shape(&blob).unwrap();
+        assert_eq!((s.trees, s.splits, s.leaves, s.depth_max), (1, 2, 3, 2));
+        // x0 < 1 goes left to the x1 split; NaN takes the default (left).
+        let rows = [0.0, -1.0, 0.0, 1.0, 5.0, 0.0, f32::NAN, f32::NAN];
+        assert_eq!(scores(&blob, &rows), Ok(vec![1.5, 2.5, 10.5, 1.5]));
+    }
+
+    /// A blob whose indices would lead a walk astray is refused before any walk.
+    #[test]
+    fn tables_with_a_bad_index_are_refused_whole() {
+        let blob = encode(&forest()).unwrap();
+        let a = Aligned::new(&blob);
+        let nodes_at = {
+            let t = Tables::read(a.bytes()).unwrap();
+            t.nodes.as_ptr() as usize - a.bytes().as_ptr() as usize
+        };
+        let corrupt = |at: usize, value: u32| {
+            let mut b = blob.clone();
+            b[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            scores(&b, &[0.0, 0.0])
+        };
+        // Node 0's left child pointing back at itself (a loop), past the nodes, at a leaf
+        // that does not exist; node 0's feature out of the row.
+        assert_eq!(corrupt(nodes_at + 4, 0), Err(trees::ERR_TABLES));
+        assert_eq!(corrupt(nodes_at + 4, 99), Err(trees::ERR_TABLES));
+        assert_eq!(corrupt(nodes_at + 4, !7u32), Err(trees::ERR_TABLES));
+        assert_eq!(corrupt(nodes_at, 5), Err(trees::ERR_TABLES));
+        assert!(
+            corrupt(nodes_at + 4, 1).is_ok(),
+            "a valid change still scores"
+        );
+        let mut short = blob.clone();
+        short.truncate(blob.len() - 8);
+        assert_eq!(scores(&short, &[0.0, 0.0]), Err(trees::ERR_TABLES));
+    }
+}
