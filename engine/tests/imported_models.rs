@@ -21,7 +21,9 @@ use verdict_models::{Pool, Runtime, RuntimeConfig, trees};
 fn cases() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("verdict-gbdt-{}", std::process::id()));
+        // One fixed place under cargo's target dir, made afresh by each test run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imported-models");
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/gbdt/train.py");
         let out = std::process::Command::new(common::venv_python())
