@@ -1,7 +1,6 @@
 """The codec against net/vectors: every golden frame decodes to its .json meaning and the
 meaning re-encodes to the same bytes; plus the validator's rules, routing and event checks."""
 
-import ipaddress
 import json
 import math
 import struct
@@ -9,39 +8,11 @@ import unittest
 from pathlib import Path
 
 from verdict_client import codec, routing
+from verdict_client.codec import differences, normalise_ips
 from verdict_client.client import FrameReader, check_response
 from verdict_client.errors import BadField, ProtocolError
 
 VECTORS = Path(__file__).resolve().parents[3] / "vectors"
-
-
-def same(a, b, path="payload"):
-    """Differences; floats by bit pattern (-0.0 is not 0.0)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return [] if type(a) is type(b) and a == b else [f"{path}: {a!r} != {b!r}"]
-    if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            if struct.pack("<d", float(a)) == struct.pack("<d", float(b)):
-                return []
-        return [f"{path}: {a!r} != {b!r}"]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys {sorted(a)} != {sorted(b)}"]
-        return [d for k in a for d in same(a[k], b[k], f"{path}.{k}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} items != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in same(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
-def norm_ips(j):
-    if isinstance(j, dict):
-        return {k: (str(ipaddress.ip_address(v or "0.0.0.0")) if k == "ip" else norm_ips(v))
-                for k, v in j.items()}
-    if isinstance(j, list):
-        return [norm_ips(v) for v in j]
-    return j
 
 
 DATACLASS_OF = {"Decision": codec.Decision, "ErrorReply": codec.ErrorReply,
@@ -75,24 +46,24 @@ class GoldenVectors(unittest.TestCase):
                     again = b""
                 else:
                     wire = codec.decode_value(payload, ty)
-                    self.assertEqual(same(norm_ips(codec.to_json(wire, ty)),
-                                          norm_ips(meaning["payload"])), [])
+                    self.assertEqual(differences(normalise_ips(codec.to_json(wire, ty)),
+                                                 normalise_ips(meaning["payload"])), [])
                     value = codec.from_json(meaning["payload"], ty)
                     again = codec.encode_value(value, ty)
                     # The dataclass form says the same as the JSON.
                     decoded = codec.decode_payload(kind, payload)
                     if ty in DATACLASS_OF:
                         self.assertIsInstance(decoded, DATACLASS_OF[ty])
-                        self.assertEqual(same(norm_ips(decoded.to_json()),
-                                              norm_ips(meaning["payload"])), [])
+                        self.assertEqual(differences(normalise_ips(decoded.to_json()),
+                                                     normalise_ips(meaning["payload"])), [])
                     if ty == "Event":
                         ev = codec.Event.from_json(meaning["payload"])
                         self.assertEqual(codec.encode_event(ev), payload)
                         self.assertEqual(codec.encode_event(meaning["payload"] and
                                                             codec.as_wire_event(meaning["payload"])),
                                          payload)
-                        self.assertEqual(same(norm_ips(decoded.to_json()),
-                                              norm_ips(meaning["payload"])), [])
+                        self.assertEqual(differences(normalise_ips(decoded.to_json()),
+                                                     normalise_ips(meaning["payload"])), [])
                     if ty == "EvaluateBatch":
                         self.assertEqual(codec.encode_batch(
                             [codec.Event.from_json(e) for e in meaning["payload"]["events"]]),

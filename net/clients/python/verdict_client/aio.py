@@ -9,7 +9,7 @@ import time
 from typing import Iterable, List, Optional, Sequence
 
 from . import codec
-from .client import FrameReader, check_response, tls_context
+from .client import Answers, FrameReader, check_response, tls_context
 from .codec import (KIND_EVALUATE, KIND_EVALUATE_BATCH, KIND_PING, KIND_RELOAD, KIND_STATS,
                     KIND_TOPOLOGY, Decision)
 from .errors import ConnectionClosed, ProtocolError, ResponseTimeout, VerdictError
@@ -218,13 +218,7 @@ class AsyncClient:
         return await self.call(KIND_EVALUATE, self._event_payload(event))
 
     async def evaluate_batch(self, events: Sequence) -> List[Decision]:
-        wires = [codec.as_wire_event(e) for e in events]
-        if self.validate:
-            for i, w in enumerate(wires):
-                try:
-                    codec.validate_event(w)
-                except ValueError as e:
-                    raise ValueError(f"event {i}: {e}") from None
+        wires = codec.wire_events(events, self.validate)
         return await self.call(KIND_EVALUATE_BATCH, codec.encode_batch(wires))
 
     async def evaluate_many(self, events: Iterable, depth: int = 64,
@@ -235,19 +229,13 @@ class AsyncClient:
             raise ValueError("depth must be at least 1")
         payloads = [self._event_payload(e) for e in events]
         window = collections.deque()
-        out: list = []
-        first_error = None
+        answers = Answers()
 
         async def take():
-            nonlocal first_error
             try:
-                out.append(await self._wait(window.popleft()))
+                answers.add(await self._wait(window.popleft()))
             except VerdictError as e:
-                if e.closes_connection:
-                    raise
-                out.append(e)
-                if first_error is None:
-                    first_error = e
+                answers.add_error(e)
 
         for p in payloads:
             if len(window) >= depth:
@@ -256,9 +244,7 @@ class AsyncClient:
             await self._drain()
         while window:
             await take()
-        if first_error is not None and not return_exceptions:
-            raise first_error
-        return out
+        return answers.result(return_exceptions)
 
     async def stats(self) -> codec.StatsReply:
         return await self.call(KIND_STATS)

@@ -80,6 +80,38 @@ def check_response(kind: int, id_: int, payload: bytes, want_kind: int, want_id:
     return _decoder(want_kind)(payload)
 
 
+class Answers:
+    """evaluate_many's answers, in input order (shared by every client). A server error
+    answers its own event only: it takes the event's place, and `result` raises the first
+    one unless return_exceptions; an error that closes the connection is raised at once."""
+
+    def __init__(self):
+        self.out: list = []
+        self.first_error: Optional[VerdictError] = None
+
+    def add(self, value) -> None:
+        self.out.append(value)
+
+    def add_error(self, e: VerdictError) -> None:
+        if e.closes_connection:
+            raise e
+        self.out.append(e)
+        if self.first_error is None:
+            self.first_error = e
+
+    def take(self, recv) -> None:
+        """Adds recv()'s answer, or the VerdictError it raises."""
+        try:
+            self.add(recv())
+        except VerdictError as e:
+            self.add_error(e)
+
+    def result(self, return_exceptions: bool) -> list:
+        if self.first_error is not None and not return_exceptions:
+            raise self.first_error
+        return self.out
+
+
 class Client:
     """A blocking verdict client.
 
@@ -245,13 +277,7 @@ class Client:
 
     def evaluate_batch(self, events: Sequence) -> List[Decision]:
         """One evaluate-batch request (1..=batch_events_max events); decisions in order."""
-        wires = [codec.as_wire_event(e) for e in events]
-        if self.validate:
-            for i, w in enumerate(wires):
-                try:
-                    codec.validate_event(w)
-                except ValueError as e:
-                    raise ValueError(f"event {i}: {e}") from None
+        wires = codec.wire_events(events, self.validate)
         return self._call(KIND_EVALUATE_BATCH, codec.encode_batch(wires))
 
     def evaluate_many(self, events: Iterable, depth: int = 64,
@@ -267,8 +293,7 @@ class Client:
         if self._pending:
             raise ProtocolError("evaluate_many with pipelined requests in flight")
         payloads = [self._event_payload(e) for e in events]
-        out: list = []
-        first_error = None
+        answers = Answers()
         refill = max(1, depth // 2)
         i = 0
         while i < len(payloads) or self._pending:
@@ -279,17 +304,8 @@ class Client:
             # Read until the window has room for `refill` more (or everything is read).
             target = 0 if i >= len(payloads) else depth - refill
             while len(self._pending) > target:
-                try:
-                    out.append(self.recv())
-                except VerdictError as e:
-                    if e.closes_connection:
-                        raise
-                    out.append(e)
-                    if first_error is None:
-                        first_error = e
-        if first_error is not None and not return_exceptions:
-            raise first_error
-        return out
+                answers.take(self.recv)
+        return answers.result(return_exceptions)
 
     def stats(self) -> codec.StatsReply:
         return self._call(KIND_STATS)

@@ -1,13 +1,14 @@
 """The verdict wire codec: frames and rkyv 0.8 archived payloads, in pure Python.
 
-Written from net/PROTOCOL.md; the generic reader/writer is net/vectors/check.py's (a reader
-that validates like the server: bounds, alignment, UTF-8, tags, the ordered claim window;
-a writer that reproduces rkyv's bytes exactly), plus a fast path for the hot types (`Event`
-encoding, `Decision` decoding) that produces and accepts the same bytes.
+Written from net/PROTOCOL.md: a generic reader that validates like the server (bounds,
+alignment, UTF-8, tags, the ordered claim window) and a generic writer that reproduces rkyv's
+bytes exactly, plus a fast path for `Event` encoding that produces the same bytes.
+net/vectors/check.py runs this codec over the golden vectors (decode, compare with the JSON
+meaning, re-encode byte for byte).
 
 Two forms of every payload value:
 
-* the *wire form* (plain dicts, as check.py uses): `encode_value(value, type_name)` /
+* the *wire form* (plain dicts): `encode_value(value, type_name)` /
   `decode_value(payload, type_name)`, and `to_json` / `from_json` for the JSON meaning;
 * *dataclasses* (`Event`, `Decision`, `ErrorReply`, `TopologyReply`, `StatsReply`,
   `ReloadReply`) whose `to_json()` uses the field names of `verdict send`'s JSON.
@@ -580,7 +581,7 @@ def encode_batch(events: Sequence) -> bytes:
     return encode_value({"events": [as_wire_event(e) for e in events]}, "EvaluateBatch")
 
 
-# ---- section 8: the JSON meaning <-> wire values (as check.py) ----
+# ---- section 8: the JSON meaning <-> wire values ----
 
 EVENT_FIELDS = ("event_id", "timestamp_ms", "account_id", "merchant_id", "amount_minor",
                 "currency", "country", "channel", "device_id", "ip", "mcc", "features",
@@ -763,6 +764,41 @@ def to_json(v, ty: str):
     return v
 
 
+def differences(a, b, path: str = "payload") -> List[str]:
+    """Where two values (wire forms or JSON meanings) differ, as readable lines; floats
+    compare by bit pattern (-0.0 is not 0.0; NaN equals NaN), bools only equal bools."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return [] if type(a) is type(b) and a == b else [f"{path}: {a!r} != {b!r}"]
+    if isinstance(a, float) or isinstance(b, float):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if struct.pack("<d", float(a)) == struct.pack("<d", float(b)):
+                return []
+            if math.isnan(float(a)) and math.isnan(float(b)):
+                return []
+        return [f"{path}: {a!r} != {b!r}"]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(a)} != {sorted(b)}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b))
+                for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def normalise_ips(j):
+    """A JSON meaning with every `ip` in one spelling ("2001:db8::1"; "" or null as
+    "0.0.0.0"), so that two meanings of the same address compare equal."""
+    if isinstance(j, dict):
+        return {k: (str(ipaddress.ip_address(v or "0.0.0.0")) if k == "ip" else
+                    normalise_ips(v)) for k, v in j.items()}
+    if isinstance(j, list):
+        return [normalise_ips(v) for v in j]
+    return j
+
+
 # ---- client-side event checks (net/src/validate.rs, error 6 on the server) ----
 
 
@@ -816,6 +852,19 @@ def validate_event(e) -> None:
             bad("attributes", "has a string value longer than 256 bytes")
         if kind == "Num" and not math.isfinite(v):
             bad("attributes", "has a number that is not finite")
+
+
+def wire_events(events: Sequence, validate: bool = True) -> List[dict]:
+    """The wire forms of a batch's events (`as_wire_event`), each checked client-side
+    (`validate_event`) when `validate`; the ValueError names the event ("event 3: ...")."""
+    wires = [as_wire_event(e) for e in events]
+    if validate:
+        for i, w in enumerate(wires):
+            try:
+                validate_event(w)
+            except ValueError as e:
+                raise ValueError(f"event {i}: {e}") from None
+    return wires
 
 
 # ---- dataclasses ----

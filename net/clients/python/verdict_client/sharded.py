@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from . import codec
 from .aio import AsyncClient
-from .client import DEFAULT_TIMEOUT, Client
+from .client import DEFAULT_TIMEOUT, Answers, Client
 from .codec import KIND_EVALUATE, KIND_EVALUATE_BATCH, Decision, TopologyReply
 from .errors import ProtocolError, VerdictError
 from .routing import ROUTING_NAME, check_table, fnv1a64
@@ -90,8 +90,7 @@ class ShardedClient(_Router):
         wires = [codec.as_wire_event(e) for e in events]
         owners = [self.owner_of_account(w["account_id"]) for w in wires]
         payloads = [self.clients[0]._event_payload(w) for w in wires]
-        out: list = []
-        first_error = None
+        answers = Answers()
         window = depth * len(self.clients)
         for start in range(0, len(wires), window):
             chunk = range(start, min(start + window, len(wires)))
@@ -100,31 +99,16 @@ class ShardedClient(_Router):
             for c in self.clients:
                 c.flush()
             for i in chunk:
-                try:
-                    out.append(self.clients[owners[i]].recv())
-                except VerdictError as e:
-                    if e.closes_connection:
-                        raise
-                    out.append(e)
-                    if first_error is None:
-                        first_error = e
-        if first_error is not None and not return_exceptions:
-            raise first_error
-        return out
+                answers.take(self.clients[owners[i]].recv)
+        return answers.result(return_exceptions)
 
     def evaluate_batch(self, events: Sequence) -> List[Decision]:
         """One evaluate-batch per owner shard, sent together; decisions in input order."""
-        wires = [codec.as_wire_event(e) for e in events]
+        wires = codec.wire_events(events, self.clients[0].validate)
         owners = [self.owner_of_account(w["account_id"]) for w in wires]
         per_shard: dict = collections.OrderedDict()
         for w, o in zip(wires, owners):
             per_shard.setdefault(o, []).append(w)
-        if self.clients[0].validate:
-            for i, w in enumerate(wires):
-                try:
-                    codec.validate_event(w)
-                except ValueError as e:
-                    raise ValueError(f"event {i}: {e}") from None
         for shard, batch in per_shard.items():
             self.clients[shard].send_request(KIND_EVALUATE_BATCH, codec.encode_batch(batch))
         for shard in per_shard:
