@@ -8,7 +8,7 @@
 //! - decoding the `.bin` (header + rkyv validation) gives the value back;
 //! - the `.json` equals the value's JSON form (`verdict send` names for events and decisions);
 //! - the archived types have the sizes and offsets PROTOCOL.md tabulates;
-//! - `net/vectors/check.py`, a Python decoder and encoder written from PROTOCOL.md alone,
+//! - `net/vectors/check.py`, over the Python client's codec (written from PROTOCOL.md),
 //!   agrees with every file, and with 500 seeded random values written to a scratch
 //!   directory;
 //! - rkyv's validator accepts and rejects what PROTOCOL.md section 5 says it does.
@@ -903,8 +903,9 @@ fn write_vectors() {
     }
 }
 
-/// `net/vectors/check.py` decodes every `.bin` and re-encodes every `.json` from PROTOCOL.md
-/// alone; it needs only a system `python3` (3.11, standard library).
+/// `net/vectors/check.py` decodes every `.bin` and re-encodes every `.json` with the Python
+/// client's codec (written from PROTOCOL.md); it needs only a system `python3` (3.11,
+/// standard library).
 #[test]
 fn python_checker_agrees() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
