@@ -331,6 +331,83 @@ fn unsupported_models_and_wrong_options_are_refused_with_the_reason() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // Small files that name huge things are refused before anything is sized by them.
+    let lgb_model = |header: &str, tree: &str| {
+        format!(
+            "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\n{header}\nobjective=regression\n\nTree=0\n{tree}\n\nend of trees\n"
+        )
+    };
+    let one_cat_split = |threshold: &str| {
+        format!(
+            "num_leaves=2\nnum_cat=1\nsplit_feature=0\nthreshold={threshold}\ndecision_type=1\n\
+             left_child=-1\nright_child=-2\nleaf_value=0 1\ncat_boundaries=0 1\ncat_threshold=1"
+        )
+    };
+    // 500 splits sharing one 10,000-word set of every category: 160 M categories named.
+    let splits = 500;
+    let shared = format!(
+        "num_leaves={}\nnum_cat=1\nsplit_feature={}\nthreshold={}\ndecision_type={}\n\
+         left_child={}\nright_child={}\nleaf_value={}\ncat_boundaries=0 10000\ncat_threshold={}",
+        splits + 1,
+        vec!["0"; splits].join(" "),
+        vec!["0"; splits].join(" "),
+        vec!["1"; splits].join(" "),
+        (0..splits)
+            .map(|i| (!(i as i64)).to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        (0..splits)
+            .map(|i| if i + 1 < splits {
+                (i + 1).to_string()
+            } else {
+                (!(splits as i64)).to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        vec!["0"; splits + 1].join(" "),
+        vec!["4294967295"; 10_000].join(" "),
+    );
+    let huge = [
+        (
+            "features.txt",
+            "lightgbm",
+            lgb_model("max_feature_idx=100000000000", &one_cat_split("0")),
+            "the model takes 100000000001 features",
+        ),
+        (
+            "overflow.txt",
+            "lightgbm",
+            lgb_model("max_feature_idx=18446744073709551615", &one_cat_split("0")),
+            "max_feature_idx is too large",
+        ),
+        (
+            "threshold.txt",
+            "lightgbm",
+            lgb_model("max_feature_idx=0", &one_cat_split("1e300")),
+            "categorical threshold 1e300 names no set",
+        ),
+        (
+            "shared_set.txt",
+            "lightgbm",
+            lgb_model("max_feature_idx=0", &shared),
+            "categories in all",
+        ),
+        (
+            "features.json",
+            "xgboost",
+            r#"{"version":[3,2,0],"learner":{"learner_model_param":{"base_score":"5E-1","num_feature":"100000000000","num_class":"0","num_target":"1"},"objective":{"name":"reg:squarederror"},"gradient_booster":{"name":"gbtree","model":{"tree_info":[0],"trees":[{"left_children":[-1],"right_children":[-1],"split_indices":[0],"split_conditions":[1.0],"default_left":[0]}]}}}}"#.to_string(),
+            "the model takes 100000000000 features",
+        ),
+    ];
+    for (name, format, body, want) in huge {
+        let path = dir.0.join(name);
+        std::fs::write(&path, body).unwrap();
+        let stderr = run(&path, format, "features[0]", &[]);
+        assert!(
+            stderr.contains(want),
+            "{name}: {stderr:?} should say {want:?}"
+        );
+    }
     assert!(!out.exists(), "a refused import wrote {}", out.display());
 }
 

@@ -214,7 +214,8 @@ impl<'a> Tables<'a> {
             if n.meta & META_CATEGORICAL != 0 {
                 let at = n.cat as usize;
                 let words = *self.cats.get(at)? as usize;
-                if at.checked_add(1 + words)? > self.cats.len() {
+                // `at < len` (the `get` above), so `len - at - 1` cannot wrap; no sum can.
+                if words > self.cats.len() - at - 1 {
                     return None;
                 }
             }

@@ -34,7 +34,11 @@ mod score {
             let header = core::slice::from_raw_parts(at as *const u8, scorer::HEADER_BYTES);
             let mut len = [0u8; 4];
             len.copy_from_slice(&header[scorer::h::BYTES * 4..scorer::h::BYTES * 4 + 4]);
-            let len = (u32::from_le_bytes(len) as usize).max(scorer::HEADER_BYTES);
+            // At most the memory past `at`: a bad length must not make a slice beyond it.
+            let memory = core::arch::wasm32::memory_size(0) * 65536;
+            let len = (u32::from_le_bytes(len) as usize)
+                .max(scorer::HEADER_BYTES)
+                .min(memory.saturating_sub(at));
             core::slice::from_raw_parts(at as *const u8, len)
         }
     }

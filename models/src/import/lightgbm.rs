@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::{Forest, Format, ImportError, Node, Test, Tree};
+use super::{
+    CATEGORY_MAX, CategoryBudget, Forest, Format, ImportError, Node, Test, Tree, header_counts,
+};
 use crate::trees::{MISSING_NAN, OUT_IDENTITY, OUT_SIGMOID, OUT_SOFTMAX};
 
 fn bad(message: impl Into<String>) -> ImportError {
@@ -76,7 +78,10 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
     };
     let per_iteration = get("num_tree_per_iteration")?;
     let classes = get("num_class")?;
-    let features = get("max_feature_idx")? + 1;
+    let features = get("max_feature_idx")?
+        .checked_add(1)
+        .ok_or_else(|| bad("max_feature_idx is too large"))?;
+    header_counts(features, per_iteration.max(classes))?;
     let objective_line = header
         .get("objective")
         .copied()
@@ -131,6 +136,7 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
         .iter()
         .position(|l| l.trim() == "end of trees")
         .ok_or_else(|| bad("no `end of trees` line (a truncated file?)"))?;
+    let mut budget = CategoryBudget::new();
     let mut trees = Vec::new();
     let mut categorical = vec![false; features];
     let mut i = first_tree;
@@ -145,7 +151,7 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
             .position(|l| l.starts_with("Tree="))
             .map_or(end, |p| i + 1 + p);
         let block = key_values(&lines[i + 1..stop]);
-        let tree = tree(t, &block, features, &mut categorical)?;
+        let tree = tree(t, &block, features, &mut categorical, &mut budget)?;
         trees.push(Tree {
             group: t % per_iteration,
             nodes: tree,
@@ -186,6 +192,7 @@ fn tree(
     block: &HashMap<&str, &str>,
     features: usize,
     categorical: &mut [bool],
+    budget: &mut CategoryBudget,
 ) -> Result<Vec<Node>, ImportError> {
     if block.get("is_linear").is_some_and(|v| *v != "0") {
         return Err(ImportError::Unsupported(format!(
@@ -256,11 +263,12 @@ fn tree(
         let test = if d & 1 == 1 {
             categorical[f] = true;
             let k = threshold[i];
-            let k = (k >= 0.0 && k.fract() == 0.0 && (k as usize) + 1 < bounds.len())
+            let sets = bounds.len().saturating_sub(1);
+            let k = (k >= 0.0 && k.fract() == 0.0 && k < sets as f64)
                 .then_some(k as usize)
                 .ok_or_else(|| {
                     bad(format!(
-                        "tree {t} node {i}: categorical threshold {k} names no set"
+                        "tree {t} node {i}: categorical threshold {k:?} names no set"
                     ))
                 })?;
             let set_words = words.get(bounds[k]..bounds[k + 1]).ok_or_else(|| {
@@ -268,6 +276,13 @@ fn tree(
                     "tree {t} node {i}: cat_boundaries out of cat_threshold"
                 ))
             })?;
+            if set_words.len() > CATEGORY_MAX as usize / 32 + 1 {
+                return Err(ImportError::Limit(format!(
+                    "tree {t} node {i}: a categorical set of {} words names categories over {CATEGORY_MAX}",
+                    set_words.len()
+                )));
+            }
+            budget.take(set_words.iter().map(|w| w.count_ones() as usize).sum())?;
             let set = set_words
                 .iter()
                 .enumerate()

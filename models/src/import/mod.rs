@@ -30,6 +30,8 @@ pub const NODES_MAX: usize = 2_000_000;
 pub const CATEGORY_MAX: u32 = (1 << 24) - 1;
 /// Words of categorical bitsets over all splits (16 MiB).
 pub const CATEGORY_WORDS_MAX: usize = 4 << 20;
+/// Categories named by all categorical splits together, as parsed (16 MiB of them).
+pub const CATEGORY_ENTRIES_MAX: usize = 4 << 20;
 /// Output groups (classes) a model may have.
 pub const GROUPS_MAX: usize = crate::trees::GROUPS_MAX;
 
@@ -386,6 +388,40 @@ fn check(f: &Forest) -> Result<(), ImportError> {
         }
     }
     Ok(())
+}
+
+/// The header's counts, checked before anything is sized by them.
+fn header_counts(features: usize, groups: usize) -> Result<(), ImportError> {
+    if features == 0 || features > FEATURES_MAX {
+        return Err(ImportError::Limit(format!(
+            "the model takes {features} features; a verdict model takes 1 to {FEATURES_MAX}"
+        )));
+    }
+    if groups == 0 || groups > GROUPS_MAX {
+        return Err(ImportError::Limit(format!(
+            "the model has {groups} output groups; the limit is {GROUPS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// What the categorical splits of one model may name in all, counted as they are parsed
+/// (a small file could otherwise name huge sets many times over).
+struct CategoryBudget(usize);
+
+impl CategoryBudget {
+    fn new() -> CategoryBudget {
+        CategoryBudget(CATEGORY_ENTRIES_MAX)
+    }
+
+    fn take(&mut self, entries: usize) -> Result<(), ImportError> {
+        self.0 = self.0.checked_sub(entries).ok_or_else(|| {
+            ImportError::Limit(format!(
+                "the categorical splits name over {CATEGORY_ENTRIES_MAX} categories in all"
+            ))
+        })?;
+        Ok(())
+    }
 }
 
 /// Splits a `--features` list at its top-level commas: commas inside parentheses, brackets

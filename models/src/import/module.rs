@@ -81,7 +81,7 @@ pub fn assemble(blob: &[u8], provenance: &Provenance) -> Result<Vec<u8>, ImportE
                     let m = m.map_err(|e| broken(e.to_string()))?;
                     memories.memory(MemoryType {
                         minimum: m.initial.max(pages),
-                        maximum: m.maximum,
+                        maximum: m.maximum.map(|max| max.max(pages)),
                         memory64: m.memory64,
                         shared: m.shared,
                         page_size_log2: m.page_size_log2,

@@ -172,8 +172,10 @@ pub struct Shape {
 pub fn shape(blob: &[u8]) -> Result<Shape, String> {
     // The blob may sit unaligned in a module's bytes: read an aligned copy.
     let aligned = Aligned::new(blob);
-    let t = Tables::read(aligned.bytes())
-        .ok_or("the module's tables are not a layout this verdict reads")?;
+    let checked = Tables::read(aligned.bytes())
+        .and_then(Tables::check)
+        .ok_or("the module's tables are not a layout this verdict reads, or are corrupt")?;
+    let t = checked.tables();
     let mut s = Shape {
         trees: t.trees.len(),
         groups: t.groups,
@@ -189,6 +191,9 @@ pub fn shape(blob: &[u8]) -> Result<Shape, String> {
         base: t.base.to_vec(),
     };
     let mut depth_sum = 0usize;
+    // Each node is walked once: a node two parents share (which `check` allows) would
+    // otherwise double the walk at every level.
+    let mut seen = vec![false; t.nodes.len()];
     for &[root, _] in t.trees {
         let mut stack = vec![(root as i32, 0usize)];
         let mut deepest = 0;
@@ -202,6 +207,9 @@ pub fn shape(blob: &[u8]) -> Result<Shape, String> {
                 .nodes
                 .get(i as usize)
                 .ok_or("a tree names a node out of the tables")?;
+            if std::mem::replace(&mut seen[i as usize], true) {
+                return Err("a node is reached twice (not a tree)".into());
+            }
             s.splits += 1;
             let f = s
                 .splits_by_feature

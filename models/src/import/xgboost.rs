@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Forest, Format, ImportError, Node, Test, Tree};
+use super::{
+    CATEGORY_MAX, CategoryBudget, Forest, Format, ImportError, Node, Test, Tree, header_counts,
+};
 use crate::trees::{OUT_IDENTITY, OUT_SIGMOID, OUT_SOFTMAX};
 
 fn bad(message: impl Into<String>) -> ImportError {
@@ -215,6 +217,7 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
         )));
     }
     let groups = classes.max(1);
+    header_counts(features, groups)?;
     let booster: BoosterName =
         serde_json::from_str(l.gradient_booster.get()).map_err(|e| bad(e.to_string()))?;
     let (model, weights) = match booster.name.as_str() {
@@ -257,6 +260,7 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
             model.trees.len()
         )));
     }
+    let mut budget = CategoryBudget::new();
     let mut trees = Vec::with_capacity(model.trees.len());
     for (t, jt) in model.trees.iter().enumerate() {
         let weight = weights.as_ref().and_then(|w| w.get(t)).copied();
@@ -266,7 +270,7 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
                 model.tree_info[t]
             ))
         })?;
-        trees.push(tree(t, jt, weight)?);
+        trees.push(tree(t, jt, weight, &mut budget)?);
         trees[t].group = group;
     }
     let base_f32 = base_scores(&l.learner_model_param.base_score)?;
@@ -330,7 +334,12 @@ pub fn parse(bytes: &[u8]) -> Result<Forest, ImportError> {
     })
 }
 
-fn tree(t: usize, jt: &JTree, weight: Option<f32>) -> Result<Tree, ImportError> {
+fn tree(
+    t: usize,
+    jt: &JTree,
+    weight: Option<f32>,
+    budget: &mut CategoryBudget,
+) -> Result<Tree, ImportError> {
     let n = jt.left_children.len();
     if let Some(p) = &jt.tree_param
         && let Some(s) = &p.size_leaf_vector
@@ -378,11 +387,23 @@ fn tree(t: usize, jt: &JTree, weight: Option<f32>) -> Result<Tree, ImportError> 
             .categories
             .get(from..from.saturating_add(len))
             .ok_or_else(|| bad(format!("tree {t}: categories segment {k} is out of range")))?;
+        budget.take(list.len())?;
         let set = list
             .iter()
-            .map(|&c| u32::try_from(c).map_err(|_| bad(format!("tree {t}: category {c}"))))
+            .map(|&c| {
+                u32::try_from(c)
+                    .ok()
+                    .filter(|&c| c <= CATEGORY_MAX)
+                    .ok_or_else(|| {
+                        ImportError::Limit(format!(
+                            "tree {t}: category {c} is not in 0..={CATEGORY_MAX}"
+                        ))
+                    })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        sets[node] = Some(set);
+        if sets[node].replace(set).is_some() {
+            return Err(bad(format!("tree {t}: node {node} has two category lists")));
+        }
     }
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
