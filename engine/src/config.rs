@@ -217,6 +217,10 @@ pub struct Listen {
     /// file leaves it out: `port + 80` (7480 beside 7400), or a free port when `port` is 0.
     #[serde(default)]
     pub admin_port: Option<u16>,
+    /// HTTP/JSON decisions (`POST /v1/decide`, `/v1/decide/batch`, `GET /v1/topology`),
+    /// served by every shard on this port (SO_REUSEPORT, like `port`). 0 = off.
+    #[serde(default)]
+    pub http_port: u16,
 }
 
 impl Listen {
@@ -291,6 +295,11 @@ pub struct Limits {
     pub velocity_entities_max: u32,
     /// How long a `reload` request waits for the control thread to compile and publish.
     pub reload_timeout_ms: u64,
+    /// HTTP port: most bytes of one request's line and headers; more gets 431 and a close.
+    pub http_header_bytes_max: u32,
+    /// HTTP port: most bytes of one request's body; more gets 413 and a close. The events in
+    /// it must also fit `frame_len_max_bytes` once encoded (else 413, error 3).
+    pub http_body_bytes_max: u32,
 }
 
 impl Default for Limits {
@@ -314,6 +323,8 @@ impl Default for Limits {
             mesh_reply_timeout_ms: 1_000,
             velocity_entities_max: 65_536,
             reload_timeout_ms: 60_000,
+            http_header_bytes_max: 8 * 1024,
+            http_body_bytes_max: 2 << 20,
         }
     }
 }
@@ -416,6 +427,7 @@ impl TopologyConfig {
                 port: 7400,
                 shard_port_base: 7410,
                 admin_port: Some(7480),
+                http_port: 7490,
             },
             shards: cpus.iter().map(|&cpu| ShardSpec { cpu }).collect(),
             models: ModelsConfig::default(),
@@ -542,6 +554,16 @@ impl TopologyConfig {
                 format!("{admin}{defaulted} collides with the shared or a shard port"),
             ));
         }
+        let http = self.listen.http_port;
+        let http_taken = http == self.listen.port
+            || http == admin
+            || (base != 0 && shard_ports.contains(&u32::from(http)));
+        if http != 0 && http_taken {
+            return Err(invalid(
+                "listen.http_port",
+                format!("{http} collides with the shared, a shard or the admin port"),
+            ));
+        }
         if self.runtime.spin_before_park_us > 1_000_000 {
             return Err(invalid(
                 "runtime.spin_before_park_us",
@@ -620,7 +642,7 @@ impl AdminConfig {
 impl Limits {
     fn check(&self) -> Result<(), ConfigError> {
         let l = self;
-        let ranges: [(&str, u64, u64, u64); 18] = [
+        let ranges: [(&str, u64, u64, u64); 20] = [
             (
                 "frame_len_max_bytes",
                 l.frame_len_max_bytes.into(),
@@ -684,6 +706,18 @@ impl Limits {
                 1 << 24,
             ),
             ("reload_timeout_ms", l.reload_timeout_ms, 1, 600_000),
+            (
+                "http_header_bytes_max",
+                l.http_header_bytes_max.into(),
+                256,
+                1 << 20,
+            ),
+            (
+                "http_body_bytes_max",
+                l.http_body_bytes_max.into(),
+                1024,
+                256 << 20,
+            ),
         ];
         for (name, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -742,11 +776,15 @@ shard_port_base = {base}
 # cores. 0 picks a free port (printed in the ready line). Left out: port + 80, or a free
 # port when port is 0.
 admin_port = {admin}
+# HTTP/JSON decisions on every shard (SO_REUSEPORT): POST /v1/decide, POST /v1/decide/batch,
+# GET /v1/topology; keep-alive and pipelining. 0 = off.
+http_port = {http}
 "#,
         address = config.listen.address,
         port = config.listen.port,
         base = config.listen.shard_port_base,
         admin = config.listen.admin_port(),
+        http = config.listen.http_port,
     ));
     out.push_str(
         "\n# One [[shard]] per data core, in shard order. `cpu` is the OS index of the CPU the\n\
@@ -803,6 +841,11 @@ mesh_reply_timeout_ms = {mesh_to}
 velocity_entities_max = {entities}
 # How long (ms) a `verdict reload` waits for the new rule set to compile and publish.
 reload_timeout_ms = {reload_to}
+# HTTP port: most bytes of a request's line and headers (more: 431, then close).
+http_header_bytes_max = {http_head}
+# HTTP port: most bytes of a request's body (more: 413, then close). Its events must also
+# fit frame_len_max_bytes once encoded (more: 413, error 3).
+http_body_bytes_max = {http_body}
 
 [decision]
 # The action when the rule set has no `policy` and no fired rule has an action.
@@ -966,6 +1009,8 @@ on_write_error = "{log_on_error}"
         mesh_to = l.mesh_reply_timeout_ms,
         entities = l.velocity_entities_max,
         reload_to = l.reload_timeout_ms,
+        http_head = l.http_header_bytes_max,
+        http_body = l.http_body_bytes_max,
         action = config.decision.default_action.as_str(),
         iomem = config.runtime.io_memory_bytes,
         bind = config.runtime.bind_memory,

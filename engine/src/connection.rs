@@ -21,14 +21,7 @@ use futures_lite::{AsyncReadExt, future};
 use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 use verdict_net::frame::{RecvBuffer, Scan};
-use verdict_net::{ErrorCode, ErrorReplyView, FrameEncoder, Kind, StrView};
-
-/// Whether the connection goes on after a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Close,
-}
+use verdict_net::{ErrorCode, ErrorReplyView, FrameEncoder, StrView};
 
 /// A connection's buffers, reused for its whole life (the response buffer only while
 /// answers wait to be written: it comes from the shard's pool).
@@ -49,23 +42,9 @@ struct Connection {
 /// shard's connection memory until this returns.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
     let limits = &shard.limits;
-    let _ = stream.set_nodelay(true);
-    let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
-    let _ = stream.set_read_timeout(idle);
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
     let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
-    // Under TLS the handshake comes first, bounded like a frame; a peer that does not speak
-    // TLS (or lacks a required client certificate) gets rustls' alert and the close.
-    let tls = shard.rules.borrow().tls.clone();
-    let mut stream = match Transport::accept(stream, tls, Instant::now() + frame_timeout).await {
-        Ok(transport) => transport,
-        Err((_, socket)) => {
-            shard.stats.borrow_mut().tls_handshakes_failed += 1;
-            if let Some(socket) = socket {
-                linger_close(&shard, Transport::Plain(socket)).await;
-            }
-            return;
-        }
+    let Some(mut stream) = open(&shard, stream).await else {
+        return;
     };
     let waiter = shard.drain.waiter();
     let mut conn = Connection {
@@ -87,12 +66,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
                 break;
             }
             let deadline = conn.partial_since.map(|since| since + frame_timeout);
-            let read = match read_some(&shard, &waiter, &mut stream, &mut conn.recv, deadline).await
-            {
+            let space = conn.recv.read_space(limits.frame_len_max_bytes);
+            let read = match read_some(&shard, &waiter, &mut stream, space, deadline).await {
                 ReadOutcome::Bytes(n) => n,
                 ReadOutcome::Draining => continue,
                 ReadOutcome::Done => break,
             };
+            conn.recv.filled(read);
             conn.read_at = shard.clock.raw();
             conn.partial_since.get_or_insert_with(Instant::now);
             shard.stats.borrow_mut().bytes_in += read as u64;
@@ -109,7 +89,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             out_cap = limits.write_buffer_bytes as usize;
         }
         conn.out.out = shard.buffers.take_out();
-        let (flow, consumed) = conn.answer_batch(&shard, out_cap).await;
+        let answered = request::answer_frames(
+            &shard,
+            &mut conn.recv,
+            &mut conn.evaluator,
+            &mut conn.out,
+            conn.read_at,
+            out_cap,
+        )
+        .await;
+        let consumed = answered.frames > 0;
         // A partial frame left after whole ones began arriving with the last read.
         if conn.recv.buffered() == 0 {
             conn.partial_since = None;
@@ -133,12 +122,36 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             .give_back_out(std::mem::take(&mut conn.out.out));
         // Written: the answers' reservation goes back; what the receive buffer holds stays.
         slot.hold_grown((conn.recv.len() - conn.recv.base_len()) as u64);
-        if flow == Flow::Close {
+        if answered.close {
             break;
         }
     }
     drop(slot);
     linger_close(&shard, stream).await;
+}
+
+/// Sets a new connection's socket options and, under TLS, completes the handshake (bounded
+/// like a frame); `None` if it failed (the peer got rustls' alert and the close).
+pub(crate) async fn open(shard: &Shard, stream: TcpStream) -> Option<Transport> {
+    let limits = &shard.limits;
+    let _ = stream.set_nodelay(true);
+    let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
+    let _ = stream.set_read_timeout(idle);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
+    let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
+    // A peer that does not speak TLS (or lacks a required client certificate) gets rustls'
+    // alert and the close.
+    let tls = shard.rules.borrow().tls.clone();
+    match Transport::accept(stream, tls, Instant::now() + frame_timeout).await {
+        Ok(transport) => Some(transport),
+        Err((_, socket)) => {
+            shard.stats.borrow_mut().tls_handshakes_failed += 1;
+            if let Some(socket) = socket {
+                linger_close(shard, Transport::Plain(socket)).await;
+            }
+            None
+        }
+    }
 }
 
 /// No room in the shard's connection memory for the frame arriving: error 8, then close
@@ -165,7 +178,7 @@ async fn refuse_room(shard: &Shard, conn: &mut Connection, stream: &mut Transpor
         .give_back_out(std::mem::take(&mut conn.out.out));
 }
 
-enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     Bytes(usize),
     /// Shutdown began while waiting: read again, now under the drain's quiet timeout.
     Draining,
@@ -173,16 +186,15 @@ enum ReadOutcome {
     Done,
 }
 
-/// Reads what the peer sent; `deadline`: when the partial frame in `recv` must be whole
-/// (the read ends the connection at it).
-async fn read_some(
+/// Reads what the peer sent into `space`; `deadline`: when the partial request already
+/// buffered must be whole (the read ends the connection at it).
+pub(crate) async fn read_some(
     shard: &Shard,
     waiter: &Waiter,
     stream: &mut Transport,
-    recv: &mut RecvBuffer,
+    space: &mut [u8],
     deadline: Option<Instant>,
 ) -> ReadOutcome {
-    let space = recv.read_space(shard.limits.frame_len_max_bytes);
     let result = if let Some(deadline) = deadline {
         // A frame is arriving: it has until its deadline, draining or not (the drain's
         // quiet time is the shorter bound while draining).
@@ -214,10 +226,7 @@ async fn read_some(
     match result {
         None => ReadOutcome::Draining,
         Some(Ok(0)) | Some(Err(_)) => ReadOutcome::Done,
-        Some(Ok(n)) => {
-            recv.filled(n);
-            ReadOutcome::Bytes(n)
-        }
+        Some(Ok(n)) => ReadOutcome::Bytes(n),
     }
 }
 
@@ -228,7 +237,7 @@ const LINGER_DISCARD_BYTES_MAX: usize = 256 * 1024;
 /// whatever the peer still sends (bounded in bytes and by `shutdown_quiet_ms`), because
 /// closing a socket with unread input makes the kernel reset the connection and drop our
 /// unacknowledged responses, the error frame that explains the close among them.
-async fn linger_close(shard: &Shard, mut stream: Transport) {
+pub(crate) async fn linger_close(shard: &Shard, mut stream: Transport) {
     stream.shutdown_write().await;
     let quiet = Duration::from_millis(shard.limits.shutdown_quiet_ms);
     // What is left is discarded unread, ciphertext or not: read the socket itself.
@@ -248,73 +257,6 @@ async fn linger_close(shard: &Shard, mut stream: Transport) {
         Ok(())
     })
     .await;
-}
-
-impl Connection {
-    /// Answers the whole frames at the front of the receive buffer, up to
-    /// `pipeline_depth_max` or until the answers reach `out_cap` bytes; whether any was
-    /// answered.
-    async fn answer_batch(&mut self, shard: &Shard, out_cap: usize) -> (Flow, bool) {
-        let limits = &shard.limits;
-        let mut handled = 0u64;
-        let mut flow = Flow::Continue;
-        let started = shard.clock.raw();
-        shard.refresh_rules();
-        while handled < u64::from(limits.pipeline_depth_max) && self.out.out.len() < out_cap {
-            let at = match self.recv.front(limits.frame_len_max_bytes) {
-                Scan::Incomplete { .. } => break,
-                Scan::Broken { id, error } => {
-                    // Framing is lost: answer this one error, then close.
-                    self.out
-                        .say(format_args!("{error}; closing the connection"));
-                    self.out.error(shard, id, ErrorCode::from(error));
-                    shard.stats.borrow_mut().requests += 1;
-                    flow = Flow::Close;
-                    break;
-                }
-                Scan::Frame(at) => at,
-            };
-            // A run of evaluate frames is decided as one batch (one model call for all).
-            let (frames, bytes) = if at.header.kind == Kind::Evaluate.request_byte() {
-                let max = (u64::from(limits.pipeline_depth_max) - handled) as usize;
-                let (recv, out) = (&self.recv, &mut self.out);
-                match self
-                    .evaluator
-                    .run(shard, recv, &at, max, out, self.read_at)
-                    .await
-                {
-                    Ok((frames, bytes)) => (frames, bytes),
-                    Err(code) => {
-                        self.out.error(shard, at.header.id, code);
-                        (1, at.frame_len)
-                    }
-                }
-            } else {
-                let (recv, out) = (&self.recv, &mut self.out);
-                request::answer(shard, recv, &at, &mut self.evaluator, out, self.read_at).await;
-                (1, at.frame_len)
-            };
-            handled += frames;
-            self.recv.consume(bytes);
-            let done = shard.clock.raw();
-            let latency = shard.clock.delta_as_nanos(self.read_at, done);
-            let mut s = shard.stats.borrow_mut();
-            s.requests += frames;
-            for _ in 0..frames {
-                s.record_latency_ns(latency);
-            }
-        }
-        // Instances lost to a failing model this batch are replaced now, not on an event's
-        // path.
-        shard.models.borrow_mut().refill();
-        let took = shard.clock.delta_as_nanos(started, shard.clock.raw());
-        let mut s = shard.stats.borrow_mut();
-        s.record_batch_requests(handled);
-        if handled > 0 {
-            s.record_batch_ns(took);
-        }
-        (flow, handled > 0)
-    }
 }
 
 /// Writes one error frame and closes: for connections refused before they are served, on

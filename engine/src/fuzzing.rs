@@ -40,6 +40,7 @@ pub fn admin_request(data: &[u8]) {
     let bounds = Bounds {
         header_bytes_max: 512,
         body_bytes_max: 64,
+        keys: crate::http::ADMIN_KEYS,
     };
     match parse_request(data, bounds) {
         Ok(None) => assert!(
@@ -62,8 +63,8 @@ pub fn admin_request(data: &[u8]) {
         }
         Err(e) => {
             let status = e.status();
-            assert!([400, 411, 413, 431].contains(&status), "{e:?}");
-            if let HttpError::BodyTooLarge { len, max } = e {
+            assert!([400, 411, 413, 431, 505].contains(&status), "{e:?}");
+            if let HttpError::BodyTooLarge { len, max, .. } = e {
                 assert!(len > max as u64);
             }
         }
@@ -126,6 +127,9 @@ pub fn topology(data: &[u8]) {
     }
     if listen.admin_port() != 0 {
         ports.push(listen.admin_port());
+    }
+    if listen.http_port != 0 {
+        ports.push(listen.http_port);
     }
     let count = ports.len();
     ports.sort_unstable();

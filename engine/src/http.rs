@@ -17,7 +17,22 @@ pub const HEADERS_MAX: usize = 32;
 pub struct Bounds {
     pub header_bytes_max: usize,
     pub body_bytes_max: usize,
+    /// The config keys of the two bounds, named in the errors.
+    pub keys: BoundKeys,
 }
+
+/// The config keys an HTTP server's bounds come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundKeys {
+    pub header_bytes_max: &'static str,
+    pub body_bytes_max: &'static str,
+}
+
+/// The admin port's bounds' keys.
+pub const ADMIN_KEYS: BoundKeys = BoundKeys {
+    header_bytes_max: "admin.header_bytes_max",
+    body_bytes_max: "admin.body_bytes_max",
+};
 
 /// A parsed request. Header names are lower-cased.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,12 +58,18 @@ impl Request {
 pub enum HttpError {
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("request line and headers over {max} bytes (admin.header_bytes_max)")]
-    HeadersTooLarge { max: usize },
-    #[error("body of {len} bytes over {max} (admin.body_bytes_max)")]
-    BodyTooLarge { len: u64, max: usize },
+    #[error("request line and headers over {max} bytes ({key})")]
+    HeadersTooLarge { max: usize, key: &'static str },
+    #[error("body of {len} bytes over {max} ({key})")]
+    BodyTooLarge {
+        len: u64,
+        max: usize,
+        key: &'static str,
+    },
     #[error("a body needs a Content-Length (chunked bodies are not accepted)")]
     LengthRequired,
+    #[error("only HTTP/1.0 and HTTP/1.1 are served")]
+    Version,
 }
 
 impl HttpError {
@@ -58,25 +79,51 @@ impl HttpError {
             HttpError::HeadersTooLarge { .. } => 431,
             HttpError::BodyTooLarge { .. } => 413,
             HttpError::LengthRequired => 411,
+            HttpError::Version => 505,
         }
     }
 }
 
-/// Parses the request at the start of `buf`. `Ok(None)`: not whole yet (read more). Every
-/// limit is checked before anything is kept.
-pub fn parse_request(buf: &[u8], bounds: Bounds) -> Result<Option<Request>, HttpError> {
+/// The head of a request at the start of a buffer, borrowed from it: what a server needs
+/// to route the request and to know where it ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Head<'a> {
+    pub method: &'a str,
+    /// The path without the query.
+    pub path: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Bytes of the request line and headers.
+    pub head_len: usize,
+    /// The body's bytes (its `Content-Length`, 0 without one).
+    pub body_len: usize,
+    /// `Connection: close` (or HTTP/1.0 without `Connection: keep-alive`).
+    pub close: bool,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before the body.
+    pub expects_continue: bool,
+}
+
+/// Parses the head of the request at the start of `buf`. `Ok(None)`: not whole yet (read
+/// more). Every limit is checked before anything is kept; the body may not have arrived.
+pub fn parse_head(
+    buf: &[u8],
+    bounds: Bounds,
+    mut each_header: impl FnMut(&str, &str),
+) -> Result<Option<Head<'_>>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > bounds.header_bytes_max => {
             return Err(HttpError::HeadersTooLarge {
                 max: bounds.header_bytes_max,
+                key: bounds.keys.header_bytes_max,
             });
         }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > bounds.header_bytes_max => {
             return Err(HttpError::HeadersTooLarge {
                 max: bounds.header_bytes_max,
+                key: bounds.keys.header_bytes_max,
             });
         }
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -85,51 +132,74 @@ pub fn parse_request(buf: &[u8], bounds: Bounds) -> Result<Option<Request>, Http
                 "more than {HEADERS_MAX} headers"
             )));
         }
+        Err(httparse::Error::Version) => return Err(HttpError::Version),
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
     };
-    let mut content_length = 0u64;
-    let mut kept = Vec::with_capacity(parsed.headers.len());
+    let minor_version = parsed.version.unwrap_or(1);
+    let mut content_length = None::<u64>;
+    let (mut close, mut keep_alive, mut expects_continue) = (false, false, false);
     for h in parsed.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
         let value = std::str::from_utf8(h.value)
-            .map_err(|_| HttpError::Malformed(format!("header {name} is not UTF-8")))?
-            .trim()
-            .to_string();
-        match name.as_str() {
-            "transfer-encoding" => return Err(HttpError::LengthRequired),
-            "content-length" => {
-                let len = value.parse::<u64>().map_err(|_| {
-                    HttpError::Malformed(format!("Content-Length {value:?} is not a number"))
-                })?;
-                if kept
-                    .iter()
-                    .any(|(n, _): &(String, String)| n == "content-length")
-                {
-                    return Err(HttpError::Malformed("two Content-Length headers".into()));
-                }
-                content_length = len;
+            .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?
+            .trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::LengthRequired);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let len = value.parse::<u64>().map_err(|_| {
+                HttpError::Malformed(format!("Content-Length {value:?} is not a number"))
+            })?;
+            if content_length.replace(len).is_some() {
+                return Err(HttpError::Malformed("two Content-Length headers".into()));
             }
-            _ => {}
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expects_continue = value.eq_ignore_ascii_case("100-continue");
         }
-        kept.push((name, value));
+        each_header(h.name, value);
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > bounds.body_bytes_max as u64 {
         return Err(HttpError::BodyTooLarge {
             len: content_length,
             max: bounds.body_bytes_max,
+            key: bounds.keys.body_bytes_max,
         });
     }
-    let body_len = content_length as usize;
-    if buf.len() < head_len + body_len {
+    let target = parsed.path.unwrap_or("/");
+    Ok(Some(Head {
+        method: parsed.method.unwrap_or(""),
+        path: target.split('?').next().unwrap_or(""),
+        minor_version,
+        head_len,
+        body_len: content_length as usize,
+        close: close || (minor_version == 0 && !keep_alive),
+        expects_continue,
+    }))
+}
+
+/// Parses the request at the start of `buf`. `Ok(None)`: not whole yet (read more). Every
+/// limit is checked before anything is kept.
+pub fn parse_request(buf: &[u8], bounds: Bounds) -> Result<Option<Request>, HttpError> {
+    let mut kept = Vec::new();
+    let Some(head) = parse_head(buf, bounds, |name, value| {
+        kept.push((name.to_ascii_lowercase(), value.to_string()))
+    })?
+    else {
+        return Ok(None);
+    };
+    let end = head.head_len + head.body_len;
+    if buf.len() < end {
         return Ok(None);
     }
-    let target = parsed.path.unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("").to_string();
     Ok(Some(Request {
-        method: parsed.method.unwrap_or("").to_string(),
-        path,
+        method: head.method.to_string(),
+        path: head.path.to_string(),
         headers: kept,
-        body: buf[head_len..head_len + body_len].to_vec(),
+        body: buf[head.head_len..end].to_vec(),
     }))
 }
 
@@ -324,6 +394,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -460,6 +531,7 @@ mod tests {
     const BOUNDS: Bounds = Bounds {
         header_bytes_max: 256,
         body_bytes_max: 16,
+        keys: ADMIN_KEYS,
     };
 
     #[test]
@@ -506,6 +578,30 @@ mod tests {
             parse_request(many.as_bytes(), roomy).unwrap_err().status(),
             400
         );
+    }
+
+    #[test]
+    fn heads_say_whether_the_connection_goes_on() {
+        let head = |raw: &'static [u8]| parse_head(raw, BOUNDS, |_, _| {}).unwrap().unwrap();
+        let h = head(b"POST /v1/decide?x HTTP/1.1\r\nContent-Length: 3\r\n\r\nab");
+        assert_eq!(
+            (h.method, h.path, h.body_len, h.close),
+            ("POST", "/v1/decide", 3, false)
+        );
+        assert_eq!(h.head_len, 49);
+        assert!(head(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
+        assert!(head(b"GET / HTTP/1.0\r\n\r\n").close);
+        assert!(!head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
+        assert!(head(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expects_continue);
+        let h2 = parse_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BOUNDS, |_, _| {});
+        assert_eq!(h2.unwrap_err().status(), 505);
+        let mut seen = Vec::new();
+        head(b"GET / HTTP/1.1\r\nX-A: 1\r\nContent-Type: a/b\r\n\r\n");
+        parse_head(b"GET / HTTP/1.1\r\nX-A:  1 \r\n\r\n", BOUNDS, |n, v| {
+            seen.push((n.to_string(), v.to_string()))
+        })
+        .unwrap();
+        assert_eq!(seen, [("X-A".to_string(), "1".to_string())]);
     }
 
     #[test]

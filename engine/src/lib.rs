@@ -25,7 +25,10 @@
 //!   reload thread that compiles and publishes the next one.
 //! - [`admin`]: the admin port off the data cores: reads (`/metrics`, `/stats`, `/healthz`,
 //!   `/readyz`) and the token-authenticated control API (`POST /v1/reload`), bounded.
-//! - [`http`]: the bounded HTTP/1.1 both ends of the admin port speak.
+//! - [`http_api`]: HTTP/1.1 + JSON on the data cores (`listen.http_port`), translated into
+//!   frames and answered by the same request pipeline as the binary port.
+//! - [`http`]: the bounded HTTP/1.1 parser and writer (the admin port's both ends, and the
+//!   head parser [`http_api`] uses).
 //! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
 //!
 //! `fuzzing` (hidden) holds the bodies of the fuzz targets in `engine/fuzz/`, which
@@ -43,6 +46,7 @@ pub mod drain;
 pub mod fuzzing;
 pub mod hardware;
 pub mod http;
+pub mod http_api;
 pub mod listen;
 pub mod log;
 pub mod loop_time;

@@ -20,7 +20,6 @@ use verdict_rules::{EpochCell, VelocityState};
 use crate::aggregator::PeerHandler;
 use crate::buffers::Buffers;
 use crate::config::TopologyConfig;
-use crate::connection;
 use crate::drain::Drain;
 use crate::mesh::{Mesh, MeshPort};
 use crate::metrics::ReportSender;
@@ -29,6 +28,7 @@ use crate::scoring::{CoreModels, Published};
 use crate::shard::{ConnectionSlot, ExitNotice, Refusal, Shard, ShardEvent, Takeover};
 use crate::stats::CoreStats;
 use crate::watch;
+use crate::{connection, http_api};
 
 /// What the control thread hands a shard thread (all `Send`).
 pub struct ShardContext {
@@ -125,6 +125,18 @@ pub async fn run(ctx: ShardContext) {
         Ok(l) => l,
         Err(e) => return fail(&ctx, format!("bind {address}:{want} (shard port): {e}")),
     };
+    let http = match config.listen.http_port {
+        0 => None,
+        port => match TcpListener::bind(SocketAddr::new(address, port)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return fail(
+                    &ctx,
+                    format!("bind {address}:{port} (listen.http_port): {e}"),
+                );
+            }
+        },
+    };
     let shard_port = own.local_addr().map(|a| a.port()).unwrap_or(want);
     let _ = ctx.events.send(ShardEvent::Bound {
         shard: ctx.index,
@@ -203,8 +215,11 @@ pub async fn run(ctx: ShardContext) {
     });
     *handler.shard.borrow_mut() = Some(shard.clone());
 
-    watch::spawn(&shard, accept_loop(shard.clone(), shared));
-    watch::spawn(&shard, accept_loop(shard.clone(), own));
+    watch::spawn(&shard, accept_loop(shard.clone(), shared, Protocol::Frames));
+    watch::spawn(&shard, accept_loop(shard.clone(), own, Protocol::Frames));
+    if let Some(http) = http {
+        watch::spawn(&shard, accept_loop(shard.clone(), http, Protocol::Http));
+    }
 
     // Idle or not, a shard takes a new epoch within a tick, so stats show it everywhere; and
     // it reports its stats to the control thread every `stats_interval_ms`.
@@ -257,7 +272,16 @@ pub async fn run(ctx: ShardContext) {
     info!("shard {} stopped", shard.index);
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// verdict's binary frames (net/PROTOCOL.md).
+    Frames,
+    /// HTTP/1.1 with JSON bodies ([`crate::http_api`]).
+    Http,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, protocol: Protocol) {
     let waiter = shard.drain.waiter();
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -276,7 +300,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         match ConnectionSlot::take(&shard) {
-            Ok(slot) => watch::spawn(&shard, connection::serve(shard.clone(), stream, slot)),
+            Ok(slot) if protocol == Protocol::Frames => {
+                watch::spawn(&shard, connection::serve(shard.clone(), stream, slot))
+            }
+            Ok(slot) => watch::spawn(&shard, http_api::serve(shard.clone(), stream, slot)),
             // Telling a refused client why costs a task and a few hundred ms of lingering:
             // bounded, and never a TLS handshake (a flood past the cap must stay cheap). Past
             // the bound, and on TLS ports, the refusal is the close itself.
@@ -287,7 +314,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 shard
                     .refusals_in_flight
                     .set(shard.refusals_in_flight.get() + 1);
-                watch::spawn(&shard, reject(shard.clone(), stream, why));
+                watch::spawn(&shard, reject(shard.clone(), stream, why, protocol));
             }
             Err(_) => drop(stream),
         }
@@ -299,7 +326,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 const REFUSALS_IN_FLIGHT_MAX: u32 = 64;
 
 /// Tells a connection over a limit why it is refused, then closes it.
-async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal) {
+async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal, protocol: Protocol) {
     let message = match why {
         Refusal::Connections => format!(
             "shard {} is at its limit of {} connections (limits.connections_per_shard_max)",
@@ -316,7 +343,15 @@ async fn reject(shard: Rc<Shard>, stream: TcpStream, why: Refusal) {
     // A refusal gets a short write timeout: it is owed a try, not the patience a served
     // connection gets.
     let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.limits.shutdown_quiet_ms)));
-    connection::send_error_and_close(&shard, stream, 0, ErrorCode::Overloaded, &message).await;
+    match protocol {
+        Protocol::Frames => {
+            connection::send_error_and_close(&shard, stream, 0, ErrorCode::Overloaded, &message)
+                .await
+        }
+        Protocol::Http => {
+            http_api::send_error_and_close(&shard, stream, ErrorCode::Overloaded, &message).await
+        }
+    }
     shard
         .refusals_in_flight
         .set(shard.refusals_in_flight.get() - 1);

@@ -33,6 +33,9 @@ enum Command {
         /// Override [listen] admin_port (0 = pick a free one; see the ready line).
         #[arg(long)]
         admin_port: Option<u16>,
+        /// Override [listen] http_port: HTTP/JSON decisions on every shard (0 = off).
+        #[arg(long)]
+        http_port: Option<u16>,
         /// Serve without the eBPF probes ([probes] enabled = false).
         #[arg(long)]
         no_probes: bool,
@@ -267,6 +270,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             address,
             port,
             admin_port,
+            http_port,
             no_probes,
             syscall_probes,
             shard_port_base,
@@ -293,6 +297,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             if let Some(p) = admin_port {
                 config.listen.admin_port = Some(p);
+            }
+            if let Some(p) = http_port {
+                config.listen.http_port = p;
             }
             if no_probes {
                 config.probes.enabled = false;

@@ -336,9 +336,10 @@ pub fn serve(
     let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
     // The ready line: tests and scripts wait for it and read the ports from it.
     println!(
-        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count} admin_port={}",
+        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count} admin_port={} http_port={}",
         ports.join(","),
-        admin.port
+        admin.port,
+        config.listen.http_port
     );
     info!(
         "serving on {address}:{shared_port} (shared) and shard ports {}; admin http://{address}:{}/metrics",

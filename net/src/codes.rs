@@ -71,6 +71,22 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status the HTTP/JSON API answers this error with (its body carries the same
+    /// `code`, `name` and `message` an error frame would).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadMagic | ErrorCode::InvalidPayload => 400,
+            ErrorCode::BadVersion => 505,
+            ErrorCode::FrameTooLarge | ErrorCode::BatchTooLarge => 413,
+            ErrorCode::UnknownKind => 404,
+            ErrorCode::BadField => 422,
+            ErrorCode::Overloaded => 503,
+            ErrorCode::Unavailable => 504,
+            ErrorCode::Internal => 500,
+            ErrorCode::Forbidden => 403,
+        }
+    }
+
     /// Whether the server closes the connection after sending this error.
     pub fn closes_connection(self) -> bool {
         matches!(
@@ -102,5 +118,13 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(0), None);
         assert_eq!(ErrorCode::from_u16(12), None);
+    }
+
+    #[test]
+    fn every_code_has_an_error_status() {
+        for code in ErrorCode::ALL {
+            let status = code.http_status();
+            assert!((400..600).contains(&status), "{code:?} -> {status}");
+        }
     }
 }

@@ -347,6 +347,26 @@ impl RecvBuffer {
         assert!(self.end + n <= self.buf.len(), "filled past the read space");
         self.end += n;
     }
+
+    /// Appends whole frames that `write` encodes at the end of `out` (a server that
+    /// translates another protocol into frames feeds its request pipeline this way). The
+    /// buffer grows to fit them and shrinks back once they are consumed, as after a large
+    /// read. `write` must leave `out` holding whole frames.
+    pub fn append_with<R>(&mut self, write: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>) -> R) -> R {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.buf.resize(self.end, 0);
+        let result = write(&mut self.buf);
+        debug_assert_eq!(self.buf.len() % FRAME_ALIGN, 0, "frames are whole");
+        self.end = self.buf.len();
+        if self.buf.len() < self.base_len {
+            self.buf.resize(self.base_len, 0);
+        }
+        result
+    }
 }
 
 /// An rkyv writer that appends to an [`AlignedVec`] but counts positions from `start`, so a
@@ -719,5 +739,34 @@ mod tests {
         };
         assert_eq!(third.header.id, 3);
         assert_eq!(rest.len(), third.frame_len);
+    }
+
+    #[test]
+    fn appended_frames_follow_the_unconsumed_ones_and_the_buffer_shrinks_back() {
+        let mut rb = RecvBuffer::new(64);
+        rb.read_space(1 << 20)[..16].copy_from_slice(&frame(0x04, 0, 1));
+        rb.filled(16);
+        let mut enc = FrameEncoder::new();
+        rb.append_with(|out| enc.push(out, 0x02, 2, &vec![7u8; 200]).unwrap());
+        rb.append_with(|out| enc.push_empty(out, 0x05, 3));
+        let mut ids = Vec::new();
+        while let Scan::Frame(at) = rb.front(1 << 20) {
+            ids.push(at.header.id);
+            if at.header.id == 2 {
+                let v = rkyv::access::<rkyv::vec::ArchivedVec<u8>, rkyv::rancor::Error>(
+                    rb.payload(&at),
+                )
+                .unwrap();
+                assert_eq!(v.len(), 200);
+            }
+            rb.consume(at.frame_len);
+        }
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(rb.buffered(), 0);
+        assert_eq!(
+            rb.len(),
+            rb.base_len(),
+            "grown past its base, then given back"
+        );
     }
 }

@@ -14,12 +14,46 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::schema::{AttrValue, Attribute, Decision, Event};
+use crate::schema::{AttrValue, Attribute, Decision, Event, TopologyReply};
 
-/// A JSON line that is not a valid event.
+/// A JSON text that is not a valid event (or batch of events).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct JsonError(String);
+#[error("{message}")]
+pub struct JsonError {
+    message: String,
+    /// Not JSON at all (or cut short), as opposed to JSON that is not a valid event.
+    syntax: bool,
+}
+
+impl JsonError {
+    fn data(message: String) -> JsonError {
+        JsonError {
+            message,
+            syntax: false,
+        }
+    }
+
+    fn parse(e: serde_json::Error) -> JsonError {
+        use serde_json::error::Category;
+        JsonError {
+            message: e.to_string(),
+            syntax: !matches!(e.classify(), Category::Data),
+        }
+    }
+
+    fn within(self, what: std::fmt::Arguments<'_>) -> JsonError {
+        JsonError {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+
+    /// Whether the text is not JSON (or is cut short); otherwise it is JSON whose fields are
+    /// missing, unknown, of the wrong type or out of range.
+    pub fn is_syntax(&self) -> bool {
+        self.syntax
+    }
+}
 
 /// An id written as a string or an integer.
 #[derive(Deserialize)]
@@ -60,16 +94,16 @@ struct EventJson {
 
 /// Parses one JSON event.
 pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
-    let raw: EventJson = serde_json::from_str(text).map_err(|e| JsonError(e.to_string()))?;
+    let raw: EventJson = serde_json::from_str(text).map_err(JsonError::parse)?;
     let ip = match raw.ip.as_deref() {
         None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         Some(text) => text
             .parse()
-            .map_err(|_| JsonError(format!("field `ip`: {text:?} is not an IP address")))?,
+            .map_err(|_| JsonError::data(format!("field `ip`: {text:?} is not an IP address")))?,
     };
     let mcc_text = raw.mcc.into_string();
     let mcc: u16 = mcc_text.parse().map_err(|_| {
-        JsonError(format!(
+        JsonError::data(format!(
             "field `mcc`: {mcc_text:?} is not a number 0..=9999"
         ))
     })?;
@@ -80,7 +114,7 @@ pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
             Value::Bool(b) => AttrValue::Bool(b),
             Value::Number(n) => AttrValue::Num(n.as_f64().unwrap_or(f64::NAN)),
             other => {
-                return Err(JsonError(format!(
+                return Err(JsonError::data(format!(
                     "attribute `{name}`: {other} is not a string, number or boolean"
                 )));
             }
@@ -102,6 +136,62 @@ pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
         features: raw.features,
         attributes,
     })
+}
+
+/// How a batch of events was written; its decisions are written the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchForm {
+    /// One JSON array of events.
+    Array,
+    /// NDJSON: one event per line (blank lines skipped).
+    Lines,
+}
+
+/// Parses a batch of events: a JSON array of events, or NDJSON (one event per line). The
+/// form is read from the text itself: an array starts with `[`. Errors name the event
+/// (`event 3: ...`, counting from 0) or the line (`line 4: ...`, counting from 1).
+pub fn events_from_json_batch(text: &str) -> Result<(Vec<Event>, BatchForm), JsonError> {
+    if text.trim_start().starts_with('[') {
+        let raw: Vec<&serde_json::value::RawValue> =
+            serde_json::from_str(text).map_err(JsonError::parse)?;
+        let mut events = Vec::with_capacity(raw.len());
+        for (i, one) in raw.iter().enumerate() {
+            events
+                .push(event_from_json(one.get()).map_err(|e| e.within(format_args!("event {i}")))?);
+        }
+        return Ok((events, BatchForm::Array));
+    }
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = i + 1;
+        events.push(event_from_json(line).map_err(|e| e.within(format_args!("line {line_no}")))?);
+    }
+    Ok((events, BatchForm::Lines))
+}
+
+/// The JSON form of a topology reply (the field names of [`TopologyReply`]).
+pub fn topology_to_json(t: &TopologyReply) -> Value {
+    json!({
+        "shard_count": t.shard_count,
+        "shard": t.shard,
+        "routing": t.routing,
+        "address": t.address,
+        "port": t.port,
+        "shard_ports": t.shard_ports,
+        "cpus": t.cpus,
+        "partitions": t.partitions,
+        "partition_shards": t.partition_shards,
+    })
+}
+
+/// The JSON form of an error reply: `{"code": 6, "name": "bad_field", "message": "..."}`
+/// (`name` is `"unknown"` for a code this build does not know).
+pub fn error_to_json(code: u16, message: &str) -> Value {
+    let name = crate::ErrorCode::from_u16(code).map_or("unknown", |c| c.name());
+    json!({ "code": code, "name": name, "message": message })
 }
 
 /// The JSON form of an event (inverse of [`event_from_json`]).
@@ -233,6 +323,36 @@ mod tests {
         assert_eq!(e.features, vec![text.parse::<f64>().unwrap()]);
         let back = event_from_json(&event_to_json(&e).to_string()).unwrap();
         assert_eq!(back.features[0].to_bits(), e.features[0].to_bits());
+    }
+
+    #[test]
+    fn syntax_errors_are_told_from_invalid_events() {
+        assert!(event_from_json("{\"event_id\":").unwrap_err().is_syntax());
+        assert!(event_from_json("not json").unwrap_err().is_syntax());
+        assert!(!event_from_json("{}").unwrap_err().is_syntax());
+        let bad_ip = event_from_json(&LINE.replace("203.0.113.9", "x")).unwrap_err();
+        assert!(!bad_ip.is_syntax());
+    }
+
+    #[test]
+    fn batches_are_arrays_or_lines_and_errors_name_the_event() {
+        let one = LINE.replace('\n', " ");
+        let (events, form) = events_from_json_batch(&format!(" [{one},{one}]")).unwrap();
+        assert_eq!((events.len(), form), (2, BatchForm::Array));
+        let (events, form) = events_from_json_batch(&format!("{one}\n\n{one}\n")).unwrap();
+        assert_eq!((events.len(), form), (2, BatchForm::Lines));
+        assert_eq!(events_from_json_batch("[]").unwrap().0.len(), 0);
+        let bad = one.replace("\"USD\"", "7");
+        let e = events_from_json_batch(&format!("[{one},{bad}]")).unwrap_err();
+        assert!(e.to_string().starts_with("event 1: "), "{e}");
+        assert!(!e.is_syntax());
+        let e = events_from_json_batch(&format!("{one}\n\n{bad}")).unwrap_err();
+        assert!(e.to_string().starts_with("line 3: "), "{e}");
+        assert!(
+            events_from_json_batch(&format!("[{one},"))
+                .unwrap_err()
+                .is_syntax()
+        );
     }
 
     #[test]

@@ -205,6 +205,7 @@ fn serve_one(shared: &Shared, stream: TcpStream) {
     let bounds = Bounds {
         header_bytes_max: config.header_bytes_max as usize,
         body_bytes_max: config.body_bytes_max as usize,
+        keys: http::ADMIN_KEYS,
     };
     let (response, head) = match http::read_request(&mut stream, bounds, deadline) {
         Ok(Some(request)) => (shared.routes.answer(&request), request.method == "HEAD"),

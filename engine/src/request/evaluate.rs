@@ -144,9 +144,7 @@ impl Evaluator {
         };
         let n = batch.events.len();
         if n == 0 || n > max {
-            out.say(format_args!(
-                "evaluate-batch carries {n} events; the limit is 1..={max} (limits.batch_events_max)"
-            ));
+            out.message = batch_size_message(n, max);
             return Err(ErrorCode::BatchTooLarge);
         }
         for (i, event) in batch.events.iter().enumerate() {
@@ -219,6 +217,11 @@ impl Evaluator {
         self.names = names.recycle();
         pushed
     }
+}
+
+/// Why a batch of `n` events is refused under a limit of `max` (error 7; allocates).
+pub fn batch_size_message(n: usize, max: usize) -> String {
+    format!("evaluate-batch carries {n} events; the limit is 1..={max} (limits.batch_events_max)")
 }
 
 /// Event `k`'s verdict, wherever it was decided.

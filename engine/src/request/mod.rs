@@ -15,7 +15,7 @@ pub mod stats;
 use std::fmt::Write as _;
 
 use rkyv::{rancor, util::AlignedVec};
-use verdict_net::frame::{FRAME_ALIGN, FrameAt, KIND_ERROR, PayloadSerializer, RecvBuffer};
+use verdict_net::frame::{FRAME_ALIGN, FrameAt, KIND_ERROR, PayloadSerializer, RecvBuffer, Scan};
 use verdict_net::{ErrorCode, ErrorReplyView, FrameEncoder, Kind, StrView};
 
 use crate::shard::Shard;
@@ -98,6 +98,83 @@ impl Responder {
         self.message.clear();
         self.message.push_str(message);
         self.error(shard, id, code);
+    }
+}
+
+/// What [`answer_frames`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    /// Requests answered (each with exactly one response frame).
+    pub frames: u64,
+    /// Framing was lost: the connection must close after its answers are written.
+    pub close: bool,
+}
+
+/// Answers the whole frames at the front of `recv`, up to `pipeline_depth_max` or until the
+/// answers in `out` reach `out_cap` bytes, consuming them. Both the binary connection and
+/// the HTTP one (which translates its requests into frames) answer through here, so both
+/// get the same validation, limits, routing and stats.
+pub async fn answer_frames(
+    shard: &Shard,
+    recv: &mut RecvBuffer,
+    evaluator: &mut evaluate::Evaluator,
+    out: &mut Responder,
+    read_at: u64,
+    out_cap: usize,
+) -> Answered {
+    let limits = &shard.limits;
+    let mut handled = 0u64;
+    let mut close = false;
+    let started = shard.clock.raw();
+    shard.refresh_rules();
+    while handled < u64::from(limits.pipeline_depth_max) && out.out.len() < out_cap {
+        let at = match recv.front(limits.frame_len_max_bytes) {
+            Scan::Incomplete { .. } => break,
+            Scan::Broken { id, error } => {
+                // Framing is lost: answer this one error, then close.
+                out.say(format_args!("{error}; closing the connection"));
+                out.error(shard, id, ErrorCode::from(error));
+                shard.stats.borrow_mut().requests += 1;
+                close = true;
+                break;
+            }
+            Scan::Frame(at) => at,
+        };
+        // A run of evaluate frames is decided as one batch (one model call for all).
+        let (frames, bytes) = if at.header.kind == Kind::Evaluate.request_byte() {
+            let max = (u64::from(limits.pipeline_depth_max) - handled) as usize;
+            match evaluator.run(shard, recv, &at, max, out, read_at).await {
+                Ok((frames, bytes)) => (frames, bytes),
+                Err(code) => {
+                    out.error(shard, at.header.id, code);
+                    (1, at.frame_len)
+                }
+            }
+        } else {
+            answer(shard, recv, &at, evaluator, out, read_at).await;
+            (1, at.frame_len)
+        };
+        handled += frames;
+        recv.consume(bytes);
+        let done = shard.clock.raw();
+        let latency = shard.clock.delta_as_nanos(read_at, done);
+        let mut s = shard.stats.borrow_mut();
+        s.requests += frames;
+        for _ in 0..frames {
+            s.record_latency_ns(latency);
+        }
+    }
+    // Instances lost to a failing model this batch are replaced now, not on an event's path.
+    shard.models.borrow_mut().refill();
+    let took = shard.clock.delta_as_nanos(started, shard.clock.raw());
+    let mut s = shard.stats.borrow_mut();
+    s.record_batch_requests(handled);
+    if handled > 0 {
+        s.record_batch_ns(took);
+    }
+    Answered {
+        frames: handled,
+        close,
     }
 }
 
