@@ -7,15 +7,17 @@ set -euo pipefail
 # liburing, pkg-config to find them, clang + libbpf headers for the eBPF probes, DejaVu for
 # latency plots, Debian's Python Prometheus client (the tests parse /metrics with it), openssl (the
 # TLS tests make their certificates with it), python3-venv for the PyPI tools below, libgomp1
-# (LightGBM's wheel links the system OpenMP runtime).
+# (LightGBM's wheel links the system OpenMP runtime), curl (the HTTP port's tests speak to it
+# with curl as well as raw sockets).
 VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang libbpf-dev
-    fonts-dejavu-core python3-prometheus-client openssl python3-venv libgomp1)
+    fonts-dejavu-core python3-prometheus-client openssl python3-venv libgomp1 curl)
 # Tools from PyPI that tests check verdict against (pinned), in a venv of their own:
 # pyarrow reads the decision log's Parquet export; xgboost-cpu and lightgbm (with numpy, scipy
-# and narwhals, pinned too) train the models `verdict model import` is checked against.
-# xgboost 3.3 needs Python 3.12; Debian 12 has 3.11.
+# and narwhals, pinned too) train the models `verdict model import` is checked against;
+# schemathesis tests the HTTP port against net/openapi.yaml; requests is the plain HTTP loop
+# the Python client is benchmarked beside. xgboost 3.3 needs Python 3.12; Debian 12 has 3.11.
 VERDICT_PIP_PACKAGES=(pyarrow==26.0.0 numpy==2.4.6 scipy==1.17.1 narwhals==2.13.0
-    xgboost-cpu==3.2.0 lightgbm==4.7.0)
+    xgboost-cpu==3.2.0 lightgbm==4.7.0 schemathesis==4.32.5 requests==2.34.2)
 VERDICT_VENV=${VERDICT_VENV:-$HOME/.cache/verdict/venv}
 # Rust components the scripts use, and the target the example models are built for.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)
