@@ -81,6 +81,8 @@ struct Pending {
     close: bool,
     /// HTTP/1.0 keep-alive: say so in the response.
     keep_alive_1_0: bool,
+    /// A HEAD request: the response's head only (its Content-Length that of the body).
+    head_only: bool,
 }
 
 /// An HTTP connection's buffers, reused for its whole life.
@@ -276,6 +278,7 @@ impl HttpConnection {
                 answer,
                 close: head.close,
                 keep_alive_1_0: head.minor_version == 0 && !head.close,
+                head_only: head.method == "HEAD",
             });
             offset += len;
             if head.close || batch {
@@ -315,6 +318,7 @@ impl HttpConnection {
             },
             close: true,
             keep_alive_1_0: false,
+            head_only: false,
         });
     }
 
@@ -375,7 +379,9 @@ impl HttpConnection {
                     None
                 },
             );
-            self.write.extend_from_slice(&self.body);
+            if !pending.head_only {
+                self.write.extend_from_slice(&self.body);
+            }
             if pending.close {
                 break;
             }
@@ -429,7 +435,7 @@ fn route(
     match path {
         "/v1/decide" if method == "POST" => {}
         "/v1/decide/batch" if method == "POST" => {}
-        "/v1/topology" if method == "GET" => {
+        "/v1/topology" if method == "GET" || method == "HEAD" => {
             frames.append_with(|out| encoder.push_empty(out, Kind::Topology.request_byte(), id));
             return Answer::Frame(Form::Topology);
         }

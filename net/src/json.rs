@@ -84,6 +84,9 @@ struct EventJson {
     country: String,
     channel: String,
     device_id: IdJson,
+    /// Required, but may be `null` (without `deserialize_with`, serde would let an `Option`
+    /// field be left out).
+    #[serde(deserialize_with = "Option::deserialize")]
     ip: Option<String>,
     mcc: IdJson,
     #[serde(default)]
@@ -94,6 +97,13 @@ struct EventJson {
 
 /// Parses one JSON event.
 pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
+    if text.trim_start().starts_with('[') {
+        // serde's derive would read a struct from an array of its fields in order.
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(JsonError::parse)?;
+        return Err(JsonError::data(
+            "an event is a JSON object, not an array".into(),
+        ));
+    }
     let raw: EventJson = serde_json::from_str(text).map_err(JsonError::parse)?;
     let ip = match raw.ip.as_deref() {
         None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -102,7 +112,8 @@ pub fn event_from_json(text: &str) -> Result<Event, JsonError> {
             .map_err(|_| JsonError::data(format!("field `ip`: {text:?} is not an IP address")))?,
     };
     let mcc_text = raw.mcc.into_string();
-    let mcc: u16 = mcc_text.parse().map_err(|_| {
+    let digits = !mcc_text.is_empty() && mcc_text.bytes().all(|b| b.is_ascii_digit());
+    let mcc: u16 = mcc_text.parse().ok().filter(|_| digits).ok_or_else(|| {
         JsonError::data(format!(
             "field `mcc`: {mcc_text:?} is not a number 0..=9999"
         ))
@@ -323,6 +334,33 @@ mod tests {
         assert_eq!(e.features, vec![text.parse::<f64>().unwrap()]);
         let back = event_from_json(&event_to_json(&e).to_string()).unwrap();
         assert_eq!(back.features[0].to_bits(), e.features[0].to_bits());
+    }
+
+    #[test]
+    fn an_event_is_an_object_with_every_field() {
+        let no_ip = LINE.replace(r#""ip":"203.0.113.9","#, "");
+        assert!(
+            event_from_json(&no_ip)
+                .unwrap_err()
+                .to_string()
+                .contains("ip")
+        );
+        let null_ip = LINE.replace(r#""203.0.113.9""#, "null");
+        assert!(event_from_json(&null_ip).unwrap().ip.is_unspecified());
+        let positional = r#"["e",1,"a","m",1,"USD","US","web","d",null,5411,[],{}]"#;
+        let e = event_from_json(positional).unwrap_err();
+        assert!(!e.is_syntax() && e.to_string().contains("object"), "{e}");
+        assert!(event_from_json("[1,").unwrap_err().is_syntax());
+        for mcc in [r#""+5""#, r#""""#, r#"" 5""#, "-1"] {
+            let line = LINE.replace("5411", mcc);
+            assert!(event_from_json(&line).is_err(), "mcc {mcc} accepted");
+        }
+        assert_eq!(
+            event_from_json(&LINE.replace("5411", r#""0042""#))
+                .unwrap()
+                .mcc,
+            42
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Server {
     pub shard_ports: Vec<u16>,
     /// The admin HTTP port.
     pub admin_port: u16,
+    /// The HTTP/JSON port (`listen.http_port`; 0: off).
+    pub http_port: u16,
     pub dir: tempdir::Dir,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
     /// Files the server reads that live outside `dir` (removed with the server).
@@ -55,6 +57,15 @@ pub fn verdict(args: &[&str]) -> std::process::Output {
 /// Output bytes as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A loopback port free a moment ago (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A topology for `cpus` on free loopback ports, with extra `[limits]` lines.
@@ -102,6 +113,34 @@ impl Server {
         files: &[(&str, &str)],
         args: &[&str],
     ) -> Server {
+        Server::try_launch_with(prefix, toml, files, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Server::launch_with`] with `[listen] http_port` set to a free port: the port is
+    /// found by binding port 0 and letting go, so another process may take it first; then
+    /// the start is tried again on another (at most 5 times).
+    pub fn launch_http(toml: &str, files: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let with_http =
+                toml.replacen("[listen]\n", &format!("[listen]\nhttp_port = {port}\n"), 1);
+            assert_ne!(with_http, toml, "the topology has no [listen] section");
+            match Server::try_launch_with(&[], &with_http, files, args) {
+                Ok(server) => return server,
+                Err(e) if e.contains("listen.http_port") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free HTTP port in 5 tries: {last}");
+    }
+
+    fn try_launch_with(
+        prefix: &[&str],
+        toml: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Server, String> {
         let dir = tempdir::Dir::new("serve");
         let path = dir.0.join("shards.toml");
         std::fs::write(&path, toml).unwrap();
@@ -146,11 +185,16 @@ impl Server {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert!(
-            line.starts_with("verdict ready:"),
-            "no ready line; got {line:?}; stderr: {}",
-            stderr.lock().unwrap()
-        );
+        if !line.starts_with("verdict ready:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The stderr reader may still be collecting the last words.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(format!(
+                "no ready line; got {line:?}; stderr: {}",
+                stderr.lock().unwrap()
+            ));
+        }
         let field = |name: &str| -> String {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
@@ -159,6 +203,7 @@ impl Server {
         };
         let port = field("port").parse().unwrap();
         let admin_port = field("admin_port").parse().unwrap();
+        let http_port = field("http_port").parse().unwrap();
         let shard_ports = field("shard_ports")
             .split(',')
             .map(|p| p.parse().unwrap())
@@ -170,15 +215,16 @@ impl Server {
                 sink.clear();
             }
         });
-        Server {
+        Ok(Server {
             child,
             port,
             shard_ports,
             admin_port,
+            http_port,
             dir,
             stderr,
             kept: None,
-        }
+        })
     }
 
     /// [`Server::with_rules`], scoring with [`patient_models`]: for tests that compare
