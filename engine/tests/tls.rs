@@ -305,3 +305,59 @@ fn a_reload_serves_a_renewed_certificate_without_a_restart() {
     }
     assert!(!ping(&old_ca));
 }
+
+/// The HTTP/JSON port under `[tls]` is HTTPS: Python's `http.client` over `ssl` (trusting
+/// the test CA) decides an event and reads the topology on one kept-alive connection; a
+/// plaintext HTTP request on it gets no answer.
+#[test]
+fn the_http_port_speaks_https() {
+    let dir = tempdir::Dir::new("tls-http");
+    let pki = Pki::new(&dir.0, "pki");
+    let toml = format!(
+        "{}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        topology(&[0, 1], ""),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    );
+    let server = Server::launch_http(&toml, &[], &[]);
+    let event = verdict_net::json::event_to_json(&common::event(7)).to_string();
+    let script = r#"
+import http.client, json, socket, ssl, sys
+port, ca, event = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=20)
+c.request("POST", "/v1/decide", body=event, headers={"Content-Type": "application/json"})
+r = c.getresponse()
+d = json.loads(r.read())
+c.request("GET", "/v1/topology")
+t = json.loads(c.getresponse().read())
+print(r.status, d["event_id"], t["shard_count"], c.sock.version())
+raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+raw.sendall(b"GET /v1/topology HTTP/1.1\r\nHost: x\r\n\r\n")
+got = b""
+try:
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+except OSError:
+    pass
+print("plaintext-answered" if got.startswith(b"HTTP/") else "plaintext-refused")
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &server.http_port.to_string(),
+            &pki.path("ca.pem"),
+            &event,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python: {}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("200 evt-7 2 TLSv1."), "{lines:?}");
+    assert_eq!(lines[1], "plaintext-refused");
+}
