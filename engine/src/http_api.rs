@@ -28,12 +28,12 @@ use glommio::net::TcpStream;
 use rkyv::rancor;
 use verdict_net::frame::{FRAME_ALIGN, HEADER_LEN, KIND_ERROR, RecvBuffer, Scan, scan};
 use verdict_net::json::{
-    BatchForm, decision_to_json, error_to_json, event_from_json, events_from_json_batch,
-    topology_to_json,
+    BatchForm, error_to_json, event_from_json, events_from_json_batch, topology_to_json,
+    write_decision_json,
 };
 use verdict_net::{
-    ArchivedDecision, ArchivedDecisionBatch, ArchivedErrorReply, ArchivedTopologyReply, Decision,
-    ErrorCode, EvaluateBatch, FrameEncoder, Kind, TopologyReply,
+    ArchivedDecision, ArchivedDecisionBatch, ArchivedErrorReply, ArchivedTopologyReply, ErrorCode,
+    EvaluateBatch, FrameEncoder, Kind, TopologyReply,
 };
 
 use crate::connection::{self, ReadOutcome};
@@ -47,6 +47,9 @@ const KEYS: BoundKeys = BoundKeys {
     header_bytes_max: "limits.http_header_bytes_max",
     body_bytes_max: "limits.http_body_bytes_max",
 };
+
+/// The size a connection's buffer of request frames starts with and shrinks back to.
+const FRAMES_BASE_BYTES: usize = 8 * 1024;
 
 /// What the HTTP port serves, for 404 messages.
 const ENDPOINTS: &str = "POST /v1/decide, POST /v1/decide/batch and GET /v1/topology";
@@ -125,7 +128,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
         inbox: vec![0; base_len],
         filled: 0,
         base_len,
-        frames: RecvBuffer::new(verdict_net::frame::HEADER_LEN),
+        // Room for a round of a few dozen events without growing (a larger round grows it
+        // and it shrinks back once answered).
+        frames: RecvBuffer::new(FRAMES_BASE_BYTES),
         encoder: FrameEncoder::new(),
         out: Responder::default(),
         evaluator: Evaluator::default(),
@@ -557,36 +562,35 @@ fn frame_to_json(kind: u8, payload: &[u8], form: Form, body: &mut Vec<u8>) -> (u
     }
     match form {
         Form::Decision => {
-            let Ok(decision) = rkyv::access::<ArchivedDecision, rancor::Error>(payload)
-                .and_then(rkyv::deserialize::<Decision, rancor::Error>)
-            else {
+            let Ok(decision) = rkyv::access::<ArchivedDecision, rancor::Error>(payload) else {
                 return internal(body, "decision");
             };
-            write_json(body, &decision_to_json(&decision));
+            write_decision_json(decision, body);
+            body.push(b'\n');
             (200, JSON)
         }
         Form::Batch(batch_form) => {
             let Ok(batch) = rkyv::access::<ArchivedDecisionBatch, rancor::Error>(payload) else {
                 return internal(body, "decision batch");
             };
-            let mut decisions = Vec::with_capacity(batch.decisions.len());
-            for d in batch.decisions.iter() {
-                match rkyv::deserialize::<Decision, rancor::Error>(d) {
-                    Ok(d) => decisions.push(decision_to_json(&d)),
-                    Err(_) => return internal(body, "decision batch"),
+            let lines = batch_form == BatchForm::Lines;
+            if !lines {
+                body.push(b'[');
+            }
+            for (i, decision) in batch.decisions.iter().enumerate() {
+                if i > 0 && !lines {
+                    body.push(b',');
+                }
+                write_decision_json(decision, body);
+                if lines {
+                    body.push(b'\n');
                 }
             }
-            match batch_form {
-                BatchForm::Array => {
-                    write_json(body, &serde_json::Value::Array(decisions));
-                    (200, JSON)
-                }
-                BatchForm::Lines => {
-                    for d in &decisions {
-                        write_json(body, d);
-                    }
-                    (200, "application/x-ndjson")
-                }
+            if lines {
+                (200, "application/x-ndjson")
+            } else {
+                body.extend_from_slice(b"]\n");
+                (200, JSON)
             }
         }
         Form::Topology => {

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::schema::{AttrValue, Attribute, Decision, Event, TopologyReply};
+use crate::schema::{ArchivedDecision, AttrValue, Attribute, Decision, Event, TopologyReply};
 
 /// A JSON text that is not a valid event (or batch of events).
 #[derive(Debug, thiserror::Error)]
@@ -55,20 +55,43 @@ impl JsonError {
     }
 }
 
-/// An id written as a string or an integer.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdJson {
-    Text(String),
-    Int(i64),
+/// An id written as a string or an integer. (Not `#[serde(untagged)]`: that buffers the
+/// value and, for an integer, builds and drops an error from trying a string first, a
+/// measurable share of the HTTP port's time.)
+struct IdJson(String);
+
+impl<'de> Deserialize<'de> for IdJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IdJson, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IdJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an integer (i64)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdJson, E> {
+                Ok(IdJson(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<IdJson, E> {
+                Ok(IdJson(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdJson, E> {
+                Ok(IdJson(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdJson, E> {
+                // Integer ids are i64, as the OpenAPI document says.
+                match i64::try_from(v) {
+                    Ok(v) => Ok(IdJson(v.to_string())),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl IdJson {
     fn into_string(self) -> String {
-        match self {
-            IdJson::Text(s) => s,
-            IdJson::Int(i) => i.to_string(),
-        }
+        self.0
     }
 }
 
@@ -279,6 +302,91 @@ pub fn decision_to_json(decision: &Decision) -> Value {
     out
 }
 
+/// Writes the JSON form of an archived decision, one line: the same bytes as
+/// `serde_json::to_writer` over [`decision_to_json`] of the decision it archives (keys in
+/// the same sorted order), without building the owned decision or the JSON value (the HTTP
+/// port writes every answer this way).
+pub fn write_decision_json(decision: &ArchivedDecision, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, &DecisionJson(decision))
+        .expect("a decision always serializes");
+}
+
+/// An archived decision as its JSON form.
+struct DecisionJson<'a>(&'a ArchivedDecision);
+
+/// An archived decision's models as the JSON object `{ name: score }`, keys sorted (as in a
+/// `serde_json::Map`, where a repeated name keeps its last score).
+struct ModelsJson<'a>(&'a ArchivedDecision);
+
+/// The names of the models that failed for an event.
+struct ModelErrorsJson<'a>(&'a ArchivedDecision);
+
+impl serde::Serialize for DecisionJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let d = self.0;
+        let failed = d.models.iter().any(|m| m.error);
+        let mut map = s.serialize_map(Some(9 + usize::from(failed)))?;
+        // Sorted, as serde_json's Map (a BTreeMap) orders them.
+        map.serialize_entry("action", d.action.to_native().as_str())?;
+        map.serialize_entry("epoch", &d.epoch.to_native())?;
+        map.serialize_entry("event_id", d.event_id.as_str())?;
+        if failed {
+            map.serialize_entry("model_errors", &ModelErrorsJson(d))?;
+        }
+        map.serialize_entry("models", &ModelsJson(d))?;
+        map.serialize_entry("rules", &StrsJson(&d.rules))?;
+        map.serialize_entry("score", &d.score.to_native())?;
+        map.serialize_entry("server_ns", &d.server_ns.to_native())?;
+        map.serialize_entry("shadow_rules", &StrsJson(&d.shadow_rules))?;
+        map.serialize_entry("shard", &d.shard.to_native())?;
+        map.end()
+    }
+}
+
+impl serde::Serialize for ModelsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let models = &self.0.models;
+        let mut order: Vec<usize> = (0..models.len()).collect();
+        order.sort_by(|&a, &b| {
+            models[a]
+                .name
+                .as_str()
+                .cmp(models[b].name.as_str())
+                .then(b.cmp(&a))
+        });
+        order.dedup_by(|later, first| models[*later].name == models[*first].name);
+        let mut map = s.serialize_map(Some(order.len()))?;
+        for i in order {
+            let m = &models[i];
+            map.serialize_entry(m.name.as_str(), &m.score.to_native())?;
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for ModelErrorsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .models
+                .iter()
+                .filter(|m| m.error)
+                .map(|m| m.name.as_str()),
+        )
+    }
+}
+
+/// An archived vector of strings as a JSON array.
+struct StrsJson<'a>(&'a rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>);
+
+impl serde::Serialize for StrsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| r.as_str()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +472,20 @@ mod tests {
     }
 
     #[test]
+    fn integer_ids_are_i64() {
+        let huge = LINE.replace(r#""d-1""#, "9223372036854775808");
+        assert!(!event_from_json(&huge).unwrap_err().is_syntax());
+        let max = LINE.replace(r#""d-1""#, "9223372036854775807");
+        assert_eq!(
+            event_from_json(&max).unwrap().device_id,
+            "9223372036854775807"
+        );
+        let negative = LINE.replace(r#""d-1""#, "-3");
+        assert_eq!(event_from_json(&negative).unwrap().device_id, "-3");
+        assert!(event_from_json(&LINE.replace(r#""d-1""#, "1.5")).is_err());
+    }
+
+    #[test]
     fn syntax_errors_are_told_from_invalid_events() {
         assert!(event_from_json("{\"event_id\":").unwrap_err().is_syntax());
         assert!(event_from_json("not json").unwrap_err().is_syntax());
@@ -391,6 +513,47 @@ mod tests {
                 .unwrap_err()
                 .is_syntax()
         );
+    }
+
+    #[test]
+    fn archived_decisions_write_the_bytes_of_their_json_value() {
+        let mut rng = fastrand::Rng::with_seed(20);
+        let text = |rng: &mut fastrand::Rng| -> String {
+            let pool = ["a", "b", "z", "\"q\"", "é\n", "\u{1}", "m2", ""];
+            (0..rng.usize(0..4))
+                .map(|_| pool[rng.usize(..pool.len())])
+                .collect()
+        };
+        for _ in 0..500 {
+            let d = Decision {
+                event_id: text(&mut rng),
+                action: [Action::Allow, Action::Review, Action::Deny][rng.usize(..3)],
+                score: rng.i32(..),
+                rules: (0..rng.usize(0..3)).map(|_| text(&mut rng)).collect(),
+                shadow_rules: (0..rng.usize(0..3)).map(|_| text(&mut rng)).collect(),
+                models: (0..rng.usize(0..4))
+                    .map(|_| ModelScore {
+                        name: text(&mut rng),
+                        score: [0.25, f64::NAN, -0.0, 1e300, rng.f64(), f64::INFINITY]
+                            [rng.usize(..6)],
+                        error: rng.bool(),
+                    })
+                    .collect(),
+                epoch: rng.u64(..),
+                shard: rng.u32(..),
+                server_ns: rng.u64(..),
+            };
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&d).unwrap();
+            let archived = rkyv::access::<ArchivedDecision, rkyv::rancor::Error>(&bytes).unwrap();
+            let mut direct = Vec::new();
+            write_decision_json(archived, &mut direct);
+            let via_value = serde_json::to_vec(&decision_to_json(&d)).unwrap();
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(via_value).unwrap(),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]
