@@ -374,8 +374,8 @@ pub struct TopologyReply {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct ReloadRequest {
-    /// The rules file or directory to compile, as a path on the server (absolute, or
-    /// relative to the server's working directory). Empty: the one the engine serves.
+    /// The rules file or directory to compile, relative to the server's `rules.dir` (no
+    /// absolute path, no `..`). Empty: the one the engine serves.
     pub rules_path: String,
 }
 
