@@ -208,6 +208,14 @@ pub fn make_test_pki(dir: &Path) {
     ca.extend(ec);
     ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
     ca.extend(["-subj", "/CN=verdict test CA"]);
+    // Stated, not left to openssl's defaults: strict verifiers (Python 3.13's ssl) refuse a
+    // CA certificate without keyUsage.
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
     run(&ca);
     for (who, ext) in [
         (
