@@ -280,6 +280,63 @@ fn fifty_model_swaps_under_streaming_load_answer_every_request_once() {
     );
 }
 
+/// The same over HTTP: on one HTTP connection (whichever shard accepted it), a slow event
+/// owned by each shard. The one owned by the other shard is forwarded and times out: 504
+/// with code 9; the one decided where it arrived waits out its model's deadline: 200.
+#[test]
+fn over_http_a_slow_owner_is_a_504_with_code_9() {
+    let models = probe_dir(0.2);
+    let server = Server::launch_http(
+        &topology(&[0, 1], "mesh_reply_timeout_ms = 20"),
+        &[("probe.rules", PROBE_RULES)],
+        &["--models", models.0.to_str().unwrap()],
+    );
+    let bodies: Vec<String> = [0, 1]
+        .into_iter()
+        .map(|shard| {
+            let mut slow = event_on(shard, 10 + u64::from(shard));
+            slow.features = vec![1.0, 0.0];
+            verdict_net::json::event_to_json(&slow).to_string()
+        })
+        .collect();
+    let script = r#"
+import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=20)
+for body in sys.argv[2:]:
+    c.request("POST", "/v1/decide", body=body)
+    r = c.getresponse()
+    print(r.status, r.read().decode().strip())
+    time.sleep(0.2)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.http_port.to_string()])
+        .args(&bodies)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut statuses: Vec<&str> = text.lines().map(|l| &l[..3]).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["200", "504"], "{text}");
+    let timed_out = text.lines().find(|l| l.starts_with("504")).unwrap();
+    let error: serde_json::Value = serde_json::from_str(&timed_out[4..]).unwrap();
+    assert_eq!(
+        (error["code"].as_u64(), error["name"].as_str()),
+        (Some(9), Some("unavailable"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("mesh_reply_timeout_ms"),
+        "{error}"
+    );
+}
+
 /// An owner slower than `limits.mesh_reply_timeout_ms`: the event forwarded to it gets error
 /// 9 (never a decision made without it), the connection goes on, and once the owner is
 /// free again the next forwarded event is decided by it.
