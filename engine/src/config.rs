@@ -36,6 +36,98 @@ pub struct TopologyConfig {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub log: crate::log::LogConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: this engine as one node of a cluster whose membership and partition map
+/// live in NATS JetStream (see [`crate::cluster`]). Off while `urls` is empty.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port`), any of which will do.
+    pub urls: Vec<String>,
+    /// This node's name, unique in the cluster (`[A-Za-z0-9_-]`, at most 64 bytes).
+    pub node: String,
+    /// The address other nodes and clients reach this node on. "" = `listen.address`.
+    pub advertise_address: String,
+    /// How often the node refreshes its membership record and checks the partition map.
+    pub heartbeat_ms: u64,
+    /// A node whose record is this old is gone: its partitions go to the live nodes.
+    pub node_ttl_ms: u64,
+    /// Replicas of the cluster's JetStream buckets (at most the NATS servers).
+    pub replicas: u32,
+    /// The longest a NATS call may take.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            urls: Vec::new(),
+            node: String::new(),
+            advertise_address: String::new(),
+            heartbeat_ms: 1_000,
+            node_ttl_ms: 5_000,
+            replicas: 3,
+            request_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.urls.is_empty()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !crate::cluster::table::valid_node_name(&self.node) {
+            return Err(invalid(
+                "cluster.node",
+                format!(
+                    "{:?}: a cluster node needs a name of 1 to 64 of [A-Za-z0-9_-]",
+                    self.node
+                ),
+            ));
+        }
+        for url in &self.urls {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid(
+                    "cluster.urls",
+                    format!("{url:?} is not a NATS URL"),
+                ));
+            }
+        }
+        for (key, value, min, max) in [
+            ("cluster.heartbeat_ms", self.heartbeat_ms, 10, 60_000),
+            ("cluster.node_ttl_ms", self.node_ttl_ms, 100, 600_000),
+            (
+                "cluster.request_timeout_ms",
+                self.request_timeout_ms,
+                10,
+                60_000,
+            ),
+            ("cluster.replicas", u64::from(self.replicas), 1, 5),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("{value} is not in {min}..={max}")));
+            }
+        }
+        if self.node_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(invalid(
+                "cluster.node_ttl_ms",
+                format!(
+                    "{} is under two heartbeats (cluster.heartbeat_ms = {}): a live node would \
+                     be taken for gone",
+                    self.node_ttl_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[routing]`: how key values are placed on shards (see `verdict_net::routing`).
@@ -440,6 +532,7 @@ impl TopologyConfig {
             tls: TlsConfig::default(),
             routing: RoutingConfig::default(),
             log: crate::log::LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -495,6 +588,7 @@ impl TopologyConfig {
             }
         }
         self.limits.check()?;
+        self.cluster.check()?;
         let log = &self.log;
         for (key, value, min, max) in [
             ("log.sync_interval_ms", log.sync_interval_ms, 1, 60_000),
@@ -952,6 +1046,24 @@ buffer_bytes_max = {log_buffer}
 # A decision whose record cannot be written: "answer" it anyway (counted as unlogged) or
 # "refuse" it with error 9 (its answer then waits for the write).
 on_write_error = "{log_on_error}"
+
+[cluster]
+# This engine as a node of a cluster: membership and the partition map live in NATS
+# JetStream key-value buckets (replicated, changed by compare-and-set). Empty urls = no
+# cluster. `verdict serve --cluster URLS --node NAME` sets both.
+urls = {cluster_urls}
+# This node's name, unique in the cluster: 1 to 64 of [A-Za-z0-9_-].
+node = {cluster_node}
+# The address other nodes and clients reach this node on. "" = listen.address.
+advertise_address = {cluster_address}
+# How often (ms) the node refreshes its membership record and checks the partition map.
+heartbeat_ms = {cluster_heartbeat}
+# A node silent this long (ms) is gone: its partitions go to the live nodes.
+node_ttl_ms = {cluster_ttl}
+# Replicas of the cluster's JetStream buckets (at most the NATS servers; 3 for a real cluster).
+replicas = {cluster_replicas}
+# The longest (ms) one NATS call may take.
+request_timeout_ms = {cluster_timeout}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -968,6 +1080,20 @@ on_write_error = "{log_on_error}"
         log_keep_bytes = config.log.retention_bytes_max,
         log_keep_hours = config.log.retention_hours_max,
         log_buffer = config.log.buffer_bytes_max,
+        cluster_urls = toml::Value::Array(
+            config
+                .cluster
+                .urls
+                .iter()
+                .map(|u| toml::Value::String(u.clone()))
+                .collect()
+        ),
+        cluster_node = toml::Value::String(config.cluster.node.clone()),
+        cluster_address = toml::Value::String(config.cluster.advertise_address.clone()),
+        cluster_heartbeat = config.cluster.heartbeat_ms,
+        cluster_ttl = config.cluster.node_ttl_ms,
+        cluster_replicas = config.cluster.replicas,
+        cluster_timeout = config.cluster.request_timeout_ms,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",
@@ -1034,6 +1160,30 @@ cpu = 0
 [[shard]]
 cpu = 1
 "#;
+
+    #[test]
+    fn a_cluster_needs_a_node_name_urls_and_a_ttl_over_two_heartbeats() {
+        let with =
+            |extra: &str| TopologyConfig::parse(&format!("{MINIMAL}[cluster]\n{extra}"), "t.toml");
+        assert!(!with("").unwrap().cluster.enabled());
+        let ok = with("urls = [\"nats://127.0.0.1:4222\"]\nnode = \"n-1\"").unwrap();
+        assert_eq!((ok.cluster.heartbeat_ms, ok.cluster.replicas), (1000, 3));
+        for (extra, key) in [
+            ("urls = [\"nats://a:1\"]", "cluster.node"),
+            ("urls = [\"nats://a:1\"]\nnode = \"a.b\"", "cluster.node"),
+            (
+                "urls = [\"nats://a:1\"]\nnode = \"n\"\nnode_ttl_ms = 1500",
+                "cluster.node_ttl_ms",
+            ),
+            (
+                "urls = [\"nats://a:1\"]\nnode = \"n\"\nreplicas = 7",
+                "cluster.replicas",
+            ),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
+        }
+    }
 
     #[test]
     fn the_issue_example_parses_with_default_limits() {

@@ -29,7 +29,9 @@
 //!   frames and answered by the same request pipeline as the binary port.
 //! - [`http`]: the bounded HTTP/1.1 parser and writer (the admin port's both ends, and the
 //!   head parser [`http_api`] uses).
-//! - [`cli`]: the subcommands that are clients (send, stats, ping, topology).
+//! - [`cluster`]: this engine as a node of a cluster: membership and the partition map in
+//!   NATS JetStream, on a thread of its own ([`cluster::broker`], [`cluster::table`]).
+//! - [`cli`]: the subcommands that are clients (send, stats, ping, topology, cluster).
 //!
 //! `fuzzing` (hidden) holds the bodies of the fuzz targets in `engine/fuzz/`, which
 //! `tests/fuzz_corpus.rs` also runs over the committed corpus.
@@ -38,6 +40,7 @@ pub mod admin;
 pub mod aggregator;
 pub mod buffers;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod decide;

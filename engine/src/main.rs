@@ -36,6 +36,13 @@ enum Command {
         /// Override [listen] http_port: HTTP/JSON decisions on every shard (0 = off).
         #[arg(long)]
         http_port: Option<u16>,
+        /// Override [cluster] urls: serve as a cluster node, membership and partition map in
+        /// NATS JetStream at these servers (comma-separated nats://HOST:PORT).
+        #[arg(long, value_name = "URLS", requires = "node")]
+        cluster: Option<String>,
+        /// Override [cluster] node: this node's name in the cluster.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
         /// Serve without the eBPF probes ([probes] enabled = false).
         #[arg(long)]
         no_probes: bool,
@@ -159,6 +166,19 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// A cluster's nodes and partition map (status), and changes to the map (rebalance,
+    /// drain), read and written in NATS JetStream.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        /// NATS servers (comma-separated nats://HOST:PORT). Default: [cluster] urls of
+        /// --shards (or ./shards.toml).
+        #[arg(long, global = true, value_name = "URLS")]
+        cluster: Option<String>,
+        /// Topology file whose [cluster] section to use.
+        #[arg(long, global = true, value_name = "FILE")]
+        shards: Option<PathBuf>,
+    },
     /// Import a model trained with XGBoost or LightGBM, or inspect an imported one.
     Model {
         #[command(subcommand)]
@@ -194,6 +214,27 @@ enum LogCommand {
         /// Only events at or before this event time (ms since the Unix epoch).
         #[arg(long)]
         to: Option<u64>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterCommand {
+    /// The live nodes (address, shards, partitions owned, heartbeat age), lost owners, the
+    /// map's epoch and the draining nodes.
+    Status {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Spread the partitions over the live, not draining nodes by their shards, moving as
+    /// few as it can (nothing, if they are spread already).
+    Rebalance,
+    /// Move every partition off NODE and give it none until `drain --undo NODE`.
+    Drain {
+        node: String,
+        /// Take NODE back: it gets its share again.
+        #[arg(long)]
+        undo: bool,
     },
 }
 
@@ -241,6 +282,15 @@ enum ModelCommand {
 }
 
 /// The topology: `--shards`, else ./shards.toml, else one shard per CPU.
+/// `nats://a:4222,nats://b:4222` as a list.
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn load_topology(shards: Option<PathBuf>) -> anyhow::Result<(TopologyConfig, String)> {
     if let Some(path) = shards {
         return Ok((TopologyConfig::load(&path)?, path.display().to_string()));
@@ -271,6 +321,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             port,
             admin_port,
             http_port,
+            cluster,
+            node,
             no_probes,
             syscall_probes,
             shard_port_base,
@@ -300,6 +352,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             if let Some(p) = http_port {
                 config.listen.http_port = p;
+            }
+            if let Some(urls) = cluster {
+                config.cluster.urls = split_urls(&urls);
+            }
+            if let Some(n) = node {
+                config.cluster.node = n;
             }
             if no_probes {
                 config.probes.enabled = false;
@@ -380,6 +438,32 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 threads,
             };
             cli::replay::run(&args, &config)
+        }
+        Command::Cluster {
+            command,
+            cluster,
+            shards,
+        } => {
+            let mut config = match (&cluster, shards) {
+                (Some(_), None) => verdict_engine::config::ClusterConfig::default(),
+                (_, shards) => load_topology(shards)?.0.cluster,
+            };
+            if let Some(urls) = cluster {
+                config.urls = split_urls(&urls);
+            }
+            let action = match command {
+                ClusterCommand::Status { json } => cli::cluster::Action::Status { json },
+                ClusterCommand::Rebalance => {
+                    cli::cluster::Action::Apply(verdict_engine::cluster::Change::Rebalance)
+                }
+                ClusterCommand::Drain { node, undo } => {
+                    cli::cluster::Action::Apply(verdict_engine::cluster::Change::Drain {
+                        node,
+                        undo,
+                    })
+                }
+            };
+            cli::cluster::run(&config, &action)
         }
         Command::Model { command } => match command {
             ModelCommand::Import {

@@ -341,6 +341,33 @@ pub fn serve(
         admin.port,
         config.listen.http_port
     );
+    // Cluster membership starts once this node serves: its record says where to reach it.
+    let member = if config.cluster.enabled() {
+        let c = &config.cluster;
+        let me = crate::cluster::table::NodeInfo {
+            node: c.node.clone(),
+            address: if c.advertise_address.is_empty() {
+                address.clone()
+            } else {
+                c.advertise_address.clone()
+            },
+            port: shared_port,
+            shard_ports: shard_ports.clone(),
+            http_port: config.listen.http_port,
+            started_ms: crate::cluster::now_ms(),
+            heartbeat_ms: 0,
+        };
+        match crate::cluster::Member::start(c, me, config.routing.partitions) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                stop(handles);
+                admin.stop();
+                return Err(anyhow::anyhow!("starting the cluster thread: {e}"));
+            }
+        }
+    } else {
+        None
+    };
     info!(
         "serving on {address}:{shared_port} (shared) and shard ports {}; admin http://{address}:{}/metrics",
         ports.join(","),
@@ -390,6 +417,10 @@ pub fn serve(
         }
     }
     lock(&plane).set_draining();
+    // Leave the cluster first: the other nodes take this one's partitions at their next beat.
+    if let Some(member) = member {
+        member.stop();
+    }
     let clean = stop(handles);
     admin.stop();
     // Every holder of the reload queue is gone now, so the thread ends after the reload it

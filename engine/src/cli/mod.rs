@@ -1,6 +1,7 @@
 //! The subcommands that talk to a running engine as clients, plus `verdict topology`,
 //! `verdict check`, the offline log tools and `verdict model`.
 
+pub mod cluster;
 pub mod log;
 pub mod model;
 pub mod parquet;

@@ -1,0 +1,338 @@
+//! This engine as one node of a cluster (`[cluster]`, `verdict serve --cluster URLS --node
+//! NAME`): membership and the partition map live in NATS JetStream ([`broker`]), the map
+//! and its assignment rules in [`table`].
+//!
+//! A node runs one cluster thread (a tokio runtime of its own; nothing here runs on a shard
+//! core, and a slow or absent NATS never holds a decision). Every `heartbeat_ms` it:
+//! 1. refreshes its membership record (the bucket forgets it `node_ttl_ms` after the last
+//!    refresh: that is how the others learn a node has stopped);
+//! 2. reads the partition map; if there is none, creates the first one over the live nodes
+//!    (create-if-absent: one node's wins);
+//! 3. if an owner in the map is no longer live, writes the next map, which gives the lost
+//!    node's partitions to the live ones and moves nothing else, by compare-and-set on the
+//!    revision it read: when several nodes notice at once, exactly one epoch wins and the
+//!    others read it on their next beat.
+//!
+//! A node that joins owns nothing until `verdict cluster rebalance` (moving partitions is
+//! an operator's decision); `verdict cluster drain NODE` empties one. On shutdown the node
+//! deletes its record, so its partitions move at the others' next beat.
+//!
+//! What this does not do yet: the data path still decides every event on the node it
+//! reaches (the map is not consulted by the shards), and no state moves with a partition.
+
+pub mod broker;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::config::ClusterConfig;
+use broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats, NatsOptions, Versioned};
+use table::{NodeInfo, PartitionMap, TableError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The NATS options a node or the CLI connects with.
+pub fn nats_options(config: &ClusterConfig, client_name: String) -> NatsOptions {
+    NatsOptions {
+        urls: config.urls.clone(),
+        client_name,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        replicas: config.replicas as usize,
+        node_ttl: Duration::from_millis(config.node_ttl_ms),
+    }
+}
+
+/// The live nodes: every membership record that parses, by name.
+pub async fn live_nodes(broker: &impl Broker) -> Result<BTreeMap<String, NodeInfo>, BrokerError> {
+    let mut nodes = BTreeMap::new();
+    for (key, v) in broker.entries(Bucket::Nodes).await? {
+        match serde_json::from_slice::<NodeInfo>(&v.value) {
+            Ok(info) if info.node == key => {
+                nodes.insert(key, info);
+            }
+            _ => warn!("cluster: membership record {key:?} does not parse; ignored"),
+        }
+    }
+    Ok(nodes)
+}
+
+/// The partition map and its revision; `None` if there is none yet.
+pub async fn read_map(broker: &impl Broker) -> Result<Option<(PartitionMap, u64)>, ClusterError> {
+    let Some(Versioned { value, revision }) = broker.get(Bucket::Cluster, MAP_KEY).await? else {
+        return Ok(None);
+    };
+    let map: PartitionMap = serde_json::from_slice(&value)
+        .map_err(|e| ClusterError::Table(TableError::Invalid(e.to_string())))?;
+    map.check()?;
+    Ok(Some((map, revision)))
+}
+
+/// Why a cluster step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(
+        "the cluster's map has {map} partitions and this node's routing.partitions is {mine}: \
+         every node must use the same count"
+    )]
+    Partitions { map: u32, mine: u32 },
+}
+
+/// A change to the partition map an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Spread partitions over the live, not draining nodes by their shards.
+    Rebalance,
+    /// Give `node` no partitions (`undo`: take it back as eligible), then rebalance.
+    Drain { node: String, undo: bool },
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The map now current.
+    pub map: PartitionMap,
+    /// Partitions that changed owner (0: the map already was what the change asks).
+    pub moved: u32,
+}
+
+/// Applies `change` by compare-and-set: reads the map, computes the next one, and writes it
+/// on the revision it read; when another writer wins first, reads again and recomputes (at
+/// most `attempts` times). A change that would move nothing writes nothing, so two
+/// operators racing the same rebalance produce exactly one new epoch.
+pub async fn apply(
+    broker: &impl Broker,
+    change: &Change,
+    attempts: u32,
+) -> Result<Applied, ClusterError> {
+    let mut last = None;
+    for _ in 0..attempts.max(1) {
+        let live: BTreeMap<String, u32> = live_nodes(broker)
+            .await?
+            .into_iter()
+            .map(|(name, info)| (name, info.shards()))
+            .collect();
+        let Some((map, revision)) = read_map(broker).await? else {
+            return Err(
+                TableError::Invalid("no partition map yet: no node has started".into()).into(),
+            );
+        };
+        let mut draining = map.draining.clone();
+        if let Change::Drain { node, undo } = change {
+            draining.retain(|n| n != node);
+            if !undo {
+                draining.push(node.clone());
+            }
+        }
+        let next = table::assign(Some(&map), map.partitions, &live, &draining)?;
+        if next.same_placement(&map) {
+            return Ok(Applied { map, moved: 0 });
+        }
+        let moved = next.moves_from(&map);
+        let body = serde_json::to_vec(&next).expect("a map serializes");
+        match broker
+            .update(Bucket::Cluster, MAP_KEY, body, revision)
+            .await
+        {
+            Ok(_) => return Ok(Applied { map: next, moved }),
+            Err(BrokerError::Conflict) => last = Some(BrokerError::Conflict),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.unwrap_or(BrokerError::Conflict).into())
+}
+
+/// What the cluster thread last saw (for logs and, later, the shards).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub map: Option<PartitionMap>,
+    pub live: Vec<String>,
+    /// Heartbeats that could not be written (NATS slow or absent).
+    pub heartbeats_failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// The running cluster thread.
+pub struct Member {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub view: Arc<Mutex<View>>,
+}
+
+impl Member {
+    /// Starts the cluster thread for `me` (its record) with `partitions` partitions.
+    pub fn start(config: &ClusterConfig, me: NodeInfo, partitions: u32) -> std::io::Result<Member> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let view = Arc::new(Mutex::new(View::default()));
+        let (config, flag, seen) = (config.clone(), stop.clone(), view.clone());
+        let thread = std::thread::Builder::new()
+            .name("verdict-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return warn!("cluster: no runtime: {e}"),
+                };
+                runtime.block_on(run(config, me, partitions, flag, seen));
+            })?;
+        Ok(Member {
+            stop,
+            thread: Some(thread),
+            view,
+        })
+    }
+
+    /// Leaves the cluster (deletes this node's record) and stops the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run(
+    config: ClusterConfig,
+    mut me: NodeInfo,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+    view: Arc<Mutex<View>>,
+) {
+    let beat = Duration::from_millis(config.heartbeat_ms);
+    let options = nats_options(&config, format!("verdict node {}", me.node));
+    let mut broker = None;
+    let mut next_try = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if broker.is_none() && Instant::now() >= next_try {
+            match Nats::connect(&options).await {
+                Ok(b) => {
+                    info!("cluster: node {} connected to NATS", me.node);
+                    broker = Some(b);
+                }
+                Err(e) => {
+                    warn!("cluster: {e}; retrying");
+                    note_error(&view, &e.to_string());
+                    next_try = Instant::now() + beat;
+                }
+            }
+        }
+        if let Some(b) = &broker {
+            me.heartbeat_ms = now_ms();
+            if let Err(e) = beat_once(b, &me, partitions, &view).await {
+                warn!("cluster: {e}");
+                note_error(&view, &e.to_string());
+            }
+        }
+        // Sleep a beat, but notice a stop within a tenth of it.
+        let until = Instant::now() + beat;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(beat.min(Duration::from_millis(100))).await;
+        }
+    }
+    if let Some(b) = &broker {
+        match b.delete(Bucket::Nodes, &me.node).await {
+            Ok(()) => info!("cluster: node {} left the cluster", me.node),
+            Err(e) => warn!("cluster: leaving: {e} (the record expires by itself)"),
+        }
+    }
+}
+
+fn note_error(view: &Mutex<View>, message: &str) {
+    let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+    v.last_error = Some(message.to_string());
+}
+
+/// One heartbeat: the record, then the map (created, or taken from lost nodes).
+async fn beat_once(
+    broker: &Nats,
+    me: &NodeInfo,
+    partitions: u32,
+    view: &Mutex<View>,
+) -> Result<(), ClusterError> {
+    let record = serde_json::to_vec(me).expect("a record serializes");
+    if let Err(e) = broker.put(Bucket::Nodes, &me.node, record).await {
+        view.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeats_failed += 1;
+        return Err(e.into());
+    }
+    let live = live_nodes(broker).await?;
+    let shards: BTreeMap<String, u32> = live
+        .iter()
+        .map(|(name, info)| (name.clone(), info.shards()))
+        .collect();
+    let current = read_map(broker).await?;
+    let map = match current {
+        None => {
+            let first = table::assign(None, partitions, &shards, &[])?;
+            let body = serde_json::to_vec(&first).expect("a map serializes");
+            match broker.create(Bucket::Cluster, MAP_KEY, body).await {
+                Ok(_) => {
+                    info!(
+                        "cluster: node {} wrote the first partition map over {:?}",
+                        me.node, first.nodes
+                    );
+                    Some(first)
+                }
+                Err(BrokerError::Conflict) => read_map(broker).await?.map(|(m, _)| m),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some((map, _)) if map.partitions != partitions => {
+            return Err(ClusterError::Partitions {
+                map: map.partitions,
+                mine: partitions,
+            });
+        }
+        Some((map, revision)) => {
+            let lost: Vec<&String> = map
+                .nodes
+                .iter()
+                .filter(|n| !live.contains_key(*n))
+                .collect();
+            if lost.is_empty() {
+                Some(map)
+            } else {
+                let next = table::assign(Some(&map), partitions, &shards, &map.draining)?;
+                let body = serde_json::to_vec(&next).expect("a map serializes");
+                match broker
+                    .update(Bucket::Cluster, MAP_KEY, body, revision)
+                    .await
+                {
+                    Ok(_) => {
+                        info!(
+                            "cluster: node {} wrote epoch {}: {} partitions moved from {lost:?}",
+                            me.node,
+                            next.epoch,
+                            next.moves_from(&map)
+                        );
+                        Some(next)
+                    }
+                    // Another node wrote it first: its map is read next beat.
+                    Err(BrokerError::Conflict) => Some(map),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    };
+    let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+    v.map = map;
+    v.live = live.into_keys().collect();
+    v.last_error = None;
+    Ok(())
+}

