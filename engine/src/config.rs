@@ -59,6 +59,9 @@ pub struct ClusterConfig {
     pub replicas: u32,
     /// The longest a NATS call may take.
     pub request_timeout_ms: u64,
+    /// Ship the decision log (when `[log] dir` is set) to the replicated stream
+    /// `VERDICT_DECISIONS`.
+    pub decision_stream: bool,
 }
 
 impl Default for ClusterConfig {
@@ -71,6 +74,7 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5_000,
             replicas: 3,
             request_timeout_ms: 2_000,
+            decision_stream: true,
         }
     }
 }
@@ -1064,6 +1068,9 @@ node_ttl_ms = {cluster_ttl}
 replicas = {cluster_replicas}
 # The longest (ms) one NATS call may take.
 request_timeout_ms = {cluster_timeout}
+# Ship the decision log (needs [log] dir) to the replicated JetStream stream
+# VERDICT_DECISIONS, one subject per node and shard, each record once.
+decision_stream = {cluster_stream}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -1094,6 +1101,7 @@ request_timeout_ms = {cluster_timeout}
         cluster_ttl = config.cluster.node_ttl_ms,
         cluster_replicas = config.cluster.replicas,
         cluster_timeout = config.cluster.request_timeout_ms,
+        cluster_stream = config.cluster.decision_stream,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",

@@ -356,8 +356,16 @@ pub fn serve(
             http_port: config.listen.http_port,
             started_ms: crate::cluster::now_ms(),
             heartbeat_ms: 0,
+            decisions_unshipped: 0,
         };
-        match crate::cluster::Member::start(c, me, config.routing.partitions) {
+        let log_dir = (c.decision_stream && config.log.enabled())
+            .then(|| std::path::PathBuf::from(&config.log.dir));
+        if c.decision_stream && log_dir.is_none() {
+            warn!(
+                "cluster: no decision stream: it ships the decision log, and [log] dir is not set"
+            );
+        }
+        match crate::cluster::Member::start(c, me, config.routing.partitions, log_dir) {
             Ok(m) => Some(m),
             Err(e) => {
                 stop(handles);

@@ -97,6 +97,7 @@ pub struct NatsOptions {
 
 /// NATS JetStream: the buckets above, on a connection to any of `urls`.
 pub struct Nats {
+    client: async_nats::Client,
     nodes: kv::Store,
     cluster: kv::Store,
     timeout: Duration,
@@ -121,7 +122,7 @@ impl Nats {
             .connect(urls)
             .await
             .map_err(|e| BrokerError::Unavailable(format!("connecting to NATS: {e}")))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let open = |bucket: Bucket, history: i64, max_age: Duration| {
             let js = js.clone();
             let replicas = options.replicas;
@@ -151,10 +152,16 @@ impl Nats {
             }
         };
         Ok(Nats {
+            client,
             nodes: open(Bucket::Nodes, 1, options.node_ttl).await?,
             cluster: open(Bucket::Cluster, 16, Duration::ZERO).await?,
             timeout,
         })
+    }
+
+    /// The connection (for the decision stream, which publishes on it).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 
     fn store(&self, bucket: Bucket) -> &kv::Store {

@@ -21,6 +21,7 @@
 //! reaches (the map is not consulted by the shards), and no state moves with a partition.
 
 pub mod broker;
+pub mod ship;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -173,8 +174,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// Starts the cluster thread for `me` (its record) with `partitions` partitions.
-    pub fn start(config: &ClusterConfig, me: NodeInfo, partitions: u32) -> std::io::Result<Member> {
+    /// Starts the cluster thread for `me` (its record) with `partitions` partitions,
+    /// shipping the decision log in `log_dir` when given.
+    pub fn start(
+        config: &ClusterConfig,
+        me: NodeInfo,
+        partitions: u32,
+        log_dir: Option<std::path::PathBuf>,
+    ) -> std::io::Result<Member> {
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(Mutex::new(View::default()));
         let (config, flag, seen) = (config.clone(), stop.clone(), view.clone());
@@ -188,7 +195,7 @@ impl Member {
                     Ok(r) => r,
                     Err(e) => return warn!("cluster: no runtime: {e}"),
                 };
-                runtime.block_on(run(config, me, partitions, flag, seen));
+                runtime.block_on(run(config, me, partitions, log_dir, flag, seen));
             })?;
         Ok(Member {
             stop,
@@ -206,22 +213,39 @@ impl Member {
     }
 }
 
+/// How often the decision stream looks for newly logged records.
+const SHIP_TICK: Duration = Duration::from_millis(50);
+
 async fn run(
     config: ClusterConfig,
     mut me: NodeInfo,
     partitions: u32,
+    log_dir: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     view: Arc<Mutex<View>>,
 ) {
     let beat = Duration::from_millis(config.heartbeat_ms);
     let options = nats_options(&config, format!("verdict node {}", me.node));
     let mut broker = None;
+    let mut shipper = None;
     let mut next_try = Instant::now();
+    let mut next_beat = Instant::now();
+    let mut warned = None;
     while !stop.load(Ordering::Relaxed) {
         if broker.is_none() && Instant::now() >= next_try {
             match Nats::connect(&options).await {
                 Ok(b) => {
                     info!("cluster: node {} connected to NATS", me.node);
+                    if let Some(dir) = &log_dir {
+                        shipper = Some(ship::Shipper::new(
+                            b.client(),
+                            &me.node,
+                            dir,
+                            me.shards(),
+                            options.replicas,
+                            options.request_timeout,
+                        ));
+                    }
                     broker = Some(b);
                 }
                 Err(e) => {
@@ -231,18 +255,27 @@ async fn run(
                 }
             }
         }
-        if let Some(b) = &broker {
+        if let Some(s) = &mut shipper
+            && let Err(e) = s.ship().await
+        {
+            ship::warn_now_and_then(&mut warned, Duration::from_secs(10), &e);
+        }
+        if let Some(b) = &broker
+            && Instant::now() >= next_beat
+        {
             me.heartbeat_ms = now_ms();
+            me.decisions_unshipped = shipper.as_ref().map_or(0, |s| s.unshipped());
             if let Err(e) = beat_once(b, &me, partitions, &view).await {
                 warn!("cluster: {e}");
                 note_error(&view, &e.to_string());
             }
+            next_beat = Instant::now() + beat;
         }
-        // Sleep a beat, but notice a stop within a tenth of it.
-        let until = Instant::now() + beat;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(beat.min(Duration::from_millis(100))).await;
-        }
+        tokio::time::sleep(SHIP_TICK.min(beat)).await;
+    }
+    // What was logged before the stop still goes out (bounded by one request timeout).
+    if let Some(s) = &mut shipper {
+        let _ = tokio::time::timeout(options.request_timeout, s.ship()).await;
     }
     if let Some(b) = &broker {
         match b.delete(Bucket::Nodes, &me.node).await {

@@ -41,6 +41,9 @@ pub struct NodeInfo {
     pub started_ms: u64,
     /// When this record was written, ms since the Unix epoch.
     pub heartbeat_ms: u64,
+    /// Decision records logged and not yet in the decision stream (its lag).
+    #[serde(default)]
+    pub decisions_unshipped: u64,
 }
 
 impl NodeInfo {

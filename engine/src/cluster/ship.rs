@@ -1,0 +1,275 @@
+//! The decision stream: the decision log's records, shipped from the files the shards
+//! wrote to a replicated JetStream stream for consumers off the node (auditors,
+//! warehouses). Nothing on a shard core is involved: the cluster thread follows each
+//! shard's segments as they grow, turns each decision record into the row
+//! `verdict log export` writes (event, decision, rule and model names, velocity values)
+//! and publishes it.
+//!
+//! - Stream `VERDICT_DECISIONS`, subjects `verdict.decisions.<node>.<shard>`, replicated
+//!   like the buckets.
+//! - Each message's id is `<node>.<shard>.<seq>` (the record's sequence number, which a
+//!   shard never reuses, across restarts too): the stream drops a message it has seen
+//!   within its duplicate window, so a publish retried after a lost ack or a leader change
+//!   is never a second copy.
+//! - A node resumes after the last message of its subjects, so a restart ships the rest
+//!   and nothing twice.
+//! - What is logged but not yet acknowledged by the stream is the lag (`unshipped`); a slow
+//!   or absent NATS only grows it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use log::warn;
+
+use crate::log::format::{self, At, Segment};
+use crate::log::read::Rows;
+
+/// The stream's name.
+pub const STREAM: &str = "VERDICT_DECISIONS";
+
+/// Records published before their acknowledgements are awaited.
+const IN_FLIGHT_MAX: usize = 512;
+
+/// One shard's place in its log.
+#[derive(Default)]
+struct Place {
+    /// The segment being read (its first sequence number and path).
+    segment: Option<(u64, PathBuf)>,
+    /// Where the next record starts in it.
+    offset: usize,
+    /// Names and batch payloads of the records read so far in this segment.
+    rows: Rows,
+    /// The last record the stream acknowledged (None: none yet).
+    shipped: Option<u64>,
+    /// The last decision record seen in the log.
+    logged: Option<u64>,
+}
+
+/// Follows every shard's log in `dir` and publishes to [`STREAM`].
+pub struct Shipper {
+    node: String,
+    dir: PathBuf,
+    shards: u32,
+    js: jetstream::Context,
+    places: BTreeMap<u32, Place>,
+    /// Whether the stream exists and each shard's resume point has been read.
+    ready: bool,
+    replicas: usize,
+    timeout: Duration,
+}
+
+impl Shipper {
+    pub fn new(
+        client: async_nats::Client,
+        node: &str,
+        dir: &Path,
+        shards: u32,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Shipper {
+        Shipper {
+            node: node.to_string(),
+            dir: dir.to_path_buf(),
+            shards,
+            js: jetstream::new(client),
+            places: BTreeMap::new(),
+            ready: false,
+            replicas,
+            timeout,
+        }
+    }
+
+    fn subject(&self, shard: u32) -> String {
+        format!("verdict.decisions.{}.{shard}", self.node)
+    }
+
+    /// Decision records logged and not yet acknowledged by the stream.
+    pub fn unshipped(&self) -> u64 {
+        self.places
+            .values()
+            .map(|p| match (p.logged, p.shipped) {
+                (Some(l), Some(s)) => l.saturating_sub(s),
+                (Some(_), None) => 1,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Creates the stream if needed and reads where each shard's shipping stopped.
+    async fn prepare(&mut self) -> Result<(), String> {
+        let config = stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["verdict.decisions.>".into()],
+            num_replicas: self.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let stream = tokio::time::timeout(self.timeout, self.js.get_or_create_stream(config))
+            .await
+            .map_err(|_| "creating the decision stream timed out".to_string())?
+            .map_err(|e| format!("the decision stream: {e}"))?;
+        for shard in 0..self.shards {
+            let subject = self.subject(shard);
+            let last = tokio::time::timeout(
+                self.timeout,
+                stream.get_last_raw_message_by_subject(&subject),
+            )
+            .await
+            .map_err(|_| "reading the decision stream timed out".to_string())?;
+            let shipped = match last {
+                Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64()),
+                // No message yet on this subject.
+                Err(_) => None,
+            };
+            self.places.insert(
+                shard,
+                Place {
+                    shipped,
+                    ..Place::default()
+                },
+            );
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Ships what the shards logged since the last call.
+    pub async fn ship(&mut self) -> Result<(), String> {
+        if !self.ready {
+            self.prepare().await?;
+        }
+        for shard in 0..self.shards {
+            self.ship_shard(shard).await?;
+        }
+        Ok(())
+    }
+
+    async fn ship_shard(&mut self, shard: u32) -> Result<(), String> {
+        let segments = crate::log::segments(&self.dir, Some(shard))
+            .map_err(|e| format!("listing {}: {e}", self.dir.display()))?;
+        let subject = self.subject(shard);
+        let node = self.node.clone();
+        let place = self.places.get_mut(&shard).expect("prepared");
+        if place.segment.is_none() {
+            // The segment holding the record after the last shipped one.
+            let after = place.shipped.map_or(0, |s| s + 1);
+            let start = segments
+                .iter()
+                .rev()
+                .find(|(_, first, _)| *first <= after)
+                .or(segments.first());
+            let Some((_, first, path)) = start else {
+                return Ok(());
+            };
+            place.segment = Some((*first, path.clone()));
+            place.offset = format::HEADER_LEN;
+            place.rows = Rows::default();
+        }
+        loop {
+            let (first, path) = place.segment.clone().expect("set above");
+            let later = segments.iter().find(|(_, f, _)| *f > first).cloned();
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // Removed by retention: go on with the next one.
+                Err(_) => match later {
+                    Some((_, f, p)) => {
+                        place.segment = Some((f, p));
+                        place.offset = format::HEADER_LEN;
+                        place.rows = Rows::default();
+                        continue;
+                    }
+                    None => return Ok(()),
+                },
+            };
+            // SAFETY: log segments are only appended to (and removed whole); the map is
+            // read while this function holds it and every record is checksummed.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| format!("mapping {}: {e}", path.display()))?;
+            let segment = Segment { bytes: &map };
+            let mut pending = Vec::new();
+            let mut offset = place.offset;
+            let stop = loop {
+                match segment.at(offset) {
+                    At::Record(r) => {
+                        offset = Segment::after(&r);
+                        let Some(row) = place.rows.row(&r) else {
+                            continue;
+                        };
+                        place.logged = Some(place.logged.map_or(r.seq, |l| l.max(r.seq)));
+                        if place.shipped.is_some_and(|s| r.seq <= s) {
+                            continue;
+                        }
+                        let mut headers = async_nats::HeaderMap::new();
+                        let id = format!("{node}.{shard}.{}", r.seq);
+                        headers.insert("Nats-Msg-Id", id.as_str());
+                        let body = serde_json::to_vec(&row).expect("a row serializes");
+                        let ack = self
+                            .js
+                            .publish_with_headers(subject.clone(), headers, body.into())
+                            .await
+                            .map_err(|e| format!("publishing a decision: {e}"))?;
+                        pending.push((r.seq, ack));
+                        if pending.len() >= IN_FLIGHT_MAX {
+                            break Stop::Full;
+                        }
+                    }
+                    At::End => break Stop::End,
+                    // Once the shard has moved on, bad bytes are corruption (skipped to the
+                    // next intact record) or a torn tail; in the segment being written they
+                    // are the record still arriving: wait for it.
+                    At::Bad { offset: bad, .. } => match segment.next_valid(bad, place.logged) {
+                        Some(r) if later.is_some() => offset = r.offset,
+                        _ => break Stop::End,
+                    },
+                }
+            };
+            // Acknowledged in order: the place moves only past what the stream holds.
+            for (seq, ack) in pending {
+                match tokio::time::timeout(self.timeout, ack.into_future()).await {
+                    Ok(Ok(_)) => place.shipped = Some(seq),
+                    Ok(Err(e)) => {
+                        place.segment = None;
+                        return Err(format!("the stream did not take record {seq}: {e}"));
+                    }
+                    Err(_) => {
+                        place.segment = None;
+                        return Err(format!(
+                            "no acknowledgement for record {seq} within {:?}",
+                            self.timeout
+                        ));
+                    }
+                }
+            }
+            place.offset = offset;
+            match (stop, later) {
+                (Stop::Full, _) => continue,
+                (Stop::End, Some((_, f, p))) => {
+                    place.segment = Some((f, p));
+                    place.offset = format::HEADER_LEN;
+                    place.rows = Rows::default();
+                }
+                (Stop::End, None) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Why reading a segment stopped.
+enum Stop {
+    /// [`IN_FLIGHT_MAX`] records published: await them, then read on.
+    Full,
+    /// The end of what is written (or, in a finished segment, of the segment).
+    End,
+}
+
+/// Logs a shipping failure at most once per `every` (a down NATS fails every beat).
+pub fn warn_now_and_then(last: &mut Option<std::time::Instant>, every: Duration, message: &str) {
+    if last.is_none_or(|at| at.elapsed() >= every) {
+        warn!("cluster: decision stream: {message}");
+        *last = Some(std::time::Instant::now());
+    }
+}
