@@ -87,20 +87,21 @@ async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut names: Vec<&str> = live.keys().map(String::as_str).collect();
     names.extend(counts.keys().filter(|n| !live.contains_key(**n)));
     println!(
-        "{:<20} {:<5} {:<22} {:>6} {:>10} {:>10}",
-        "node", "live", "address", "shards", "partitions", "heartbeat"
+        "{:<20} {:<5} {:<22} {:>6} {:>10} {:>10} {:>10}",
+        "node", "live", "address", "shards", "partitions", "heartbeat", "unshipped"
     );
     for name in names {
         let owned = counts.get(name).copied().unwrap_or(0);
         match live.get(name) {
             Some(info) => println!(
-                "{:<20} {:<5} {:<22} {:>6} {:>10} {:>8.1} s",
+                "{:<20} {:<5} {:<22} {:>6} {:>10} {:>8.1} s {:>10}",
                 name,
                 "yes",
                 format!("{}:{}", info.address, info.port),
                 info.shards(),
                 owned,
-                now.saturating_sub(info.heartbeat_ms) as f64 / 1000.0
+                now.saturating_sub(info.heartbeat_ms) as f64 / 1000.0,
+                info.decisions_unshipped
             ),
             None => println!(
                 "{name:<20} {:<5} {:<22} {:>6} {owned:>10} {:>10}   lost: its partitions move at a live node's next heartbeat",

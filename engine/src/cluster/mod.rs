@@ -85,6 +85,8 @@ pub enum ClusterError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error("no partition map yet: no node has joined (the first one to start writes it)")]
+    NoMap,
     #[error(
         "the cluster's map has {map} partitions and this node's routing.partitions is {mine}: \
          every node must use the same count"
@@ -127,9 +129,7 @@ pub async fn apply(
             .map(|(name, info)| (name, info.shards()))
             .collect();
         let Some((map, revision)) = read_map(broker).await? else {
-            return Err(
-                TableError::Invalid("no partition map yet: no node has started".into()).into(),
-            );
+            return Err(ClusterError::NoMap);
         };
         let mut draining = map.draining.clone();
         if let Change::Drain { node, undo } = change {
