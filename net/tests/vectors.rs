@@ -763,17 +763,7 @@ fn payload_json(p: &Payload) -> Value {
             json!({"decisions": b.decisions.iter().map(decision_to_json).collect::<Vec<_>>()})
         }
         Payload::Error(e) => json!({"code": e.code, "message": e.message}),
-        Payload::Topology(t) => json!({
-            "shard_count": t.shard_count,
-            "shard": t.shard,
-            "routing": t.routing,
-            "address": t.address,
-            "port": t.port,
-            "shard_ports": t.shard_ports,
-            "cpus": t.cpus,
-            "partitions": t.partitions,
-            "partition_shards": t.partition_shards,
-        }),
+        Payload::Topology(t) => verdict_net::json::topology_to_json(t),
         Payload::Stats(s) => json!({
             "shards": s.shards.iter().map(shard_stats_json).collect::<Vec<_>>(),
             "total": shard_stats_json(&s.total),

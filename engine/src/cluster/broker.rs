@@ -182,15 +182,21 @@ async fn within<T>(
         .unwrap_or(Err(BrokerError::Timeout(timeout)))
 }
 
-/// Whether a write failed because the key's last revision was not the expected one. Servers
-/// since 2.11 answer a compare-and-set that lost with JetStream error 10164, which
-/// async-nats 0.52 knows only as "other" (it maps 10071, the older code): both are read from
-/// the error's text.
-fn lost_race(e: &impl std::fmt::Display) -> bool {
+/// A failed compare-and-set write: [`BrokerError::Conflict`] if it lost (`lost`: the client
+/// says so), else unavailable. Servers since 2.11 answer a write that lost with JetStream
+/// error 10164, which async-nats 0.52 knows only as "other" (it maps 10071, the older code):
+/// both are also read from the error's text.
+fn write_error(lost: bool, e: impl std::fmt::Display) -> BrokerError {
     let text = e.to_string();
-    text.contains("wrong last sequence")
+    if lost
+        || text.contains("wrong last sequence")
         || text.contains("error code 10071")
         || text.contains("error code 10164")
+    {
+        BrokerError::Conflict
+    } else {
+        BrokerError::Unavailable(text)
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -216,10 +222,9 @@ impl Broker for Nats {
             self.store(bucket)
                 .create(key, value.into())
                 .await
-                .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => BrokerError::Conflict,
-                    _ if lost_race(&e) => BrokerError::Conflict,
-                    _ => unavailable(e),
+                .map_err(|e| {
+                    let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                    write_error(lost, e)
                 })
         })
         .await
@@ -237,10 +242,8 @@ impl Broker for Nats {
                 .update(key, value.into(), revision)
                 .await
                 .map_err(|e| match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => BrokerError::Conflict,
-                    _ if lost_race(&e) => BrokerError::Conflict,
                     kv::UpdateErrorKind::TimedOut => BrokerError::Timeout(self.timeout),
-                    _ => unavailable(e),
+                    kind => write_error(kind == kv::UpdateErrorKind::WrongLastRevision, e),
                 })
         })
         .await
