@@ -145,9 +145,16 @@ pub fn parse_head(
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::LengthRequired);
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let len = value.parse::<u64>().map_err(|_| {
-                HttpError::Malformed(format!("Content-Length {value:?} is not a number"))
-            })?;
+            // Digits only: `+5` parses as a u64 but is not a Content-Length (RFC 9110 8.6), and
+            // two readers of it could disagree on where the body ends.
+            let len = value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    HttpError::Malformed(format!("Content-Length {value:?} is not a number"))
+                })?;
             if content_length.replace(len).is_some() {
                 return Err(HttpError::Malformed("two Content-Length headers".into()));
             }
@@ -564,6 +571,8 @@ mod tests {
         assert_eq!(parse_request(big, BOUNDS).unwrap_err().status(), 413);
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse_request(chunked, BOUNDS).unwrap_err().status(), 411);
+        let signed = b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx";
+        assert_eq!(parse_request(signed, BOUNDS).unwrap_err().status(), 400);
         let twice = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
         assert_eq!(parse_request(twice, BOUNDS).unwrap_err().status(), 400);
         let garbage = b"\x00\x01\x02 nonsense\r\n\r\n";

@@ -144,20 +144,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
     loop {
         let wants = conn.parse(&shard);
         if conn.pending.is_empty() {
-            if wants.continue_now {
-                conn.continued = true;
-                if stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            // Room for a large request comes out of the shard's connection memory.
-            let grow_to = conn.grow_to(wants.need);
-            if grow_to > conn.inbox.len() {
-                if !slot.hold_grown((grow_to - conn.base_len) as u64) {
+            // Room for a large request comes out of the shard's connection memory; a client
+            // waiting for `100 Continue` is told first whether its whole body will fit.
+            let grow_to = if wants.continue_now {
+                wants.need.max(conn.inbox.len())
+            } else {
+                conn.grow_to(wants.need)
+            };
+            if grow_to > conn.inbox.len() || wants.continue_now {
+                if !slot.hold_grown(grow_to.saturating_sub(conn.base_len) as u64) {
                     let message = format!(
                         "no room for a {grow_to}-byte request buffer: shard {} has {} of {} bytes of connection memory in use (limits.connection_memory_bytes_max); closing the connection",
                         shard.index,
@@ -170,6 +165,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
                     break;
                 }
                 conn.inbox.resize(grow_to, 0);
+            }
+            if wants.continue_now {
+                conn.continued = true;
+                if stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
             let deadline = conn.partial_since.map(|since| since + frame_timeout);
             let space = &mut conn.inbox[conn.filled..];
@@ -185,7 +190,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             shard.stats.borrow_mut().bytes_in += read as u64;
             continue;
         }
-        conn.partial_since = (conn.filled > 0).then(Instant::now);
         conn.out.out = shard.buffers.take_out();
         // Every request of the round is answered before any is written: the round is bounded
         // (at most `pipeline_depth_max` requests, one batch at most).
@@ -213,6 +217,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             break;
         }
         shard.stats.borrow_mut().bytes_out += conn.write.len() as u64;
+        // A partial request left after the round has its whole time from now (the round's
+        // answering and writing are not its sender's delay).
+        conn.partial_since = (conn.filled > 0).then(Instant::now);
         conn.shrink();
         slot.hold_grown((conn.inbox.len() - conn.base_len) as u64);
         if close {
@@ -263,7 +270,9 @@ impl HttpConnection {
             let len = head.head_len + head.body_len;
             if buf.len() < len {
                 wants.need = offset + len;
-                wants.continue_now = head.expects_continue && !self.continued;
+                // HTTP/1.0 clients are never sent a 1xx (RFC 9110 15.2).
+                wants.continue_now =
+                    head.expects_continue && head.minor_version == 1 && !self.continued;
                 break;
             }
             self.continued = false;

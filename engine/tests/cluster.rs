@@ -90,7 +90,15 @@ impl Drop for NatsCluster {
 }
 
 const HEARTBEAT_MS: u64 = 200;
-const NODE_TTL_MS: u64 = 1_000;
+/// Fifteen beats: a node on a loaded 2-core machine must not miss enough to look gone.
+const NODE_TTL_MS: u64 = 3_000;
+
+/// One NATS cluster at a time: three of them and their nodes at once would starve the beats.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A verdict node of `nats`'s cluster: one shard on `cpu`.
 fn node(nats: &NatsCluster, name: &str, cpu: u32) -> Server {
@@ -173,6 +181,7 @@ fn cluster_cli(nats: &NatsCluster, args: &[&str]) -> String {
 
 #[test]
 fn nodes_share_the_map_and_a_lost_node_loses_only_its_partitions() {
+    let _serial = serial();
     let nats = NatsCluster::start();
     let mut nodes: BTreeMap<&str, Server> = BTreeMap::new();
     nodes.insert("v1", node(&nats, "v1", 0));
@@ -252,6 +261,7 @@ fn nodes_share_the_map_and_a_lost_node_loses_only_its_partitions() {
 
 #[test]
 fn racing_writers_of_the_map_win_exactly_one_epoch() {
+    let _serial = serial();
     let nats = NatsCluster::start();
     let _a = node(&nats, "a", 0);
     let _b = node(&nats, "b", 1);
@@ -414,6 +424,7 @@ fn send(server: &Server, range: std::ops::Range<u64>) {
 
 #[test]
 fn the_decision_log_ships_to_a_replicated_stream_once() {
+    let _serial = serial();
     let mut nats = NatsCluster::start();
     let logs = tempdir::Dir::new("cluster-log");
     let toml = format!(

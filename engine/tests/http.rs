@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 use verdict_net::json::{DECISION_FIELDS, decision_to_json, event_to_json};
 use verdict_net::{Event, Kind};
 
+/// A two-shard engine's forwards on a loaded CI machine must not time out into 504s.
+const PATIENT_MESH: &str = "mesh_reply_timeout_ms = 10000\n";
+
 /// One HTTP response as read off the socket.
 #[derive(Debug)]
 struct Reply {
@@ -224,7 +227,7 @@ fn curl(args: &[&str]) -> (u16, String, String) {
 
 #[test]
 fn curl_reaches_every_endpoint() {
-    let server = Server::launch_http(&topology(&[0, 1], ""), &[], &[]);
+    let server = Server::launch_http(&topology(&[0, 1], PATIENT_MESH), &[], &[]);
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.http_port);
     let events: Vec<Event> = (0..30).map(common::event).collect();
 
@@ -442,7 +445,7 @@ fn connections_over_the_limit_get_503_with_retry_after() {
 
 #[test]
 fn keep_alive_pipelining_and_continue() {
-    let server = Server::launch_http(&topology(&[0, 1], ""), &[], &[]);
+    let server = Server::launch_http(&topology(&[0, 1], PATIENT_MESH), &[], &[]);
     let port = server.http_port;
     let mut c = Http::connect(port);
     // 200 requests in one write, decides and others mixed: answered in order.
@@ -588,8 +591,8 @@ fn http_and_the_binary_port_decide_the_same() {
 
     // Two shards, one event at a time: events of accounts the other shard owns are
     // forwarded to it on both paths.
-    let binary = Server::launch_with(&[], &topology(&[0, 1], ""), &files, &args);
-    let http = Server::launch_http(&topology(&[0, 1], ""), &files, &args);
+    let binary = Server::launch_with(&[], &topology(&[0, 1], PATIENT_MESH), &files, &args);
+    let http = Server::launch_http(&topology(&[0, 1], PATIENT_MESH), &files, &args);
     let mut client = common::client(&binary.addr());
     let mut c = Http::connect(http.http_port);
     let mut shards = std::collections::BTreeSet::new();

@@ -227,24 +227,31 @@ async fn run(
     let beat = Duration::from_millis(config.heartbeat_ms);
     let options = nats_options(&config, format!("verdict node {}", me.node));
     let mut broker = None;
-    let mut shipper = None;
+    let mut shipping = None;
+    let unshipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut next_try = Instant::now();
     let mut next_beat = Instant::now();
-    let mut warned = None;
     while !stop.load(Ordering::Relaxed) {
         if broker.is_none() && Instant::now() >= next_try {
             match Nats::connect(&options).await {
                 Ok(b) => {
                     info!("cluster: node {} connected to NATS", me.node);
                     if let Some(dir) = &log_dir {
-                        shipper = Some(ship::Shipper::new(
+                        // Its own task: a backlog or a slow stream never delays a heartbeat.
+                        let shipper = ship::Shipper::new(
                             b.client(),
                             &me.node,
                             dir,
                             me.shards(),
                             options.replicas,
                             options.request_timeout,
-                        ));
+                        );
+                        shipping = Some(tokio::spawn(ship_loop(
+                            shipper,
+                            stop.clone(),
+                            unshipped.clone(),
+                            options.request_timeout,
+                        )));
                     }
                     broker = Some(b);
                 }
@@ -255,33 +262,58 @@ async fn run(
                 }
             }
         }
-        if let Some(s) = &mut shipper
-            && let Err(e) = s.ship().await
-        {
-            ship::warn_now_and_then(&mut warned, Duration::from_secs(10), &e);
-        }
         if let Some(b) = &broker
             && Instant::now() >= next_beat
         {
             me.heartbeat_ms = now_ms();
-            me.decisions_unshipped = shipper.as_ref().map_or(0, |s| s.unshipped());
+            me.decisions_unshipped = unshipped.load(Ordering::Relaxed);
             if let Err(e) = beat_once(b, &me, partitions, &view).await {
                 warn!("cluster: {e}");
                 note_error(&view, &e.to_string());
             }
             next_beat = Instant::now() + beat;
         }
-        tokio::time::sleep(SHIP_TICK.min(beat)).await;
+        tokio::time::sleep(beat.min(Duration::from_millis(50))).await;
     }
-    // What was logged before the stop still goes out (bounded by one request timeout).
-    if let Some(s) = &mut shipper {
-        let _ = tokio::time::timeout(options.request_timeout, s.ship()).await;
+    // The shipper sends what was logged before the stop (bounded), then ends.
+    if let Some(task) = shipping {
+        let bound = options.request_timeout + SHIP_TICK;
+        let _ = tokio::time::timeout(bound * 2, task).await;
     }
     if let Some(b) = &broker {
         match b.delete(Bucket::Nodes, &me.node).await {
             Ok(()) => info!("cluster: node {} left the cluster", me.node),
             Err(e) => warn!("cluster: leaving: {e} (the record expires by itself)"),
         }
+    }
+}
+
+/// The decision stream's task: ships every [`SHIP_TICK`] until the stop, then once more
+/// (bounded by `timeout`) so what was logged before it goes out.
+async fn ship_loop(
+    mut shipper: ship::Shipper,
+    stop: Arc<AtomicBool>,
+    unshipped: Arc<std::sync::atomic::AtomicU64>,
+    timeout: Duration,
+) {
+    let mut warned = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let shipped = if stopping {
+            tokio::time::timeout(timeout, shipper.ship())
+                .await
+                .unwrap_or_else(|_| Err("the last shipment timed out".into()))
+        } else {
+            shipper.ship().await
+        };
+        if let Err(e) = shipped {
+            ship::warn_now_and_then(&mut warned, Duration::from_secs(10), &e);
+        }
+        unshipped.store(shipper.unshipped(), Ordering::Relaxed);
+        if stopping {
+            return;
+        }
+        tokio::time::sleep(SHIP_TICK).await;
     }
 }
 
@@ -341,7 +373,7 @@ async fn beat_once(
             if lost.is_empty() {
                 Some(map)
             } else {
-                let next = table::assign(Some(&map), partitions, &shards, &map.draining)?;
+                let next = table::failover(&map, &shards)?;
                 let body = serde_json::to_vec(&next).expect("a map serializes");
                 match broker
                     .update(Bucket::Cluster, MAP_KEY, body, revision)

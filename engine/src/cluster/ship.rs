@@ -32,6 +32,12 @@ pub const STREAM: &str = "VERDICT_DECISIONS";
 /// Records published before their acknowledgements are awaited.
 const IN_FLIGHT_MAX: usize = 512;
 
+/// Bytes of a segment read per pass (doubled for a record larger than this).
+const READ_BYTES: usize = 8 << 20;
+
+/// Most time one call spends on one shard before returning (a backlog ships in slices).
+const SHIP_SLICE: Duration = Duration::from_millis(200);
+
 /// One shard's place in its log.
 #[derive(Default)]
 struct Place {
@@ -91,7 +97,8 @@ impl Shipper {
             .values()
             .map(|p| match (p.logged, p.shipped) {
                 (Some(l), Some(s)) => l.saturating_sub(s),
-                (Some(_), None) => 1,
+                // Sequence numbers start at 1: about that many are waiting.
+                (Some(l), None) => l,
                 _ => 0,
             })
             .sum()
@@ -118,12 +125,17 @@ impl Shipper {
             )
             .await
             .map_err(|_| "reading the decision stream timed out".to_string())?;
+            // Only "no message" means nothing was shipped: any other failure (a leader
+            // election, a timeout) must not send the whole log again.
             let shipped = match last {
-                Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64()),
-                // No message yet on this subject.
-                Err(_) => None,
+                Ok(message) => Some(
+                    serde_json::from_slice::<serde_json::Value>(&message.payload)
+                        .ok()
+                        .and_then(|v| v["seq"].as_u64())
+                        .ok_or_else(|| format!("the last message on {subject} has no seq"))?,
+                ),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+                Err(e) => return Err(format!("reading where {subject} stopped: {e}")),
             };
             self.places.insert(
                 shard,
@@ -137,13 +149,18 @@ impl Shipper {
         Ok(())
     }
 
-    /// Ships what the shards logged since the last call.
+    /// Ships what the shards logged since the last call. After any failure the next call
+    /// first reads again where the stream stopped (acknowledgements lost in an outage must
+    /// not become second copies once it is older than the duplicate window).
     pub async fn ship(&mut self) -> Result<(), String> {
         if !self.ready {
             self.prepare().await?;
         }
         for shard in 0..self.shards {
-            self.ship_shard(shard).await?;
+            if let Err(e) = self.ship_shard(shard).await {
+                self.ready = false;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -154,6 +171,8 @@ impl Shipper {
         let subject = self.subject(shard);
         let node = self.node.clone();
         let place = self.places.get_mut(&shard).expect("prepared");
+        let started = std::time::Instant::now();
+        let mut read_len = READ_BYTES;
         if place.segment.is_none() {
             // The segment holding the record after the last shipped one.
             let after = place.shipped.map_or(0, |s| s + 1);
@@ -172,9 +191,16 @@ impl Shipper {
         loop {
             let (first, path) = place.segment.clone().expect("set above");
             let later = segments.iter().find(|(_, f, _)| *f > first).cloned();
+            if started.elapsed() >= SHIP_SLICE {
+                // The rest next call: a backlog is shipped in slices.
+                return Ok(());
+            }
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 // Removed by retention: go on with the next one.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("opening {}: {e}", path.display()));
+                }
                 Err(_) => match later {
                     Some((_, f, p)) => {
                         place.segment = Some((f, p));
@@ -185,13 +211,27 @@ impl Shipper {
                     None => return Ok(()),
                 },
             };
-            // SAFETY: log segments are only appended to (and removed whole); the map is
-            // read while this function holds it and every record is checksummed.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-            let segment = Segment { bytes: &map };
+            // The unread tail, copied (not mapped: the writer truncates a segment's padding
+            // when it closes it, and a mapped page past the end would be a SIGBUS). Offsets
+            // below are from `place.offset`, a record boundary (16-aligned).
+            let available = file
+                .metadata()
+                .map_err(|e| format!("reading {}: {e}", path.display()))?
+                .len()
+                .saturating_sub(place.offset as u64) as usize;
+            let want = available.min(read_len);
+            let mut tail = vec![0u8; want];
+            {
+                use std::os::unix::fs::FileExt;
+                let n = file
+                    .read_at(&mut tail, place.offset as u64)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                tail.truncate(n);
+            }
+            let capped = tail.len() < available;
+            let segment = Segment { bytes: &tail };
             let mut pending = Vec::new();
-            let mut offset = place.offset;
+            let mut offset = 0;
             let stop = loop {
                 match segment.at(offset) {
                     At::Record(r) => {
@@ -221,6 +261,13 @@ impl Shipper {
                     // Once the shard has moved on, bad bytes are corruption (skipped to the
                     // next intact record) or a torn tail; in the segment being written they
                     // are the record still arriving: wait for it.
+                    // A record cut by the read's own limit: read on from here (or read more).
+                    At::Bad { .. } if capped => {
+                        if offset == 0 {
+                            read_len = read_len.saturating_mul(2);
+                        }
+                        break Stop::Full;
+                    }
                     At::Bad { offset: bad, .. } => match segment.next_valid(bad, place.logged) {
                         Some(r) if later.is_some() => offset = r.offset,
                         _ => break Stop::End,
@@ -244,7 +291,7 @@ impl Shipper {
                     }
                 }
             }
-            place.offset = offset;
+            place.offset += offset;
             match (stop, later) {
                 (Stop::Full, _) => continue,
                 (Stop::End, Some((_, f, p))) => {

@@ -24,9 +24,9 @@ pub fn valid_node_name(name: &str) -> bool {
 }
 
 /// What a node says about itself in the membership bucket (refreshed every heartbeat; the
-/// bucket forgets a record older than `cluster.node_ttl_ms`).
+/// bucket forgets a record older than `cluster.node_ttl_ms`). Unknown fields are ignored, so
+/// a node of a later version that adds one is still read as live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeInfo {
     pub node: String,
     /// The address other nodes and clients reach this node on.
@@ -52,9 +52,9 @@ impl NodeInfo {
     }
 }
 
-/// Which node and shard own each partition, at one epoch.
+/// Which node and shard own each partition, at one epoch. (Unknown fields are ignored, for
+/// the same reason.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PartitionMap {
     /// One higher with every change; the first map is epoch 1.
     pub epoch: u64,
@@ -222,6 +222,24 @@ pub fn assign(
     })
 }
 
+/// The map after owners of `prev` left `live`: their partitions go to the surviving owners
+/// only (a node that joined and was not rebalanced in stays out, so nothing else moves),
+/// or to every live node when no owner survives.
+pub fn failover(
+    prev: &PartitionMap,
+    live: &BTreeMap<String, u32>,
+) -> Result<PartitionMap, TableError> {
+    let mut heirs: BTreeMap<String, u32> = live
+        .iter()
+        .filter(|(name, _)| prev.nodes.contains(name))
+        .map(|(name, s)| (name.clone(), *s))
+        .collect();
+    if heirs.is_empty() {
+        heirs = live.clone();
+    }
+    assign(Some(prev), prev.partitions, &heirs, &prev.draining)
+}
+
 /// The shard with the fewest partitions (the first of equals).
 fn least(per_shard: &[u32]) -> u16 {
     (0..per_shard.len())
@@ -274,6 +292,18 @@ mod tests {
         // Balanced already: assigning again changes nothing.
         let m4 = assign(Some(&m3), 4096, &three, &[]).unwrap();
         assert!(m4.same_placement(&m3));
+    }
+
+    #[test]
+    fn a_failover_moves_only_the_lost_partitions_even_with_a_newcomer_waiting() {
+        let m1 = assign(None, 4096, &live(&[("a", 1), ("b", 1)]), &[]).unwrap();
+        // c (4 shards) joined but was never rebalanced in; then b is lost.
+        let m2 = failover(&m1, &live(&[("a", 1), ("c", 4)])).unwrap();
+        assert_eq!(m2.counts().get("a"), Some(&4096));
+        assert_eq!(m2.moves_from(&m1), 2048);
+        // Every owner lost: the live nodes take everything.
+        let m3 = failover(&m2, &live(&[("c", 4)])).unwrap();
+        assert_eq!(m3.counts().get("c"), Some(&4096));
     }
 
     #[test]
