@@ -246,6 +246,13 @@ fn nodes_share_the_map_and_a_lost_node_loses_only_its_partitions() {
     let drained = wait_for(&nats, "v2 drained", |m, _| m.epoch == 4);
     assert_eq!(drained.counts().get("v2"), None);
     assert_eq!(drained.draining, ["v2"]);
+    let typo = verdict(&["cluster", "drain", "v9", "--cluster", &nats.urls()]);
+    assert!(!typo.status.success());
+    assert!(
+        text(&typo.stderr).contains("no node \"v9\""),
+        "{}",
+        text(&typo.stderr)
+    );
     let out = cluster_cli(&nats, &["drain", "--undo", "v2"]);
     assert!(out.starts_with("epoch 5: 2048 partitions moved"), "{out}");
 

@@ -87,6 +87,8 @@ pub enum ClusterError {
     Table(#[from] TableError),
     #[error("no partition map yet: no node has joined (the first one to start writes it)")]
     NoMap,
+    #[error("no node {0:?}: it is neither live nor in the partition map")]
+    NoSuchNode(String),
     #[error(
         "the cluster's map has {map} partitions and this node's routing.partitions is {mine}: \
          every node must use the same count"
@@ -132,6 +134,13 @@ pub async fn apply(
             return Err(ClusterError::NoMap);
         };
         let mut draining = map.draining.clone();
+        if let Change::Drain { node, .. } = change
+            && !live.contains_key(node)
+            && !map.nodes.contains(node)
+            && !map.draining.contains(node)
+        {
+            return Err(ClusterError::NoSuchNode(node.clone()));
+        }
         if let Change::Drain { node, undo } = change {
             draining.retain(|n| n != node);
             if !undo {

@@ -137,10 +137,20 @@ impl Shipper {
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
                 Err(e) => return Err(format!("reading where {subject} stopped: {e}")),
             };
+            // After a failure, resume from the last record acknowledged in order here if
+            // that is lower: a leader change can lose record k while k+1.. are stored, and
+            // re-sending k.. costs only duplicates the stream drops.
+            let known = self.places.get(&shard).and_then(|p| p.shipped);
+            let shipped = match (known, shipped) {
+                (Some(k), Some(s)) => Some(k.min(s)),
+                (k, s) => s.or(k),
+            };
+            let logged = self.places.get(&shard).and_then(|p| p.logged);
             self.places.insert(
                 shard,
                 Place {
                     shipped,
+                    logged,
                     ..Place::default()
                 },
             );
