@@ -190,6 +190,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
             shard.stats.borrow_mut().bytes_in += read as u64;
             continue;
         }
+        // The round's answers are held until written: their room (estimated from the frames
+        // they answer) comes out of the connection memory budget first, or the round's
+        // requests are refused with 503 undecided.
+        let inbox_grown = (conn.inbox.len() - conn.base_len) as u64;
+        let answers = answer_room_bytes(conn.frames.buffered(), conn.pending.len());
+        if !slot.hold_grown(inbox_grown + answers) {
+            conn.refuse_round(&shard);
+        }
         conn.out.out = shard.buffers.take_out();
         // Every request of the round is answered before any is written: the round is bounded
         // (at most `pipeline_depth_max` requests, one batch at most).
@@ -228,6 +236,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
     }
     drop(slot);
     connection::linger_close(&shard, stream).await;
+}
+
+/// The room a round's answers may take: JSON decisions run up to about twice their
+/// events' frames, plus a response head and error body per request.
+fn answer_room_bytes(frame_bytes: usize, requests: usize) -> u64 {
+    (2 * frame_bytes + 512 * requests) as u64
 }
 
 /// What parsing the inbox found it needs.
@@ -336,6 +350,30 @@ impl HttpConnection {
         });
     }
 
+    /// Answers every request of the round that would have been decided with error 8 (no room
+    /// for its answer), without deciding it.
+    fn refuse_round(&mut self, shard: &Shard) {
+        let message = format!(
+            "no room for this round's answers: shard {} has {} of {} bytes of connection memory in use (limits.connection_memory_bytes_max); retry",
+            shard.index,
+            shard.buffers.in_use_bytes(),
+            shard.buffers.budget_bytes()
+        );
+        for pending in &mut self.pending {
+            if matches!(pending.answer, Answer::Frame(_)) {
+                pending.answer = Answer::Error {
+                    code: ErrorCode::Overloaded,
+                    status: ErrorCode::Overloaded.http_status(),
+                    message: message.clone(),
+                    allow: None,
+                };
+            }
+        }
+        while let Scan::Frame(at) = self.frames.front(u32::MAX) {
+            self.frames.consume(at.frame_len);
+        }
+    }
+
     /// Turns the round's answers into HTTP responses in `write`; whether the connection
     /// closes after them.
     fn respond(&mut self, shard: &Shard) -> bool {
@@ -359,6 +397,9 @@ impl HttpConnection {
                     drop(s);
                     write_json(&mut self.body, &error_to_json(*code as u16, message));
                     extra = allow.map(|methods| ("Allow", methods));
+                    if *code == ErrorCode::Overloaded {
+                        extra = Some(("Retry-After", "1"));
+                    }
                     (*status, "application/json")
                 }
                 Answer::Frame(form) => {

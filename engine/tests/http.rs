@@ -443,6 +443,37 @@ fn connections_over_the_limit_get_503_with_retry_after() {
     assert_eq!(held.request("GET", "/v1/topology", "").status, 200);
 }
 
+/// A round whose answers would not fit the shard's connection memory is refused (503, code
+/// 8, undecided) and the connection goes on.
+#[test]
+fn answers_that_would_not_fit_the_memory_budget_are_refused() {
+    let limits = "connection_memory_bytes_max = 1048576\nbatch_events_max = 4096\n";
+    let server = Server::launch_http(&topology(&[0], limits), &[], &[]);
+    let mut c = Http::connect(server.http_port);
+    let events: Vec<String> = (0..1500)
+        .map(|i| {
+            let mut e = common::event(i);
+            e.attributes.push(verdict_net::Attribute {
+                name: "note".into(),
+                value: verdict_net::AttrValue::Str("n".repeat(200)),
+            });
+            event_json(&e)
+        })
+        .collect();
+    let body = format!("[{}]", events.join(","));
+    assert!(
+        body.len() < 1048576 - 64 * 1024,
+        "the request itself fits: {}",
+        body.len()
+    );
+    let r = c.request("POST", "/v1/decide/batch", &body);
+    let m = r.error(503, 8);
+    assert!(m.contains("answers"), "{m}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let ok = c.request("POST", "/v1/decide", &events[0]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+}
+
 #[test]
 fn keep_alive_pipelining_and_continue() {
     let server = Server::launch_http(&topology(&[0, 1], PATIENT_MESH), &[], &[]);
