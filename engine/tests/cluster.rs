@@ -474,4 +474,31 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
     records.sort();
     records.dedup();
     assert_eq!(records.len(), 610);
+
+    // The same rows by partition: each under its account's partition subject, once.
+    let events = with_broker(&nats, async |broker| {
+        let js = async_nats::jetstream::new(broker.client());
+        let mut stream = js.get_stream(ship::EVENTS).await.unwrap();
+        let info = stream.info().await.unwrap().clone();
+        let mut out = Vec::new();
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            out.push((m.subject.to_string(), v));
+        }
+        out
+    });
+    assert_eq!(events.len(), 610);
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|(_, v)| v["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 610, "an event was appended twice");
+    for (subject, v) in &events {
+        let account = v["account_id"].as_str().unwrap();
+        let partition = verdict_net::routing::partition_of(account.as_bytes(), 4096);
+        assert_eq!(subject, &format!("verdict.events.{partition}"));
+    }
 }

@@ -252,6 +252,7 @@ async fn run(
                             &me.node,
                             dir,
                             me.shards(),
+                            partitions,
                             options.replicas,
                             options.request_timeout,
                         );

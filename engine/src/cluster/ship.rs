@@ -7,6 +7,9 @@
 //!
 //! - Stream `VERDICT_DECISIONS`, subjects `verdict.decisions.<node>.<shard>`, replicated
 //!   like the buckets.
+//! - Stream `VERDICT_EVENTS`: the same rows under `verdict.events.<partition>` (the
+//!   partition of the event's account), so the node that takes a partition over can read
+//!   its history (not done yet: see [`super`]).
 //! - Each message's id is `<node>.<shard>.<seq>` (the record's sequence number, which a
 //!   shard never reuses, across restarts too): the stream drops a message it has seen
 //!   within its duplicate window, so a publish retried after a lost ack or a leader change
@@ -23,13 +26,20 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use log::warn;
 
+use verdict_net::routing::partition_of;
+
 use crate::log::format::{self, At, Segment};
 use crate::log::read::Rows;
 
-/// The stream's name.
+/// The decision stream's name.
 pub const STREAM: &str = "VERDICT_DECISIONS";
 
-/// Records published before their acknowledgements are awaited.
+/// The event stream's name: the same rows, one subject per partition of their account
+/// (`verdict.events.<partition>`), for rebuilding a partition's state where it moves.
+pub const EVENTS: &str = "VERDICT_EVENTS";
+
+/// Messages (two per record: its event, its decision) published before their
+/// acknowledgements are awaited.
 const IN_FLIGHT_MAX: usize = 512;
 
 /// Bytes of a segment read per pass (doubled for a record larger than this).
@@ -58,6 +68,8 @@ pub struct Shipper {
     node: String,
     dir: PathBuf,
     shards: u32,
+    /// The cluster's partition count (`routing.partitions`), for the event subjects.
+    partitions: u32,
     js: jetstream::Context,
     places: BTreeMap<u32, Place>,
     /// Whether the stream exists and each shard's resume point has been read.
@@ -72,6 +84,7 @@ impl Shipper {
         node: &str,
         dir: &Path,
         shards: u32,
+        partitions: u32,
         replicas: usize,
         timeout: Duration,
     ) -> Shipper {
@@ -79,6 +92,7 @@ impl Shipper {
             node: node.to_string(),
             dir: dir.to_path_buf(),
             shards,
+            partitions,
             js: jetstream::new(client),
             places: BTreeMap::new(),
             ready: false,
@@ -106,6 +120,17 @@ impl Shipper {
 
     /// Creates the stream if needed and reads where each shard's shipping stopped.
     async fn prepare(&mut self) -> Result<(), String> {
+        let events = stream::Config {
+            name: EVENTS.into(),
+            subjects: vec!["verdict.events.>".into()],
+            num_replicas: self.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        tokio::time::timeout(self.timeout, self.js.get_or_create_stream(events))
+            .await
+            .map_err(|_| "creating the event stream timed out".to_string())?
+            .map_err(|e| format!("the event stream: {e}"))?;
         let config = stream::Config {
             name: STREAM.into(),
             subjects: vec!["verdict.decisions.>".into()],
@@ -180,6 +205,7 @@ impl Shipper {
             .map_err(|e| format!("listing {}: {e}", self.dir.display()))?;
         let subject = self.subject(shard);
         let node = self.node.clone();
+        let partitions = self.partitions;
         let place = self.places.get_mut(&shard).expect("prepared");
         let started = std::time::Instant::now();
         let mut read_len = READ_BYTES;
@@ -257,12 +283,26 @@ impl Shipper {
                         let id = format!("{node}.{shard}.{}", r.seq);
                         headers.insert("Nats-Msg-Id", id.as_str());
                         let body = serde_json::to_vec(&row).expect("a row serializes");
+                        // The event's partition subject first, then the decision's: a record
+                        // counts as shipped once both are acknowledged.
+                        let account = row["account_id"].as_str().unwrap_or("");
+                        let partition = partition_of(account.as_bytes(), partitions);
+                        let event_ack = self
+                            .js
+                            .publish_with_headers(
+                                format!("verdict.events.{partition}"),
+                                headers.clone(),
+                                body.clone().into(),
+                            )
+                            .await
+                            .map_err(|e| format!("publishing an event: {e}"))?;
+                        pending.push((r.seq, false, event_ack));
                         let ack = self
                             .js
                             .publish_with_headers(subject.clone(), headers, body.into())
                             .await
                             .map_err(|e| format!("publishing a decision: {e}"))?;
-                        pending.push((r.seq, ack));
+                        pending.push((r.seq, true, ack));
                         if pending.len() >= IN_FLIGHT_MAX {
                             break Stop::Full;
                         }
@@ -285,9 +325,11 @@ impl Shipper {
                 }
             };
             // Acknowledged in order: the place moves only past what the stream holds.
-            for (seq, ack) in pending {
+            for (seq, decision, ack) in pending {
                 match tokio::time::timeout(self.timeout, ack.into_future()).await {
-                    Ok(Ok(_)) => place.shipped = Some(seq),
+                    // Shipped once its decision (published after its event) is in.
+                    Ok(Ok(_)) if decision => place.shipped = Some(seq),
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         place.segment = None;
                         return Err(format!("the stream did not take record {seq}: {e}"));
