@@ -9,9 +9,12 @@
 //! 2. reads the partition map; if there is none, creates the first one over the live nodes
 //!    (create-if-absent: one node's wins);
 //! 3. if an owner in the map is no longer live, writes the next map, which gives the lost
-//!    node's partitions to the live ones and moves nothing else, by compare-and-set on the
-//!    revision it read: when several nodes notice at once, exactly one epoch wins and the
-//!    others read it on their next beat.
+//!    node's partitions to the surviving owners and moves nothing else, by compare-and-set
+//!    on the revision it read: when several nodes notice at once, exactly one epoch wins and
+//!    the others read it on their next beat.
+//!
+//! A second task on the same thread ships the decision log to the decision and event
+//! streams ([`ship`]), in slices, so it never delays a heartbeat.
 //!
 //! A node that joins owns nothing until `verdict cluster rebalance` (moving partitions is
 //! an operator's decision); `verdict cluster drain NODE` empties one. On shutdown the node
