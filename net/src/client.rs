@@ -23,8 +23,8 @@ use crate::frame::{
     PayloadSerializer, RecvBuffer, Scan,
 };
 use crate::schema::{
-    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, ReloadReply, ReloadRequest,
-    StatsReply, TopologyReply,
+    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, PeerDecided, PeerRecord,
+    PeerRecorded, ReloadReply, ReloadRequest, StatsReply, TopologyReply,
 };
 use crate::tls::Stream;
 
@@ -447,5 +447,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncClient<S> {
         let id = self.send_empty(Kind::Topology);
         self.flush().await?;
         self.recv().await?.expect(Kind::Topology, id)?.decode()
+    }
+
+    /// Node to node: one batch's work for the shard at the other end, its events to decide
+    /// (kind 0x10) and its keys to record (kind 0x11), pipelined in one write. Each part
+    /// answers on its own: an error frame fails that part only.
+    #[allow(clippy::type_complexity)]
+    pub async fn peer(
+        &mut self,
+        decide: Option<&EvaluateBatch>,
+        record: Option<&PeerRecord>,
+    ) -> Result<
+        (
+            Option<Result<PeerDecided, ClientError>>,
+            Option<Result<PeerRecorded, ClientError>>,
+        ),
+        ClientError,
+    > {
+        let decide_id = decide.map(|b| self.send(Kind::PeerDecide, b)).transpose()?;
+        let record_id = record.map(|r| self.send(Kind::PeerRecord, r)).transpose()?;
+        self.flush().await?;
+        let mut decided = None;
+        if let Some(id) = decide_id {
+            decided = Some(
+                self.recv()
+                    .await?
+                    .expect(Kind::PeerDecide, id)
+                    .and_then(|r| r.decode()),
+            );
+        }
+        let mut recorded = None;
+        if let Some(id) = record_id {
+            recorded = Some(
+                self.recv()
+                    .await?
+                    .expect(Kind::PeerRecord, id)
+                    .and_then(|r| r.decode()),
+            );
+        }
+        Ok((decided, recorded))
     }
 }

@@ -48,6 +48,13 @@ pub enum Kind {
     /// Archived `ReloadRequest` in, archived `ReloadReply` out: recompile the rule set from
     /// disk and publish it as the next epoch.
     Reload = 0x06,
+    /// Node to node, in a cluster: archived `EvaluateBatch` in (events whose accounts the
+    /// receiving node owns), archived `PeerDecided` out. Refused (error 11) by an engine
+    /// that is not a cluster node.
+    PeerDecide = 0x10,
+    /// Node to node: archived `PeerRecord` in, archived `PeerRecorded` out. Refused
+    /// (error 11) by an engine that is not a cluster node.
+    PeerRecord = 0x11,
 }
 
 impl Kind {
@@ -60,6 +67,8 @@ impl Kind {
             0x04 => Some(Kind::Stats),
             0x05 => Some(Kind::Topology),
             0x06 => Some(Kind::Reload),
+            0x10 => Some(Kind::PeerDecide),
+            0x11 => Some(Kind::PeerRecord),
             _ => None,
         }
     }

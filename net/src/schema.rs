@@ -148,6 +148,52 @@ pub struct DecisionBatch {
     pub decisions: Vec<Decision>,
 }
 
+/// Node to node (kind 0x11): the windows of key values this shard keeps, for events
+/// another node decides. The receiver checks that it owns every key by its own map and
+/// that it decides with the same rule set, and records all of them or none (an error frame
+/// then says why), so a window never counts an event twice or where it does not live.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct PeerRecord {
+    /// The sending node's name.
+    pub from: String,
+    /// The partition map epoch the sender routed by.
+    pub map_epoch: u64,
+    /// The digest of the sender's velocity functions (`RuleSet::windows_digest`): the
+    /// windows' layout, which both sides must share.
+    pub digest: String,
+    pub events: Vec<Event>,
+    /// Per event, the keys to record: bit `1 << k` for key k (0 account, 1 device, 2 ip,
+    /// 3 merchant).
+    pub keys: Vec<u8>,
+}
+
+/// The answer to a [`PeerRecord`]: every recorded (event, key)'s windows, in event order,
+/// keys in key order, each key's velocity functions in rule-set order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct PeerRecorded {
+    pub values: Vec<f64>,
+}
+
+/// One forwarded event's outcome on the node that owns it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum PeerOutcome {
+    Decided(Decision),
+    /// Not decided: an [`crate::ErrorCode`] and why.
+    Refused(ErrorReply),
+}
+
+/// The answer to a peer-decide (kind 0x10, an `EvaluateBatch` of events whose accounts
+/// the receiving node owns): one outcome per event, in order. Unlike an evaluate-batch's
+/// answer, one refused event does not hide the others' decisions.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct PeerDecided {
+    pub outcomes: Vec<PeerOutcome>,
+}
+
 /// The payload of an error frame (kind 0xFF). `code` is an [`crate::ErrorCode`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]

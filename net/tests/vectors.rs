@@ -956,6 +956,11 @@ fn archived_layout_is_the_documented_one() {
     layout!(ArchivedReloadReply, size 72, align 8,
         ok @ 0, epoch @ 8, rules_path @ 16, rules @ 24, digest @ 28, compile_us @ 40,
         errors @ 48, models @ 56, swap_us @ 64);
+    layout!(ArchivedPeerRecord, size 40, align 8,
+        from @ 0, map_epoch @ 8, digest @ 16, events @ 24, keys @ 32);
+    layout!(ArchivedPeerRecorded, size 8, align 4, values @ 0);
+    layout!(ArchivedPeerDecided, size 8, align 4, outcomes @ 0);
+    layout!(ArchivedPeerOutcome, size 72, align 8);
     layout!(ArchivedPercentiles, size 48, align 8,
         count @ 0, p50 @ 8, p90 @ 16, p99 @ 24, p999 @ 32, max @ 40);
     layout!(ArchivedErrorCount, size 16, align 8, code @ 0, count @ 8);
@@ -982,6 +987,38 @@ fn archived_layout_is_the_documented_one() {
         kernel @ 464);
     layout!(ArchivedProbeState, size 20, align 4, group @ 0, active @ 8, reason @ 12);
     layout!(ArchivedStatsReply, size 632, align 8, shards @ 0, total @ 8, probes @ 624);
+}
+
+/// `PeerOutcome`'s variants sit where PROTOCOL.md says: `Decided` (tag 0) at offset 8,
+/// `Refused` (tag 1) at offset 4.
+#[test]
+fn peer_outcome_variants_are_where_documented() {
+    let refused = PeerOutcome::Refused(ErrorReply {
+        code: 9,
+        message: "x".into(),
+    });
+    let b = rkyv::to_bytes::<rkyv::rancor::Error>(&refused).unwrap();
+    assert_eq!(b.len(), 72);
+    assert_eq!(b[0], 1);
+    assert_eq!(&b[4..6], &9u16.to_le_bytes());
+    assert_eq!(b[8], b'x', "the message, inline at 4 + 4");
+    let decided = PeerOutcome::Decided(Decision {
+        event_id: "e".into(),
+        action: Action::Deny,
+        score: 3,
+        rules: vec![],
+        shadow_rules: vec![],
+        models: vec![],
+        epoch: 1,
+        shard: 2,
+        server_ns: 5,
+    });
+    let b = rkyv::to_bytes::<rkyv::rancor::Error>(&decided).unwrap();
+    assert_eq!(b.len(), 72);
+    assert_eq!(b[0], 0);
+    assert_eq!(b[8], b'e', "the decision's event_id, inline at 8");
+    assert_eq!(b[16], 2, "action deny at 8 + 8");
+    assert_eq!(&b[56..60], &2u32.to_le_bytes(), "shard at 8 + 48");
 }
 
 /// The bit-level facts PROTOCOL.md states about rkyv's format, checked on real archives.
