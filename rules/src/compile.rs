@@ -457,6 +457,18 @@ impl RuleSet {
         out.score = score;
     }
 
+    /// A digest of the velocity functions, in order (their canonical texts): two rule sets
+    /// with the same one keep the same windows in the same layout, whatever else differs.
+    /// Cluster nodes record each other's windows only under the same one.
+    pub fn windows_digest(&self) -> String {
+        let mut all = Vec::new();
+        for v in &self.program.velocity {
+            all.extend_from_slice(v.id.as_bytes());
+            all.push(0);
+        }
+        format!("{:016x}", verdict_net::routing::fnv1a64(&all))
+    }
+
     /// How many velocity functions count by each key (`[key as usize]`): what
     /// [`record_key`](Self::record_key) returns for it.
     pub fn functions_by_key(&self) -> [usize; 4] {

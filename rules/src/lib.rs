@@ -298,12 +298,18 @@ pub fn check_path(
     }
 }
 
-/// [`check_path`], then compile. The rule set's `digest` covers every file it read.
+/// [`check_path`], then compile. The rule set's `digest` covers every file it read: its
+/// text, and its path relative to the first file's directory (so the same rules installed
+/// in different places, say on two nodes of a cluster, have the same digest).
 pub fn load(path: &Path, loader: &dyn Loader, options: &Options) -> Result<RuleSet, Report> {
     let (program, sources) = check_path(path, loader, options)?;
+    let root = path.parent().unwrap_or(Path::new(""));
     let mut all = Vec::new();
     for s in &sources {
-        all.extend_from_slice(s.path.as_bytes());
+        let relative = Path::new(&s.path)
+            .strip_prefix(root)
+            .map_or(s.path.as_str(), |p| p.to_str().unwrap_or(&s.path));
+        all.extend_from_slice(relative.as_bytes());
         all.push(0);
         all.extend_from_slice(s.text.as_bytes());
         all.push(0);
