@@ -122,7 +122,7 @@ fn bench(c: &mut Criterion) {
             let mut names = std::mem::take(&mut reused_names).recycle();
             let verdict = &decided.verdicts[0];
             let placed = names.add(&published, &decided, verdict);
-            let view = names.view(&placed, verdict, e, 0, 1234);
+            let view = names.view(&placed, e, 0, 1234);
             enc.push(&mut out, 0x82, i as u64, &view).unwrap();
             names.clear();
             reused_names = names.recycle();
@@ -151,13 +151,13 @@ fn bench(c: &mut Criterion) {
     let sample = {
         let mut o = AlignedVec::<16>::new();
         FrameEncoder::new()
-            .push(&mut o, 0x82, 1, &names.view(&placed, &verdict, first, 0, 1))
+            .push(&mut o, 0x82, 1, &names.view(&placed, first, 0, 1))
             .unwrap();
         o.to_vec()
     };
     let mut g = c.benchmark_group("response");
     g.bench_function("encode a decision frame", |b| {
-        let view = names.view(&placed, &verdict, first, 0, 1);
+        let view = names.view(&placed, first, 0, 1);
         b.iter(|| {
             if out.len() > (1 << 19) {
                 out.clear();

@@ -26,8 +26,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use verdict_net::{ArchivedEvent, ErrorCode};
+use verdict_net::{ArchivedEvent, Decision, ErrorCode, EvaluateBatch, PeerOutcome, PeerRecord};
 use verdict_rules::{Outcome, VelocityKey, key_value};
+
+use crate::cluster::peer::{CallError, Called};
+use crate::cluster::view::{Closed, ClusterView, Route};
 
 use crate::decide::{self, Decided, HERE, Remote, Scratch, recycle};
 use crate::mesh::{
@@ -59,6 +62,31 @@ const INTERNAL: Refused = Refused {
     code: ErrorCode::Internal,
     why: "an event copied between shards did not validate",
 };
+const MOVED: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "this event's account is no longer this node's (the partition map moved); \
+          retry on its owner",
+};
+const NO_MAP: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "this cluster node has no partition map yet (starting, or NATS unreachable); retry",
+};
+const FENCED: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "this cluster node cannot reach NATS and may have lost its partitions \
+          (cluster.node_ttl_ms); it decides nothing until it can",
+};
+
+/// Which events a shard may send elsewhere to be decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// None: every event is decided here (it was forwarded here).
+    No,
+    /// To the shard of this node that owns its account (it came from another node).
+    Shards,
+    /// To whichever node and shard owns its account (it came from a client).
+    Nodes,
+}
 
 /// How one event of a batch is answered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +99,17 @@ pub enum Answer {
         verdict: u32,
     },
     Refused(Refused),
+    /// Decided by another node: `Batch::relayed[i]`.
+    Relayed(u32),
+    /// Refused by (or for want of) another node: `Batch::refusals[i]`.
+    RefusedThere(u32),
+}
+
+impl Answer {
+    fn refused(&self) -> bool {
+        matches!(self, Answer::Refused(r) if *r != INTERNAL)
+            || matches!(self, Answer::RefusedThere(_))
+    }
 }
 
 /// A batch's results, and the buffers deciding it reuses.
@@ -82,6 +121,12 @@ pub struct Batch {
     pub replies: Vec<Box<DecidedReply>>,
     /// Per event of the batch, in order.
     pub answers: Vec<Answer>,
+    /// Decisions other nodes made for this batch.
+    pub relayed: Vec<Decision>,
+    /// Why other nodes' events were refused: code and message.
+    pub refusals: Vec<(ErrorCode, String)>,
+    /// Per shard of another node: the events it decides and the keys it records.
+    remotes: Vec<RemotePlan>,
     scratch: Scratch,
     remote: Remote,
     /// Per peer: the events it decides, and those it records (with their keys).
@@ -98,6 +143,14 @@ pub struct Batch {
     local_origins: Vec<Origin<'static>>,
     /// Each local verdict's log record (`None`: not logged).
     log_seqs: Vec<Option<u64>>,
+}
+
+/// One batch's work for one shard of another node.
+struct RemotePlan {
+    node: u16,
+    shard: u16,
+    decide: Vec<usize>,
+    record: Vec<(usize, KeyMask)>,
 }
 
 #[derive(Default)]
@@ -117,6 +170,7 @@ impl Batch {
     pub fn release(&mut self) {
         self.published = None;
         self.replies.clear();
+        self.relayed.clear();
     }
 
     fn reset(&mut self, events: usize, peers: usize) {
@@ -124,6 +178,9 @@ impl Batch {
         self.replies.clear();
         self.answers.clear();
         self.answers.resize(events, Answer::Refused(INTERNAL));
+        self.relayed.clear();
+        self.refusals.clear();
+        self.remotes.clear();
         self.remote.clear();
         self.local.clear();
         self.plans.resize_with(peers, Plan::default);
@@ -136,29 +193,95 @@ impl Batch {
     }
 }
 
-/// Decides `events` (whose bytes `origins` locates) under `published` into `batch`: here
-/// when this shard owns the account or `forward` is off, else by the owner. Returns when
-/// every event has an answer.
+/// Decides `events` (whose bytes `origins` locates) under `published` into `batch`: here,
+/// or by the shard (and, `forward` allowing, the node) that owns each one's account, with
+/// every key's windows from the shard and node that keeps them. Returns when every event
+/// has an answer.
 pub async fn decide_all(
     shard: &Shard,
     published: Arc<Published>,
     events: &[&ArchivedEvent],
     origins: &[Origin<'_>],
-    forward: bool,
+    forward: Forward,
     batch: &mut Batch,
 ) {
-    let Some(mesh) = shard.mesh.clone() else {
+    let view = shard.node.as_ref().map(|n| n.view());
+    let mesh = shard.mesh.clone();
+    if mesh.is_none() && view.is_none() {
+        // One shard, one node: everything is here.
         batch.reset(events.len(), 0);
         batch.local.extend(0..events.len());
         decide_local(shard, &published, events, origins, batch);
         log_wait(shard, batch).await;
         batch.published = Some(published);
         return;
+    }
+    batch.reset(events.len(), mesh.as_ref().map_or(0, |m| m.peers()));
+    if let Some(closed) = view.as_ref().and_then(|v| v.closed) {
+        let why = match closed {
+            Closed::NoMap => NO_MAP,
+            Closed::Fenced => FENCED,
+        };
+        batch.answers.fill(Answer::Refused(why));
+        batch.published = Some(published);
+        return;
+    }
+    plan(shard, &published, view.as_deref(), events, forward, batch);
+    let calls = match &view {
+        Some(view) => remote_calls(view, &published, events, batch),
+        None => Vec::new(),
     };
-    batch.reset(events.len(), mesh.peers());
-    plan(shard, &published, events, forward, batch);
-    let expected = reserve(&mesh, batch);
-    let mut waiter = mesh.expect(expected);
+    let mut waiter = None;
+    if let Some(mesh) = &mesh {
+        let expected = reserve(mesh, batch);
+        let mut w = mesh.expect(expected);
+        send(shard, mesh, &published, origins, batch, &mut w);
+        waiter = Some(w);
+    }
+    let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
+    let deadline = Instant::now() + timeout;
+    // This node's shards and the other nodes answer at once: one round trip to each.
+    let here = async {
+        if let Some(w) = waiter.as_mut() {
+            collect(w, deadline, &published, batch).await;
+        }
+    };
+    let there = async {
+        match &shard.node {
+            Some(node) if !calls.is_empty() => {
+                let links = &node.links;
+                futures_util::future::join_all(
+                    calls
+                        .iter()
+                        .map(|c| links.call(c.addr, c.decide.as_ref(), c.record.as_ref())),
+                )
+                .await
+            }
+            _ => Vec::new(),
+        }
+    };
+    let ((), called) = futures_lite::future::zip(here, there).await;
+    drop(waiter);
+    if let Some(mesh) = &mesh {
+        for (peer, p) in batch.plans.iter_mut().enumerate() {
+            mesh.release(peer, std::mem::take(&mut p.reserved));
+        }
+    }
+    file_remote(&calls, called, &published, batch);
+    decide_local(shard, &published, events, origins, batch);
+    log_wait(shard, batch).await;
+    batch.published = Some(published);
+}
+
+/// Sends each peer shard of this node its part of the batch (one mesh message per peer).
+fn send(
+    shard: &Shard,
+    mesh: &MeshPort,
+    published: &Arc<Published>,
+    origins: &[Origin<'_>],
+    batch: &mut Batch,
+    waiter: &mut crate::mesh::Waiter,
+) {
     for (peer, p) in batch.plans.iter_mut().enumerate() {
         if p.reserved == 0 {
             continue;
@@ -187,15 +310,173 @@ pub async fn decide_all(
         shard.stats.borrow_mut().mesh_events_sent += n;
         mesh.send(peer, crate::mesh::MeshMsg::Work(work));
     }
-    let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
-    collect(&mut waiter, Instant::now() + timeout, &published, batch).await;
-    drop(waiter);
-    for (peer, p) in batch.plans.iter_mut().enumerate() {
-        mesh.release(peer, std::mem::take(&mut p.reserved));
+}
+
+/// One call to a shard of another node: the events it decides and the keys it records,
+/// copied into owned messages (the cross-node path allocates; the local one does not).
+struct RemoteCall {
+    /// Index in `Batch::remotes`.
+    plan: usize,
+    addr: std::net::SocketAddr,
+    decide: Option<EvaluateBatch>,
+    record: Option<PeerRecord>,
+}
+
+/// Builds the calls the batch's remote plans need; events whose owner is not live are
+/// refused here (error 9), and nothing is sent for them.
+fn remote_calls(
+    view: &ClusterView,
+    published: &Published,
+    events: &[&ArchivedEvent],
+    batch: &mut Batch,
+) -> Vec<RemoteCall> {
+    let owned = |e: &ArchivedEvent| {
+        rkyv::deserialize::<verdict_net::Event, rkyv::rancor::Error>(e)
+            .expect("a validated event deserializes")
+    };
+    let mut calls = Vec::with_capacity(batch.remotes.len());
+    for (at, r) in batch.remotes.iter_mut().enumerate() {
+        let Some(addr) = view.addr(r.node, r.shard) else {
+            let why = format!(
+                "this event needs node {:?}, which is not live (its partitions move to the \
+                 others at their next heartbeat); retry",
+                view.name(r.node)
+            );
+            let k = batch.refusals.len() as u32;
+            batch.refusals.push((ErrorCode::Unavailable, why));
+            for &i in r.decide.iter().chain(r.record.iter().map(|(i, _)| i)) {
+                batch.answers[i] = Answer::RefusedThere(k);
+            }
+            r.decide.clear();
+            r.record.clear();
+            continue;
+        };
+        calls.push(RemoteCall {
+            plan: at,
+            addr,
+            decide: (!r.decide.is_empty()).then(|| EvaluateBatch {
+                events: r.decide.iter().map(|&i| owned(events[i])).collect(),
+            }),
+            record: (!r.record.is_empty()).then(|| PeerRecord {
+                from: view.me.clone(),
+                map_epoch: view.map_epoch,
+                digest: published.rules.windows_digest(),
+                events: r.record.iter().map(|&(i, _)| owned(events[i])).collect(),
+                keys: r.record.iter().map(|&(_, keys)| keys).collect(),
+            }),
+        });
     }
-    decide_local(shard, &published, events, origins, batch);
-    log_wait(shard, batch).await;
-    batch.published = Some(published);
+    calls
+}
+
+/// Files what the other nodes answered: their decisions and refusals, and the windows
+/// they recorded (as the mesh's recorded windows are filed).
+fn file_remote(
+    calls: &[RemoteCall],
+    called: Vec<Result<Called, CallError>>,
+    published: &Published,
+    batch: &mut Batch,
+) {
+    let per_key = published.rules.functions_by_key();
+    let n = batch.answers.len();
+    let remotes = std::mem::take(&mut batch.remotes);
+    for (call, result) in calls.iter().zip(called) {
+        let plan = &remotes[call.plan];
+        let (decided, recorded) = match result {
+            Ok(c) => (c.decided, c.recorded),
+            Err(e) => (Some(Err(e.clone())), Some(Err(e))),
+        };
+        let mut refuse = |e: CallError, events: &mut dyn Iterator<Item = usize>| {
+            let k = batch.refusals.len() as u32;
+            batch.refusals.push((e.code, e.why));
+            for i in events {
+                batch.answers[i] = Answer::RefusedThere(k);
+            }
+        };
+        match decided {
+            None => {}
+            Some(Err(e)) => refuse(e, &mut plan.decide.iter().copied()),
+            Some(Ok(d)) if d.outcomes.len() != plan.decide.len() => refuse(
+                CallError {
+                    code: ErrorCode::Internal,
+                    why: format!(
+                        "node {} answered {} outcomes for {} events",
+                        call.addr,
+                        d.outcomes.len(),
+                        plan.decide.len()
+                    ),
+                },
+                &mut plan.decide.iter().copied(),
+            ),
+            Some(Ok(d)) => {
+                for (&i, outcome) in plan.decide.iter().zip(d.outcomes) {
+                    match outcome {
+                        PeerOutcome::Decided(decision) => {
+                            batch.answers[i] = Answer::Relayed(batch.relayed.len() as u32);
+                            batch.relayed.push(decision);
+                        }
+                        PeerOutcome::Refused(e) => {
+                            let code = ErrorCode::from_u16(e.code).unwrap_or(ErrorCode::Internal);
+                            batch.answers[i] = Answer::RefusedThere(batch.refusals.len() as u32);
+                            batch.refusals.push((code, e.message));
+                        }
+                    }
+                }
+            }
+        }
+        let expected: usize = plan
+            .record
+            .iter()
+            .map(|&(_, keys)| {
+                KEYS.iter()
+                    .filter(|&&k| keys & key_bit(k) != 0)
+                    .map(|&k| per_key[k as usize])
+                    .sum::<usize>()
+            })
+            .sum();
+        match recorded {
+            None => {}
+            Some(Err(e)) => {
+                let k = batch.refusals.len() as u32;
+                batch.refusals.push((e.code, e.why));
+                for &(i, _) in &plan.record {
+                    batch.answers[i] = Answer::RefusedThere(k);
+                }
+            }
+            Some(Ok(r)) if r.values.len() != expected => {
+                let k = batch.refusals.len() as u32;
+                batch.refusals.push((
+                    ErrorCode::Internal,
+                    format!(
+                        "node {} returned {} windows where {expected} were asked for",
+                        call.addr,
+                        r.values.len()
+                    ),
+                ));
+                for &(i, _) in &plan.record {
+                    batch.answers[i] = Answer::RefusedThere(k);
+                }
+            }
+            Some(Ok(r)) => {
+                if batch.remote.at.len() < n {
+                    batch.remote.at.resize(n, [HERE; 4]);
+                }
+                let mut at = 0usize;
+                for &(i, keys) in &plan.record {
+                    for key in KEYS {
+                        if keys & key_bit(key) != 0 {
+                            let start = batch.remote.values.len();
+                            let n = per_key[key as usize];
+                            batch.remote.values.extend_from_slice(&r.values[at..at + n]);
+                            batch.remote.at[i][key as usize] = start as u32;
+                            at += n;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    batch.remotes = remotes;
 }
 
 const UNLOGGED: Refused = Refused {
@@ -226,12 +507,34 @@ async fn log_wait(shard: &Shard, batch: &mut Batch) {
     }
 }
 
-/// Who decides each event, and which other shards record which of its keys.
+/// The plan for one shard of another node in `remotes`, made if new.
+fn remote_plan(remotes: &mut Vec<RemotePlan>, node: u16, shard: u16) -> &mut RemotePlan {
+    let at = match remotes
+        .iter()
+        .position(|r| r.node == node && r.shard == shard)
+    {
+        Some(at) => at,
+        None => {
+            remotes.push(RemotePlan {
+                node,
+                shard,
+                decide: Vec::new(),
+                record: Vec::new(),
+            });
+            remotes.len() - 1
+        }
+    };
+    &mut remotes[at]
+}
+
+/// Who decides each event (this shard, another of this node, another node), and which
+/// other shards and nodes record which of its keys.
 fn plan(
     shard: &Shard,
     published: &Published,
+    view: Option<&ClusterView>,
     events: &[&ArchivedEvent],
-    forward: bool,
+    forward: Forward,
     batch: &mut Batch,
 ) {
     let me = shard.index;
@@ -240,14 +543,25 @@ fn plan(
     let mut ip = [0u8; 16];
     let regs = &mut batch.regs;
     for (i, event) in events.iter().enumerate() {
-        let owner = shard.table.owner_of_account(event.account_id.as_str());
-        if forward && owner != me {
+        let account = event.account_id.as_str();
+        if let Some(Route::There { node, shard: s }) = view.map(|v| v.route(account.as_bytes())) {
+            if forward == Forward::Nodes {
+                remote_plan(&mut batch.remotes, node, s).decide.push(i);
+            } else {
+                batch.answers[i] = Answer::Refused(MOVED);
+            }
+            continue;
+        }
+        let owner = shard.table.owner_of_account(account);
+        if forward != Forward::No && owner != me {
             batch.plans[owner as usize].decide.push(i);
             continue;
         }
         batch.local.push(i);
-        // The keys each other shard records for this event (at most one entry per peer).
+        // The keys each other shard records for this event (at most one entry per peer),
+        // and those other nodes record.
         let mut masks = [(u32::MAX, 0 as KeyMask); 4];
+        let mut there = [(u16::MAX, u16::MAX, 0 as KeyMask); 4];
         let mut loaded = false;
         for key in KEYS {
             if per_key[key as usize] == 0 {
@@ -256,6 +570,14 @@ fn plan(
             let Some(value) = key_value(event, key, &mut ip) else {
                 continue;
             };
+            if let Some(Route::There { node, shard: s }) = view.map(|v| v.route(value)) {
+                let slot = there
+                    .iter_mut()
+                    .find(|(n, sh, m)| (*n == node && *sh == s) || *m == 0)
+                    .expect("at most four keys");
+                *slot = (node, s, slot.2 | key_bit(key));
+                continue;
+            }
             let owner = shard.table.owner(value);
             if owner == me {
                 continue;
@@ -274,6 +596,11 @@ fn plan(
         }
         for &(owner, keys) in masks.iter().take_while(|(_, m)| *m != 0) {
             batch.plans[owner as usize].record.push((i, keys));
+        }
+        for &(node, s, keys) in there.iter().take_while(|(_, _, m)| *m != 0) {
+            remote_plan(&mut batch.remotes, node, s)
+                .record
+                .push((i, keys));
         }
     }
 }
@@ -422,9 +749,7 @@ fn decide_local(
     batch: &mut Batch,
 ) {
     let answers = &batch.answers;
-    batch
-        .local
-        .retain(|&i| !matches!(answers[i], Answer::Refused(r) if r != INTERNAL));
+    batch.local.retain(|&i| !answers[i].refused());
     if batch.local.is_empty() {
         return;
     }
@@ -578,7 +903,7 @@ impl Handler for PeerHandler {
             // Decided under the epoch of the batch it came in (this shard's may differ).
             let mut batch = pool.borrow_mut().pop().unwrap_or_default();
             let rules = work.rules.clone();
-            decide_all(&shard, rules, &events, &origins, false, &mut batch).await;
+            decide_all(&shard, rules, &events, &origins, Forward::No, &mut batch).await;
             shard.stats.borrow_mut().mesh_events_decided += events.len() as u64;
             let answers = batch
                 .answers
@@ -586,7 +911,11 @@ impl Handler for PeerHandler {
                 .map(|a| match *a {
                     Answer::Here(v) => Ok(v),
                     Answer::Refused(r) => Err(r),
-                    Answer::There { .. } => unreachable!("forwarded events are not forwarded"),
+                    // A key kept on another node that could not be gathered.
+                    Answer::RefusedThere(_) => Err(UNAVAILABLE),
+                    Answer::There { .. } | Answer::Relayed(_) => {
+                        unreachable!("forwarded events are not forwarded")
+                    }
                 })
                 .collect();
             let reply = DecidedReply {

@@ -62,6 +62,12 @@ pub struct ClusterConfig {
     /// Ship the decision log (when `[log] dir` is set) to the replicated stream
     /// `VERDICT_DECISIONS`.
     pub decision_stream: bool,
+    /// The longest a shard waits for another node's shard to answer a batch's work
+    /// (forwarded events, gathered windows); past it those events are error 9.
+    pub peer_reply_timeout_ms: u64,
+    /// Connections one shard keeps open to any one shard of another node (calls beyond
+    /// them are error 8).
+    pub peer_connections_max: u32,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +81,8 @@ impl Default for ClusterConfig {
             replicas: 3,
             request_timeout_ms: 2_000,
             decision_stream: true,
+            peer_reply_timeout_ms: 1_000,
+            peer_connections_max: 16,
         }
     }
 }
@@ -115,6 +123,18 @@ impl ClusterConfig {
                 60_000,
             ),
             ("cluster.replicas", u64::from(self.replicas), 1, 5),
+            (
+                "cluster.peer_reply_timeout_ms",
+                self.peer_reply_timeout_ms,
+                1,
+                60_000,
+            ),
+            (
+                "cluster.peer_connections_max",
+                u64::from(self.peer_connections_max),
+                1,
+                1024,
+            ),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(invalid(key, format!("{value} is not in {min}..={max}")));
@@ -593,6 +613,14 @@ impl TopologyConfig {
         }
         self.limits.check()?;
         self.cluster.check()?;
+        if self.cluster.enabled() && self.tls.enabled() {
+            return Err(invalid(
+                "cluster.urls",
+                "a cluster node cannot serve [tls] yet: nodes forward events to each other's \
+                 shard ports in plaintext"
+                    .to_string(),
+            ));
+        }
         let log = &self.log;
         for (key, value, min, max) in [
             ("log.sync_interval_ms", log.sync_interval_ms, 1, 60_000),
@@ -1071,6 +1099,11 @@ request_timeout_ms = {cluster_timeout}
 # Ship the decision log (needs [log] dir) to the replicated JetStream stream
 # VERDICT_DECISIONS, one subject per node and shard, each record once.
 decision_stream = {cluster_stream}
+# The longest (ms) a shard waits for another node's shard to answer a batch's forwarded
+# events and gathered windows; past it those events are error 9 (unavailable).
+peer_reply_timeout_ms = {cluster_peer_timeout}
+# Connections one shard keeps to any one shard of another node; beyond them, error 8.
+peer_connections_max = {cluster_peer_links}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -1102,6 +1135,8 @@ decision_stream = {cluster_stream}
         cluster_replicas = config.cluster.replicas,
         cluster_timeout = config.cluster.request_timeout_ms,
         cluster_stream = config.cluster.decision_stream,
+        cluster_peer_timeout = config.cluster.peer_reply_timeout_ms,
+        cluster_peer_links = config.cluster.peer_connections_max,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",

@@ -178,6 +178,9 @@ pub struct Placed {
     rules: Range<usize>,
     shadow: Range<usize>,
     models: Range<usize>,
+    action: Action,
+    score: i32,
+    epoch: u64,
 }
 
 impl<'a> Names<'a> {
@@ -217,6 +220,34 @@ impl<'a> Names<'a> {
             rules: start..middle,
             shadow: middle..self.names.len(),
             models: first..self.scores.len(),
+            action: verdict.action,
+            score: verdict.score,
+            epoch: verdict.epoch,
+        }
+    }
+
+    /// Adds the names and scores of a decision another node made (relayed as it came).
+    pub fn add_decision(&mut self, decision: &'a verdict_net::Decision) -> Placed {
+        let start = self.names.len();
+        self.names
+            .extend(decision.rules.iter().map(|r| StrView(r.as_str())));
+        let middle = self.names.len();
+        self.names
+            .extend(decision.shadow_rules.iter().map(|r| StrView(r.as_str())));
+        let first = self.scores.len();
+        self.scores
+            .extend(decision.models.iter().map(|m| ModelScoreView {
+                name: StrView(m.name.as_str()),
+                score: m.score,
+                error: m.error,
+            }));
+        Placed {
+            rules: start..middle,
+            shadow: middle..self.names.len(),
+            models: first..self.scores.len(),
+            action: decision.action,
+            score: decision.score,
+            epoch: decision.epoch,
         }
     }
 
@@ -224,19 +255,18 @@ impl<'a> Names<'a> {
     pub fn view<'s>(
         &'s self,
         placed: &Placed,
-        verdict: &Verdict,
         event: &'s ArchivedEvent,
         shard: u32,
         server_ns: u64,
     ) -> DecisionView<'s> {
         DecisionView {
             event_id: StrView(event.event_id.as_str()),
-            action: verdict.action,
-            score: verdict.score,
+            action: placed.action,
+            score: placed.score,
             rules: SliceView(&self.names[placed.rules.clone()]),
             shadow_rules: SliceView(&self.names[placed.shadow.clone()]),
             models: SliceView(&self.scores[placed.models.clone()]),
-            epoch: verdict.epoch,
+            epoch: placed.epoch,
             shard,
             server_ns,
         }

@@ -45,6 +45,8 @@ pub struct ShardContext {
     pub shard_map: Arc<OnceLock<TopologyReply>>,
     /// The rule epoch: the one pointer shared by every shard.
     pub rules: Arc<EpochCell<Published>>,
+    /// As a cluster node: the view of the partition map, published by the cluster thread.
+    pub view: Option<crate::cluster::view::ViewCell>,
     /// When each shard took which epoch (written once per swap, never per request).
     pub taken: Arc<Takeover>,
     /// Where this shard's stats snapshots go (the control thread's metrics plane).
@@ -208,6 +210,13 @@ pub async fn run(ctx: ShardContext) {
         clock: quanta::Clock::new(),
         mesh,
         table,
+        node: ctx.view.clone().map(|cell| {
+            let links = crate::cluster::peer::Links::new(
+                Duration::from_millis(config.cluster.peer_reply_timeout_ms),
+                config.cluster.peer_connections_max,
+            );
+            crate::cluster::peer::NodeSide::new(cell, links)
+        }),
         log,
         rule_counts: Default::default(),
         topology,

@@ -224,6 +224,14 @@ pub fn serve(
     let shutdown = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(shard_count));
     let shard_map = Arc::new(OnceLock::new());
+    // As a cluster node, the shards route by the view the cluster thread publishes here.
+    let view = config.cluster.enabled().then(|| {
+        use crate::cluster::view::{Closed, ClusterView};
+        Arc::new(EpochCell::new(ClusterView::closed(
+            &config.cluster.node,
+            Closed::NoMap,
+        )))
+    });
     let (events_tx, events) = mpsc::channel();
 
     let mut handles = Vec::with_capacity(shard_count);
@@ -239,6 +247,7 @@ pub fn serve(
             events: events_tx.clone(),
             shard_map: shard_map.clone(),
             rules: rules.clone(),
+            view: view.clone(),
             taken: taken.clone(),
             reports: reports_tx.clone(),
             reloads: reloads.clone(),
@@ -333,15 +342,10 @@ pub fn serve(
         }
     };
     lock(&plane).set_ready(true);
-    let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
-    // The ready line: tests and scripts wait for it and read the ports from it.
-    println!(
-        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count} admin_port={} http_port={}",
-        ports.join(","),
-        admin.port,
-        config.listen.http_port
-    );
-    // Cluster membership starts once this node serves: its record says where to reach it.
+    // Cluster membership starts once this node's ports are bound (its record says where to
+    // reach it), and the ready line waits (bounded) for its first view of the map, so a
+    // node that says ready routes at once; without NATS it says ready and refuses (error 9)
+    // until a view arrives.
     let member = if config.cluster.enabled() {
         let c = &config.cluster;
         let me = crate::cluster::table::NodeInfo {
@@ -365,8 +369,23 @@ pub fn serve(
                 "cluster: no decision stream: it ships the decision log, and [log] dir is not set"
             );
         }
-        match crate::cluster::Member::start(c, me, config.routing.partitions, log_dir) {
-            Ok(m) => Some(m),
+        let view = view.clone().expect("made for a cluster node");
+        let cell = view.clone();
+        match crate::cluster::Member::start(c, me, config.routing.partitions, log_dir, view) {
+            Ok(m) => {
+                let bound = Duration::from_millis(c.request_timeout_ms + c.heartbeat_ms);
+                let deadline = Instant::now() + bound;
+                while cell.epoch() <= 1 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if cell.epoch() <= 1 {
+                    warn!(
+                        "cluster: no partition map within {} ms: refusing events until one arrives",
+                        bound.as_millis()
+                    );
+                }
+                Some(m)
+            }
             Err(e) => {
                 stop(handles);
                 admin.stop();
@@ -376,6 +395,14 @@ pub fn serve(
     } else {
         None
     };
+    let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+    // The ready line: tests and scripts wait for it and read the ports from it.
+    println!(
+        "verdict ready: address={address} port={shared_port} shard_ports={} shards={shard_count} admin_port={} http_port={}",
+        ports.join(","),
+        admin.port,
+        config.listen.http_port
+    );
     info!(
         "serving on {address}:{shared_port} (shared) and shard ports {}; admin http://{address}:{}/metrics",
         ports.join(","),

@@ -129,6 +129,9 @@ pub struct Shard {
     pub mesh: Option<Rc<MeshPort>>,
     /// Which shard owns each partition of key values.
     pub table: PartitionTable,
+    /// As a cluster node (`[cluster]`): the view of which node owns each partition, and the
+    /// connections to the other nodes.
+    pub node: Option<crate::cluster::peer::NodeSide>,
     /// This shard's decision log (`[log] dir` set).
     pub log: Option<Rc<crate::log::writer::Log>>,
     /// How often each rule fired here.

@@ -16,6 +16,7 @@ use verdict_engine::cluster::broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats
 use verdict_engine::cluster::table::{self, PartitionMap};
 use verdict_engine::cluster::{self, Change, ship};
 use verdict_engine::config::ClusterConfig;
+use verdict_net::{Client, ClientError, Decision, Kind};
 
 /// Three nats-server processes clustered with JetStream on loopback; killed on drop.
 struct NatsCluster {
@@ -500,5 +501,167 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
         let account = v["account_id"].as_str().unwrap();
         let partition = verdict_net::routing::partition_of(account.as_bytes(), 4096);
         assert_eq!(subject, &format!("verdict.events.{partition}"));
+    }
+}
+
+/// A node serving `common::RULES` (every key's windows) with patient models, on `cpus`.
+fn rules_node(nats: &NatsCluster, name: &str, cpus: &[u32]) -> Server {
+    let toml = format!(
+        "{}\n[cluster]\nurls = {:?}\nnode = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n",
+        topology(cpus, ""),
+        nats.config().urls,
+    );
+    let models = tempdir::Dir::new("models");
+    let dir = common::patient_models(&models.0);
+    let args = ["--no-probes", "--models", dir.to_str().unwrap()];
+    let mut server = Server::launch_with(&[], &toml, &[("exact.rules", common::RULES)], &args);
+    server.kept = Some(models);
+    server
+}
+
+/// Waits (at most 30 s) for `server`'s log to say `line`.
+fn wait_log(server: &Server, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.stderr.lock().unwrap().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in: {}",
+            server.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What must be identical on any node and path (not the shard, timing or epoch).
+fn essence(
+    d: &Decision,
+) -> (
+    String,
+    verdict_net::Action,
+    i32,
+    Vec<String>,
+    Vec<String>,
+    String,
+) {
+    let models = d
+        .models
+        .iter()
+        .map(|m| format!("{}={}/{}", m.name, m.score.to_bits(), m.error))
+        .collect::<Vec<_>>()
+        .join(",");
+    (
+        d.event_id.clone(),
+        d.action,
+        d.score,
+        d.rules.clone(),
+        d.shadow_rules.clone(),
+        models,
+    )
+}
+
+#[test]
+fn three_nodes_decide_exactly_like_one_engine() {
+    let _serial = serial();
+    let events = common::velocity_stream(700);
+    let (stream, tail) = events.split_at(600);
+    // The reference: one engine, one shard, every window on one core.
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", common::RULES)]);
+    let mut c = single.client();
+    let reference: Vec<Decision> = stream.iter().map(|e| c.evaluate(e).unwrap()).collect();
+    drop(single);
+    for rule in [
+        "device_burst",
+        "ip_spend",
+        "merchant_accounts",
+        "many_devices",
+    ] {
+        assert!(
+            reference.iter().any(|d| d.rules.iter().any(|r| r == rule)),
+            "the stream must fire {rule}"
+        );
+    }
+
+    let nats = NatsCluster::start();
+    let v1 = rules_node(&nats, "v1", &[0, 1]);
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    let v2 = rules_node(&nats, "v2", &[1]);
+    let v3 = rules_node(&nats, "v3", &[0]);
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+    let out = cluster_cli(&nats, &["rebalance"]);
+    assert!(out.starts_with("epoch 2:"), "{out}");
+    let nodes = [v1, v2, v3];
+    for n in &nodes {
+        wait_log(n, "routes by map epoch 2");
+    }
+    // Every port of every node: shared ports and shard ports.
+    let mut ports: Vec<Client> = nodes
+        .iter()
+        .flat_map(|n| {
+            std::iter::once(n.addr())
+                .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
+                .collect::<Vec<_>>()
+        })
+        .map(|addr| common::client(&addr))
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(21);
+    for (e, want) in stream.iter().zip(&reference) {
+        let port = rng.usize(..ports.len());
+        let got = ports[port].evaluate(e).unwrap_or_else(|err| {
+            for n in &nodes {
+                eprintln!("NODE {}", n.stderr.lock().unwrap());
+            }
+            panic!("{err}")
+        });
+        assert_eq!(
+            essence(&got),
+            essence(want),
+            "event {} via port {port}",
+            e.event_id
+        );
+    }
+    // Events crossed nodes both ways: each node decided others' events and kept windows
+    // for others' decisions.
+    for n in &nodes {
+        let total = n.client().stats().unwrap().total;
+        assert!(total.mesh_events_decided > 0, "{total:?}");
+        assert!(total.mesh_events_recorded > 0, "{total:?}");
+    }
+
+    // An evaluate-batch spanning the three nodes: every event answered, in order.
+    let mut c = nodes[2].client();
+    let batch = c.evaluate_batch(tail.to_vec()).unwrap();
+    let ids: Vec<&str> = batch.iter().map(|d| d.event_id.as_str()).collect();
+    let want: Vec<&str> = tail.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, want);
+
+    // Node-to-node requests are checked like any other: a record under another rule set
+    // is refused whole (error 9), and an engine that is no cluster node refuses both kinds.
+    let record = verdict_net::PeerRecord {
+        from: "stranger".into(),
+        map_epoch: 2,
+        digest: "not-these-rules".into(),
+        events: vec![tail[0].clone()],
+        keys: vec![0b10],
+    };
+    let mut raw = nodes[0].client();
+    let id = raw.send(Kind::PeerRecord, &record).unwrap();
+    raw.flush().unwrap();
+    match raw.recv().unwrap().expect(Kind::PeerRecord, id) {
+        Err(ClientError::Server {
+            code: 9, message, ..
+        }) => {
+            assert!(message.contains("velocity windows"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let plain = Server::start();
+    let mut raw = plain.client();
+    let id = raw.send(Kind::PeerRecord, &record).unwrap();
+    raw.flush().unwrap();
+    match raw.recv().unwrap().expect(Kind::PeerRecord, id) {
+        Err(ClientError::Server { code: 11, .. }) => {}
+        other => panic!("{other:?}"),
     }
 }

@@ -20,12 +20,19 @@
 //! an operator's decision); `verdict cluster drain NODE` empties one. On shutdown the node
 //! deletes its record, so its partitions move at the others' next beat.
 //!
-//! What this does not do yet: the data path still decides every event on the node it
-//! reaches (the map is not consulted by the shards), and no state moves with a partition.
+//! After each beat the node publishes what it read as a [`view::ClusterView`] for its
+//! shards, which route by it ([`peer`] sends, [`crate::request::peer`] receives): an event
+//! is decided on the node that owns its account's partition, and each key's windows are
+//! kept by the node that owns that key's partition.
+//!
+//! What this does not do yet: no state moves with a partition (a node taking one over
+//! starts it empty).
 
 pub mod broker;
+pub mod peer;
 pub mod ship;
 pub mod table;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,6 +200,7 @@ impl Member {
         me: NodeInfo,
         partitions: u32,
         log_dir: Option<std::path::PathBuf>,
+        cell: view::ViewCell,
     ) -> std::io::Result<Member> {
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(Mutex::new(View::default()));
@@ -207,7 +215,7 @@ impl Member {
                     Ok(r) => r,
                     Err(e) => return warn!("cluster: no runtime: {e}"),
                 };
-                runtime.block_on(run(config, me, partitions, log_dir, flag, seen));
+                runtime.block_on(run(config, me, partitions, log_dir, flag, seen, cell));
             })?;
         Ok(Member {
             stop,
@@ -235,8 +243,13 @@ async fn run(
     log_dir: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     view: Arc<Mutex<View>>,
+    cell: view::ViewCell,
 ) {
     let beat = Duration::from_millis(config.heartbeat_ms);
+    let ttl = Duration::from_millis(config.node_ttl_ms);
+    // When this node's record was last written: past the TTL the others may have taken its
+    // partitions, so it stops deciding (fenced) until a heartbeat lands again.
+    let mut last_beat: Option<Instant> = None;
     let options = nats_options(&config, format!("verdict node {}", me.node));
     let mut broker = None;
     let mut shipping = None;
@@ -280,9 +293,21 @@ async fn run(
         {
             me.heartbeat_ms = now_ms();
             me.decisions_unshipped = unshipped.load(Ordering::Relaxed);
-            if let Err(e) = beat_once(b, &me, partitions, &view).await {
-                warn!("cluster: {e}");
-                note_error(&view, &e.to_string());
+            match beat_once(b, &me, partitions, &view, &cell).await {
+                Ok(()) => last_beat = Some(Instant::now()),
+                Err(e) => {
+                    warn!("cluster: {e}");
+                    note_error(&view, &e.to_string());
+                }
+            }
+            if last_beat.is_some_and(|at| at.elapsed() >= ttl) && cell.load().closed.is_none() {
+                warn!(
+                    "cluster: node {}'s heartbeats have failed for {} ms (cluster.node_ttl_ms): \
+                     fenced, every event is refused until one lands",
+                    me.node,
+                    ttl.as_millis()
+                );
+                cell.publish(view::ClusterView::closed(&me.node, view::Closed::Fenced));
             }
             next_beat = Instant::now() + beat;
         }
@@ -341,6 +366,7 @@ async fn beat_once(
     me: &NodeInfo,
     partitions: u32,
     view: &Mutex<View>,
+    cell: &view::ViewCell,
 ) -> Result<(), ClusterError> {
     let record = serde_json::to_vec(me).expect("a record serializes");
     if let Err(e) = broker.put(Bucket::Nodes, &me.node, record).await {
@@ -408,6 +434,19 @@ async fn beat_once(
             }
         }
     };
+    if let Some(map) = &map {
+        let records: Vec<NodeInfo> = live.values().cloned().collect();
+        let next = view::ClusterView::of(&me.node, map, &records);
+        if !cell.load().same_as(&next) {
+            info!(
+                "cluster: node {} routes by map epoch {} ({} live nodes)",
+                me.node,
+                map.epoch,
+                records.len()
+            );
+            cell.publish(next);
+        }
+    }
     let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
     v.map = map;
     v.live = live.into_keys().collect();

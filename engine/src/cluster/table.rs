@@ -6,6 +6,8 @@
 //! that read the same map can never both win. An assignment keeps every partition whose
 //! owner is still eligible (live, not draining) and under its share, and gives the rest to
 //! the eligible nodes furthest below theirs: a node's share is proportional to its shards.
+//! Within its node a partition goes to shard `p % shards`, the node's own partition table
+//! (see `verdict_net::routing`), so the map and every node's shards agree on the owner.
 
 use std::collections::BTreeMap;
 
@@ -171,23 +173,15 @@ pub fn assign(
     let mut owner: Vec<Option<usize>> = vec![None; p];
     let mut shard = vec![0u16; p];
     let mut held = vec![0u32; eligible.len()];
-    // Per node, partitions per shard (for placing new ones on the emptiest shard).
-    let mut per_shard: Vec<Vec<u32>> = eligible.iter().map(|(_, s)| vec![0; *s as usize]).collect();
     if let Some(prev) = prev.filter(|m| m.partitions == partitions && m.check().is_ok()) {
         for part in 0..p {
-            let (node, s) = prev.owner_of(part as u32);
+            let (node, _) = prev.owner_of(part as u32);
             if let Some(i) = index_of(node)
                 && held[i] < share[i]
             {
                 owner[part] = Some(i);
                 held[i] += 1;
-                let s = if (s as u32) < eligible[i].1 {
-                    s
-                } else {
-                    least(&per_shard[i])
-                };
-                shard[part] = s;
-                per_shard[i][s as usize] += 1;
+                shard[part] = (part as u32 % eligible[i].1) as u16;
             }
         }
     }
@@ -202,9 +196,7 @@ pub fn assign(
             .expect("shares add up to the partitions");
         owner[part] = Some(i);
         held[i] += 1;
-        let s = least(&per_shard[i]);
-        shard[part] = s;
-        per_shard[i][s as usize] += 1;
+        shard[part] = (part as u32 % eligible[i].1) as u16;
     }
     let mut draining: Vec<String> = draining.to_vec();
     draining.sort();
@@ -240,13 +232,6 @@ pub fn failover(
     assign(Some(prev), prev.partitions, &heirs, &prev.draining)
 }
 
-/// The shard with the fewest partitions (the first of equals).
-fn least(per_shard: &[u32]) -> u16 {
-    (0..per_shard.len())
-        .min_by_key(|&s| per_shard[s])
-        .expect("a node has at least one shard") as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,8 +247,15 @@ mod tests {
         assert_eq!(m.epoch, 1);
         let counts = m.counts();
         assert_eq!((counts["a"], counts["b"], counts["c"]), (1024, 2048, 1024));
-        let b_shards = (0..4096).filter(|&p| m.owner_of(p) == ("b", 1)).count();
-        assert_eq!(b_shards, 1024, "a node's shards share its partitions");
+        for p in 0..4096 {
+            let (node, shard) = m.owner_of(p);
+            let shards = if node == "b" { 2 } else { 1 };
+            assert_eq!(
+                u32::from(shard),
+                p % shards,
+                "the node's own table places it"
+            );
+        }
     }
 
     #[test]

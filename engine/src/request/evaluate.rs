@@ -16,7 +16,7 @@ use verdict_net::{
 };
 
 use super::{Responder, explain_invalid};
-use crate::aggregator::{self, Answer, Batch};
+use crate::aggregator::{self, Answer, Batch, Forward};
 use crate::decide::{Names, Placed, recycle};
 use crate::mesh::Origin;
 use crate::shard::Shard;
@@ -24,9 +24,9 @@ use crate::shard::Shard;
 /// A connection's evaluation buffers, kept between requests.
 #[derive(Default)]
 pub struct Evaluator {
-    batch: Batch,
+    pub(super) batch: Batch,
     /// The names and views of the decisions being encoded (borrowed per response).
-    names: Names<'static>,
+    pub(super) names: Names<'static>,
     placed: Vec<(Placed, u32)>,
     views: Vec<DecisionView<'static>>,
     /// The frames of a run of evaluates, their events and where their bytes are.
@@ -80,8 +80,15 @@ impl Evaluator {
             Err(explain_event(recv.payload(first), out))
         } else {
             let published = shard.rules.borrow().clone();
-            aggregator::decide_all(shard, published, &events, &origins, true, &mut self.batch)
-                .await;
+            aggregator::decide_all(
+                shard,
+                published,
+                &events,
+                &origins,
+                Forward::Nodes,
+                &mut self.batch,
+            )
+            .await;
             let server_ns = shard.clock.delta_as_nanos(read_at, shard.clock.raw());
             for (k, (at, event)) in frames.iter().zip(&events).enumerate() {
                 self.respond(shard, k, event, at.header.id, server_ns, out);
@@ -106,15 +113,19 @@ impl Evaluator {
         out: &mut Responder,
     ) {
         let mut names: Names<'_> = std::mem::take(&mut self.names).recycle();
-        let Some((placed, verdict, decider)) = place(&self.batch, k, shard.index, &mut names)
-        else {
-            if let Answer::Refused(r) = self.batch.answers[k] {
-                out.error_str(shard, id, r.code, r.why);
+        let Some((placed, decider)) = place(&self.batch, k, shard.index, &mut names) else {
+            match self.batch.answers[k] {
+                Answer::Refused(r) => out.error_str(shard, id, r.code, r.why),
+                Answer::RefusedThere(at) => {
+                    let (code, why) = &self.batch.refusals[at as usize];
+                    out.error_str(shard, id, *code, why);
+                }
+                _ => {}
             }
             self.names = names.recycle();
             return;
         };
-        let view = names.view(&placed, verdict, event, decider, server_ns);
+        let view = names.view(&placed, event, decider, server_ns);
         match out.push(Kind::Evaluate.response_byte(), id, &view, "decision") {
             Ok(()) => shard.stats.borrow_mut().responses += 1,
             Err(code) => out.error(shard, id, code),
@@ -158,7 +169,15 @@ impl Evaluator {
         events.extend(batch.events.iter());
         origins.extend((0..n as u32).map(|i| Origin::Batch(payload, i)));
         let published = shard.rules.borrow().clone();
-        aggregator::decide_all(shard, published, &events, &origins, true, &mut self.batch).await;
+        aggregator::decide_all(
+            shard,
+            published,
+            &events,
+            &origins,
+            Forward::Nodes,
+            &mut self.batch,
+        )
+        .await;
         let result = self.reply_batch(shard, &events, id, out, read_at);
         self.batch.release();
         self.run_events = recycle(events);
@@ -177,31 +196,34 @@ impl Evaluator {
         out: &mut Responder,
         read_at: u64,
     ) -> Result<(), ErrorCode> {
-        if let Some((i, r)) = self
-            .batch
-            .answers
-            .iter()
-            .enumerate()
-            .find_map(|(i, a)| match a {
-                Answer::Refused(r) => Some((i, *r)),
-                _ => None,
-            })
+        if let Some((i, code, why)) =
+            self.batch
+                .answers
+                .iter()
+                .enumerate()
+                .find_map(|(i, a)| match a {
+                    Answer::Refused(r) => Some((i, r.code, r.why)),
+                    Answer::RefusedThere(at) => {
+                        let (code, why) = &self.batch.refusals[*at as usize];
+                        Some((i, *code, why.as_str()))
+                    }
+                    _ => None,
+                })
         {
-            out.say(format_args!("event {i}: {}", r.why));
-            return Err(r.code);
+            out.say(format_args!("event {i}: {why}"));
+            return Err(code);
         }
         let server_ns = shard.clock.delta_as_nanos(read_at, shard.clock.raw());
         let mut names: Names<'_> = std::mem::take(&mut self.names).recycle();
         self.placed.clear();
         for k in 0..events.len() {
-            let (placed, _, decider) =
+            let placed =
                 place(&self.batch, k, shard.index, &mut names).expect("no event was refused");
-            self.placed.push((placed, decider));
+            self.placed.push(placed);
         }
         let mut views: Vec<DecisionView<'_>> = recycle(std::mem::take(&mut self.views));
-        for (k, ((placed, decider), event)) in self.placed.iter().zip(events).enumerate() {
-            let verdict = verdict_of(&self.batch, k).expect("placed");
-            views.push(names.view(placed, verdict, event, *decider, server_ns));
+        for ((placed, decider), event) in self.placed.iter().zip(events) {
+            views.push(names.view(placed, event, *decider, server_ns));
         }
         let reply = DecisionBatchView {
             decisions: SliceView(&views),
@@ -224,35 +246,30 @@ pub fn batch_size_message(n: usize, max: usize) -> String {
     format!("evaluate-batch carries {n} events; the limit is 1..={max} (limits.batch_events_max)")
 }
 
-/// Event `k`'s verdict, wherever it was decided.
-fn verdict_of(batch: &Batch, k: usize) -> Option<&crate::decide::Verdict> {
-    match batch.answers[k] {
-        Answer::Here(v) => Some(&batch.decided.verdicts[v as usize]),
-        Answer::There { reply, verdict } => {
-            Some(&batch.replies[reply as usize].decided.verdicts[verdict as usize])
-        }
-        Answer::Refused(_) => None,
-    }
-}
-
-/// Puts event `k`'s names in `names`: where they are, its verdict and the shard that
-/// decided it; `None` if it was refused.
-fn place<'b>(
+/// Puts event `k`'s names in `names`, wherever it was decided: where they are and the
+/// shard that decided it; `None` if it was refused.
+pub fn place<'b>(
     batch: &'b Batch,
     k: usize,
     here: u32,
     names: &mut Names<'b>,
-) -> Option<(Placed, &'b crate::decide::Verdict, u32)> {
-    let verdict = verdict_of(batch, k)?;
+) -> Option<(Placed, u32)> {
     Some(match batch.answers[k] {
-        Answer::There { reply, .. } => {
-            let r = &batch.replies[reply as usize];
-            (names.add(&r.rules, &r.decided, verdict), verdict, r.shard)
-        }
-        _ => {
+        Answer::Here(v) => {
             let published = batch.published.as_ref().expect("decided here");
-            (names.add(published, &batch.decided, verdict), verdict, here)
+            let verdict = &batch.decided.verdicts[v as usize];
+            (names.add(published, &batch.decided, verdict), here)
         }
+        Answer::There { reply, verdict } => {
+            let r = &batch.replies[reply as usize];
+            let verdict = &r.decided.verdicts[verdict as usize];
+            (names.add(&r.rules, &r.decided, verdict), r.shard)
+        }
+        Answer::Relayed(at) => {
+            let d = &batch.relayed[at as usize];
+            (names.add_decision(d), d.shard)
+        }
+        Answer::Refused(_) | Answer::RefusedThere(_) => return None,
     })
 }
 

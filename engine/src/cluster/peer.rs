@@ -1,0 +1,182 @@
+//! Node to node on the data path, the sending side: a shard's connections to other nodes'
+//! shards, and one call per batch and target shard (frame kind 0x10, see
+//! `verdict_net::PeerRequest`). The receiving side is [`crate::request::peer`].
+//!
+//! Each shard keeps its own connections (nothing shared between cores): at most
+//! `cluster.peer_connections_max` open to any one shard of another node, idle ones kept for
+//! the next batch. A call that cannot get a connection is refused at once (error 8); one
+//! that does not complete within `cluster.peer_reply_timeout_ms` loses its connection (the
+//! reply may still come, on a socket no one reads again) and is error 9.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use verdict_net::{
+    AsyncClient, ClientError, ErrorCode, EvaluateBatch, PeerDecided, PeerRecord, PeerRecorded,
+};
+
+/// Why a call to another node failed (every event it carried gets this code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallError {
+    pub code: ErrorCode,
+    pub why: String,
+}
+
+impl CallError {
+    /// A part of a call the other node answered with an error frame (or a reply that did
+    /// not decode).
+    fn of_part(addr: SocketAddr, e: ClientError) -> CallError {
+        match e {
+            ClientError::Server { code, message, .. } => CallError {
+                code: ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal),
+                why: format!("the node at {addr}: {message}"),
+            },
+            other => CallError {
+                code: ErrorCode::Internal,
+                why: format!("the node at {addr}: {other}"),
+            },
+        }
+    }
+}
+
+/// What one call brought back, per part sent.
+pub struct Called {
+    pub decided: Option<Result<PeerDecided, CallError>>,
+    pub recorded: Option<Result<PeerRecorded, CallError>>,
+}
+
+/// One shard's connections to other nodes' shards.
+pub struct Links {
+    idle: RefCell<Vec<(SocketAddr, AsyncClient<TcpStream>)>>,
+    /// Connections open (idle or in a call) per address.
+    open: RefCell<Vec<(SocketAddr, u32)>>,
+    timeout: Duration,
+    per_peer_max: u32,
+}
+
+impl Links {
+    pub fn new(timeout: Duration, per_peer_max: u32) -> Links {
+        Links {
+            idle: RefCell::new(Vec::new()),
+            open: RefCell::new(Vec::new()),
+            timeout,
+            per_peer_max: per_peer_max.max(1),
+        }
+    }
+
+    fn count(&self, addr: SocketAddr, delta: i32) -> u32 {
+        let mut open = self.open.borrow_mut();
+        let at = match open.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                open.push((addr, 0));
+                open.len() - 1
+            }
+        };
+        let n = &mut open[at].1;
+        *n = n.saturating_add_signed(delta);
+        *n
+    }
+
+    /// Sends a batch's events to decide and keys to record to the shard at `addr`, and
+    /// waits for both answers.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        decide: Option<&EvaluateBatch>,
+        record: Option<&PeerRecord>,
+    ) -> Result<Called, CallError> {
+        let idle = {
+            let mut idle = self.idle.borrow_mut();
+            idle.iter()
+                .position(|(a, _)| *a == addr)
+                .map(|i| idle.swap_remove(i).1)
+        };
+        let fresh = idle.is_none();
+        if fresh && self.count(addr, 0) >= self.per_peer_max {
+            return Err(CallError {
+                code: ErrorCode::Overloaded,
+                why: format!(
+                    "{} connections to {addr} are busy (cluster.peer_connections_max); retry",
+                    self.per_peer_max
+                ),
+            });
+        }
+        if fresh {
+            self.count(addr, 1);
+        }
+        let timeout = self.timeout;
+        let exchange = async move {
+            let mut link = match idle {
+                Some(link) => link,
+                None => {
+                    let stream = TcpStream::connect_timeout(addr, timeout)
+                        .await
+                        .map_err(|e| format!("connecting: {e}"))?;
+                    let _ = stream.set_nodelay(true);
+                    AsyncClient::new(stream)
+                }
+            };
+            match link.peer(decide, record).await {
+                Ok(reply) => Ok((link, reply)),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let result = glommio::timer::timeout(timeout, async move { Ok(exchange.await) }).await;
+        match result {
+            Ok(Ok((link, (decided, recorded)))) => {
+                self.idle.borrow_mut().push((addr, link));
+                let part = |e| CallError::of_part(addr, e);
+                Ok(Called {
+                    decided: decided.map(|r| r.map_err(part)),
+                    recorded: recorded.map(|r| r.map_err(part)),
+                })
+            }
+            Ok(Err(why)) => {
+                self.count(addr, -1);
+                Err(CallError {
+                    code: ErrorCode::Unavailable,
+                    why: format!("the node at {addr}: {why}"),
+                })
+            }
+            Err(_) => {
+                self.count(addr, -1);
+                Err(CallError {
+                    code: ErrorCode::Unavailable,
+                    why: format!(
+                        "the node at {addr} did not answer within {} ms \
+                         (cluster.peer_reply_timeout_ms)",
+                        timeout.as_millis()
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// A shard's side of the cluster: the view it routes by, and its connections.
+pub struct NodeSide {
+    pub cell: super::view::ViewCell,
+    view: RefCell<std::sync::Arc<super::view::ClusterView>>,
+    pub links: Links,
+}
+
+impl NodeSide {
+    pub fn new(cell: super::view::ViewCell, links: Links) -> NodeSide {
+        NodeSide {
+            view: RefCell::new(cell.load()),
+            cell,
+            links,
+        }
+    }
+
+    /// The current view (taken from the cell when it moved: one atomic load otherwise).
+    pub fn view(&self) -> std::sync::Arc<super::view::ClusterView> {
+        if self.cell.epoch() != self.view.borrow().version {
+            *self.view.borrow_mut() = self.cell.load();
+        }
+        self.view.borrow().clone()
+    }
+}

@@ -1,0 +1,206 @@
+//! What the shards know of the cluster: who owns each partition (node, shard) and where each
+//! live node's shards listen. The cluster thread builds a [`ClusterView`] from the partition
+//! map and the membership records and publishes it through an [`EpochCell`] (the same
+//! one-pointer scheme as the rule epoch); a shard takes the new view between batches.
+//!
+//! A node routes nothing until it holds a view: before its first map, and while it is
+//! *fenced* (its own heartbeats have failed for `node_ttl_ms`, so the others may already
+//! have taken its partitions), every event is refused with error 9 rather than decided on
+//! state that may be someone else's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use verdict_net::routing::partition_of;
+use verdict_rules::epoch::{Epoch, EpochCell};
+
+use super::table::{NodeInfo, PartitionMap};
+
+/// A live node's data ports, by shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    pub name: String,
+    /// `shards[i]`: shard i's own port; `None` when the node is not live (no record).
+    pub shards: Option<Vec<SocketAddr>>,
+}
+
+/// Where a partition is decided, as one shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On this node (its local table names the shard).
+    Here,
+    /// On another node: `nodes[node]`, its shard `shard`.
+    There { node: u16, shard: u16 },
+}
+
+/// Why a view routes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No partition map read yet (the node is starting, or NATS has not answered).
+    NoMap,
+    /// This node's heartbeats have failed for longer than `node_ttl_ms`.
+    Fenced,
+}
+
+/// One published view of the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    /// The cell's own number (set on publish).
+    pub version: u64,
+    pub closed: Option<Closed>,
+    /// The partition map's epoch (0: none).
+    pub map_epoch: u64,
+    pub partitions: u32,
+    /// This node's name.
+    pub me: String,
+    /// This node's index in `nodes`, if the map gives it partitions.
+    here: Option<u16>,
+    /// Per partition: index in `nodes`, and shard.
+    owner: Vec<u16>,
+    shard: Vec<u16>,
+    pub nodes: Vec<PeerNode>,
+}
+
+impl Epoch for ClusterView {
+    fn set_epoch(&mut self, epoch: u64) {
+        self.version = epoch;
+    }
+}
+
+/// The cell the cluster thread publishes views in and the shards read.
+pub type ViewCell = Arc<EpochCell<ClusterView>>;
+
+impl ClusterView {
+    /// The view before any map: routes nothing.
+    pub fn closed(me: &str, why: Closed) -> ClusterView {
+        ClusterView {
+            version: 0,
+            closed: Some(why),
+            map_epoch: 0,
+            partitions: 0,
+            me: me.to_string(),
+            here: None,
+            owner: Vec::new(),
+            shard: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The view of `map` with the live nodes' records (`live`), for node `me`.
+    pub fn of(me: &str, map: &PartitionMap, live: &[NodeInfo]) -> ClusterView {
+        let nodes = map
+            .nodes
+            .iter()
+            .map(|name| PeerNode {
+                name: name.clone(),
+                shards: live.iter().find(|n| &n.node == name).map(|n| {
+                    let ip = n
+                        .address
+                        .parse::<std::net::IpAddr>()
+                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                    n.shard_ports
+                        .iter()
+                        .map(|&port| SocketAddr::new(ip, port))
+                        .collect()
+                }),
+            })
+            .collect();
+        ClusterView {
+            version: 0,
+            closed: None,
+            map_epoch: map.epoch,
+            partitions: map.partitions,
+            me: me.to_string(),
+            here: map.nodes.iter().position(|n| n == me).map(|i| i as u16),
+            owner: map.owner.clone(),
+            shard: map.shard.clone(),
+            nodes,
+        }
+    }
+
+    /// Where the partition of key value `value` (its bytes) is decided and kept.
+    #[inline]
+    pub fn route(&self, value: &[u8]) -> Route {
+        let p = partition_of(value, self.partitions) as usize;
+        let node = self.owner[p];
+        if Some(node) == self.here {
+            Route::Here
+        } else {
+            Route::There {
+                node,
+                shard: self.shard[p],
+            }
+        }
+    }
+
+    /// The address of `node`'s shard `shard`, if that node is live.
+    pub fn addr(&self, node: u16, shard: u16) -> Option<SocketAddr> {
+        self.nodes[node as usize]
+            .shards
+            .as_ref()?
+            .get(shard as usize)
+            .copied()
+    }
+
+    /// The name of node `node`.
+    pub fn name(&self, node: u16) -> &str {
+        &self.nodes[node as usize].name
+    }
+
+    /// Whether two views route alike (the version aside): publishing an equal one would only
+    /// make every shard reload it.
+    pub fn same_as(&self, other: &ClusterView) -> bool {
+        let mut a = self.clone();
+        a.version = other.version;
+        a == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::table::assign;
+    use std::collections::BTreeMap;
+
+    fn info(name: &str, ports: &[u16]) -> NodeInfo {
+        NodeInfo {
+            node: name.into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            shard_ports: ports.to_vec(),
+            http_port: 0,
+            started_ms: 0,
+            heartbeat_ms: 0,
+            decisions_unshipped: 0,
+        }
+    }
+
+    #[test]
+    fn a_view_routes_by_the_map_and_knows_who_is_gone() {
+        let live: BTreeMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+        let map = assign(None, 64, &live, &[]).unwrap();
+        // b's record is gone: its partitions route to b, with no address.
+        let view = ClusterView::of("a", &map, &[info("a", &[7001, 7002])]);
+        let mut here = 0;
+        for i in 0..1000 {
+            let key = format!("acct-{i}");
+            let p = partition_of(key.as_bytes(), 64);
+            let (node, shard) = map.owner_of(p);
+            match view.route(key.as_bytes()) {
+                Route::Here => {
+                    assert_eq!(node, "a");
+                    here += 1;
+                }
+                Route::There { node: n, shard: s } => {
+                    assert_eq!((view.name(n), s), (node, shard));
+                    assert_eq!(view.addr(n, s), None, "b is not live");
+                }
+            }
+        }
+        assert!(here > 500, "a owns two thirds: {here}");
+        let a = view.nodes.iter().position(|n| n.name == "a").unwrap() as u16;
+        assert_eq!(view.addr(a, 1), Some("127.0.0.1:7002".parse().unwrap()));
+        assert!(view.same_as(&ClusterView::of("a", &map, &[info("a", &[7001, 7002])])));
+        assert!(!view.same_as(&ClusterView::of("a", &map, &[])));
+    }
+}

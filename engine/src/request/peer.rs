@@ -1,0 +1,266 @@
+//! Kinds 0x10 and 0x11, node to node in a cluster (the sending side is
+//! [`crate::cluster::peer`]); an engine that is not a cluster node refuses both (error 11).
+//! - peer-decide: an evaluate-batch of events whose accounts this node owns, decided as a
+//!   client's batch would be (forwarded to this node's owning shard, keys gathered from
+//!   wherever they live), except that an event this node no longer owns is refused (error
+//!   9), never sent on: an event crosses at most one node boundary. Answered per event.
+//! - peer-record: keys whose partitions this shard owns, recorded for events another node
+//!   decides; all or none, only under the same rule set (by digest) and only when every key
+//!   is this shard's by this node's map.
+
+use rkyv::rancor;
+use verdict_net::validate::validate_event;
+use verdict_net::{
+    ArchivedEvaluateBatch, ArchivedEvent, ArchivedPeerRecord, Decision, DecisionView, ErrorCode,
+    ErrorReply, Kind, ModelScore, PeerDecided, PeerOutcome, PeerRecorded,
+};
+use verdict_rules::{Outcome, VelocityKey, key_value};
+
+use super::evaluate::{Evaluator, batch_size_message, place};
+use super::{Responder, explain_invalid};
+use crate::aggregator::{self, Answer, Forward};
+use crate::cluster::view::Route;
+use crate::decide::Names;
+use crate::mesh::{Origin, key_bit};
+use crate::shard::Shard;
+
+const KEYS: [VelocityKey; 4] = [
+    VelocityKey::Account,
+    VelocityKey::Device,
+    VelocityKey::Ip,
+    VelocityKey::Merchant,
+];
+
+fn not_a_node(kind: Kind, out: &mut Responder) -> ErrorCode {
+    out.say(format_args!(
+        "{kind:?} (node to node) is served only by a cluster node ([cluster] urls)"
+    ));
+    ErrorCode::Forbidden
+}
+
+/// Whether this node routes at all (it holds a map and is not fenced).
+fn open(
+    shard: &Shard,
+    out: &mut Responder,
+) -> Result<std::sync::Arc<crate::cluster::view::ClusterView>, ErrorCode> {
+    let view = shard.node.as_ref().expect("checked").view();
+    if let Some(closed) = view.closed {
+        out.say(format_args!(
+            "this node routes nothing now ({closed:?}): no partition map, or NATS unreachable"
+        ));
+        return Err(ErrorCode::Unavailable);
+    }
+    Ok(view)
+}
+
+/// Kind 0x10: decides another node's forwarded events; one outcome per event.
+pub async fn decide(
+    shard: &Shard,
+    evaluator: &mut Evaluator,
+    payload: &[u8],
+    id: u64,
+    out: &mut Responder,
+    read_at: u64,
+) -> Result<(), ErrorCode> {
+    if shard.node.is_none() {
+        return Err(not_a_node(Kind::PeerDecide, out));
+    }
+    let Ok(batch) = rkyv::access::<ArchivedEvaluateBatch, rancor::Failure>(payload) else {
+        return Err(explain_invalid::<ArchivedEvaluateBatch>(
+            payload,
+            out,
+            "EvaluateBatch",
+        ));
+    };
+    let n = batch.events.len();
+    let max = peer_events_max(shard);
+    if n == 0 || n > max {
+        out.message = batch_size_message(n, max);
+        return Err(ErrorCode::BatchTooLarge);
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        if let Err(e) = validate_event(event) {
+            out.say(format_args!("event {i}: {e}"));
+            return Err(ErrorCode::BadField);
+        }
+    }
+    open(shard, out)?;
+    let events: Vec<&ArchivedEvent> = batch.events.iter().collect();
+    let origins: Vec<Origin<'_>> = (0..n as u32).map(|i| Origin::Batch(payload, i)).collect();
+    let published = shard.rules.borrow().clone();
+    let b = &mut evaluator.batch;
+    aggregator::decide_all(shard, published, &events, &origins, Forward::Shards, b).await;
+    let server_ns = shard.clock.delta_as_nanos(read_at, shard.clock.raw());
+    let mut names: Names<'_> = recycle_names(&mut evaluator.names);
+    let mut outcomes = Vec::with_capacity(n);
+    for (k, event) in events.iter().enumerate() {
+        outcomes.push(match place(b, k, shard.index, &mut names) {
+            Some((placed, decider)) => {
+                PeerOutcome::Decided(owned(&names.view(&placed, event, decider, server_ns)))
+            }
+            None => {
+                let (code, message) = match b.answers[k] {
+                    Answer::Refused(r) => (r.code, r.why.to_string()),
+                    Answer::RefusedThere(at) => b.refusals[at as usize].clone(),
+                    _ => unreachable!("placed otherwise"),
+                };
+                PeerOutcome::Refused(ErrorReply {
+                    code: code as u16,
+                    message,
+                })
+            }
+        });
+        names.clear();
+    }
+    evaluator.names = names.recycle();
+    b.release();
+    let decided = outcomes
+        .iter()
+        .filter(|o| matches!(o, PeerOutcome::Decided(_)))
+        .count();
+    shard.stats.borrow_mut().mesh_events_decided += decided as u64;
+    let reply = PeerDecided { outcomes };
+    out.push(Kind::PeerDecide.response_byte(), id, &reply, "peer decided")
+}
+
+fn recycle_names<'b>(names: &mut Names<'static>) -> Names<'b> {
+    std::mem::take(names).recycle()
+}
+
+/// The most events one peer call may carry: a batch of either kind a client may send.
+fn peer_events_max(shard: &Shard) -> usize {
+    (shard.limits.batch_events_max as usize).max(shard.limits.pipeline_depth_max as usize)
+}
+
+/// An owned decision from the view this node would have sent its own client.
+fn owned(view: &DecisionView<'_>) -> Decision {
+    Decision {
+        event_id: view.event_id.0.to_string(),
+        action: view.action,
+        score: view.score,
+        rules: view.rules.0.iter().map(|r| r.0.to_string()).collect(),
+        shadow_rules: view
+            .shadow_rules
+            .0
+            .iter()
+            .map(|r| r.0.to_string())
+            .collect(),
+        models: view
+            .models
+            .0
+            .iter()
+            .map(|m| ModelScore {
+                name: m.name.0.to_string(),
+                score: m.score,
+                error: m.error,
+            })
+            .collect(),
+        epoch: view.epoch,
+        shard: view.shard,
+        server_ns: view.server_ns,
+    }
+}
+
+/// Kind 0x11: records another node's events' keys that this shard keeps; all or none.
+pub fn record(
+    shard: &Shard,
+    payload: &[u8],
+    id: u64,
+    out: &mut Responder,
+) -> Result<(), ErrorCode> {
+    if shard.node.is_none() {
+        return Err(not_a_node(Kind::PeerRecord, out));
+    }
+    let Ok(request) = rkyv::access::<ArchivedPeerRecord, rancor::Failure>(payload) else {
+        return Err(explain_invalid::<ArchivedPeerRecord>(
+            payload,
+            out,
+            "PeerRecord",
+        ));
+    };
+    let n = request.events.len();
+    let max = peer_events_max(shard);
+    if n == 0 || n > max || request.keys.len() != n {
+        out.say(format_args!(
+            "peer-record carries {n} events and {} key masks; it needs 1..={max} of each",
+            request.keys.len()
+        ));
+        return Err(ErrorCode::BatchTooLarge);
+    }
+    for (i, event) in request.events.iter().enumerate() {
+        if let Err(e) = validate_event(event) {
+            out.say(format_args!("event {i}: {e}"));
+            return Err(ErrorCode::BadField);
+        }
+    }
+    let view = open(shard, out)?;
+    let published = shard.rules.borrow().clone();
+    let rules = &published.rules;
+    let windows = rules.windows_digest();
+    if windows != request.digest.as_str() {
+        out.say(format_args!(
+            "node {:?} keeps velocity windows {} and this node {}: windows are kept only \
+             for the same rule set's velocity functions (reload every node with the same rules)",
+            request.from.as_str(),
+            request.digest.as_str(),
+            windows
+        ));
+        return Err(ErrorCode::Unavailable);
+    }
+    let per_key = rules.functions_by_key();
+    let mut ip = [0u8; 16];
+    // Every key is checked before any is recorded: all or none.
+    for (i, (event, &keys)) in request.events.iter().zip(request.keys.iter()).enumerate() {
+        for key in KEYS {
+            if keys & key_bit(key) == 0 {
+                continue;
+            }
+            let Some(value) = key_value(event, key, &mut ip) else {
+                out.say(format_args!("event {i}: its {key:?} is empty"));
+                return Err(ErrorCode::BadField);
+            };
+            if per_key[key as usize] == 0 {
+                out.say(format_args!(
+                    "event {i}: the rules keep no window by {key:?}"
+                ));
+                return Err(ErrorCode::BadField);
+            }
+            let mine = view.route(value) == Route::Here && shard.table.owner(value) == shard.index;
+            if !mine {
+                out.say(format_args!(
+                    "event {i}: its {key:?} is not this shard's (node {:?}, map epoch {} here, \
+                     {} at the sender); retry",
+                    view.me, view.map_epoch, request.map_epoch
+                ));
+                return Err(ErrorCode::Unavailable);
+            }
+        }
+    }
+    let mut regs = Outcome::default();
+    let mut samples = Vec::new();
+    let mut values = Vec::new();
+    {
+        let mut state = shard.velocity.borrow_mut();
+        for (event, &keys) in request.events.iter().zip(request.keys.iter()) {
+            rules.load(event, &mut regs);
+            for key in KEYS {
+                if keys & key_bit(key) == 0 {
+                    continue;
+                }
+                let value = key_value(event, key, &mut ip).expect("checked");
+                samples.clear();
+                rules.key_samples(event, key, &regs, &mut samples);
+                let ts = event.timestamp_ms.to_native();
+                rules.record_samples(key, value, ts, &samples, &mut state, &mut values);
+            }
+        }
+    }
+    shard.stats.borrow_mut().mesh_events_recorded += n as u64;
+    let reply = PeerRecorded { values };
+    out.push(
+        Kind::PeerRecord.response_byte(),
+        id,
+        &reply,
+        "peer recorded",
+    )
+}
