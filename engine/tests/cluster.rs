@@ -16,7 +16,7 @@ use verdict_engine::cluster::broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats
 use verdict_engine::cluster::table::{self, PartitionMap};
 use verdict_engine::cluster::{self, Change, ship};
 use verdict_engine::config::ClusterConfig;
-use verdict_net::{Client, ClientError, Decision, Kind};
+use verdict_net::{Client, ClientError, Decision, Kind, ShardedClient};
 
 /// Three nats-server processes clustered with JetStream on loopback; killed on drop.
 struct NatsCluster {
@@ -562,8 +562,8 @@ fn essence(
 #[test]
 fn three_nodes_decide_exactly_like_one_engine() {
     let _serial = serial();
-    let events = common::velocity_stream(700);
-    let (stream, tail) = events.split_at(600);
+    let events = common::velocity_stream(750);
+    let (stream, tail) = events.split_at(700);
     // The reference: one engine, one shard, every window on one core.
     let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", common::RULES)]);
     let mut c = single.client();
@@ -606,7 +606,8 @@ fn three_nodes_decide_exactly_like_one_engine() {
         .map(|addr| common::client(&addr))
         .collect();
     let mut rng = fastrand::Rng::with_seed(21);
-    for (e, want) in stream.iter().zip(&reference) {
+    let (naive, aware) = stream.split_at(600);
+    for (e, want) in naive.iter().zip(&reference) {
         let port = rng.usize(..ports.len());
         let got = ports[port].evaluate(e).unwrap_or_else(|err| {
             for n in &nodes {
@@ -627,6 +628,36 @@ fn three_nodes_decide_exactly_like_one_engine() {
         let total = n.client().stats().unwrap().total;
         assert!(total.mesh_events_decided > 0, "{total:?}");
         assert!(total.mesh_events_recorded > 0, "{total:?}");
+    }
+
+    // A shard-aware client across nodes: each event straight to its owner, nothing
+    // forwarded between shards or nodes, the same decisions.
+    let forwarded = |nodes: &[Server]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.client().stats().unwrap().total.mesh_events_decided)
+            .sum()
+    };
+    let before = forwarded(&nodes);
+    let mut direct = ShardedClient::connect_cluster(&nodes[1].addr(), None).unwrap();
+    let cluster = direct.cluster().unwrap().clone();
+    assert_eq!(cluster.map_epoch, 2);
+    assert_eq!(cluster.nodes.len(), 3);
+    for (e, want) in aware.iter().zip(&reference[600..]) {
+        let got = direct.evaluate(e).unwrap();
+        assert_eq!(essence(&got), essence(want), "event {}", e.event_id);
+        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), cluster.partitions);
+        assert_eq!(got.shard, u32::from(cluster.partition_shards[p as usize]));
+    }
+    assert_eq!(
+        forwarded(&nodes),
+        before,
+        "a shard-aware client's events take no hop"
+    );
+    // A lone engine has no cluster topology.
+    match Server::start().client().cluster_topology() {
+        Err(ClientError::Server { code: 11, .. }) => {}
+        other => panic!("{other:?}"),
     }
 
     // An evaluate-batch spanning the three nodes: every event answered, in order.

@@ -23,8 +23,8 @@ use crate::frame::{
     PayloadSerializer, RecvBuffer, Scan,
 };
 use crate::schema::{
-    Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, PeerDecided, PeerRecord,
-    PeerRecorded, ReloadReply, ReloadRequest, StatsReply, TopologyReply,
+    ClusterTopology, Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, PeerDecided,
+    PeerRecord, PeerRecorded, ReloadReply, ReloadRequest, StatsReply, TopologyReply,
 };
 use crate::tls::Stream;
 
@@ -368,6 +368,11 @@ impl Client {
 
     pub fn topology(&mut self) -> Result<TopologyReply, ClientError> {
         self.call_empty(Kind::Topology)?.decode()
+    }
+
+    /// A cluster node's view of the cluster (kind 0x07; error 11 from a lone engine).
+    pub fn cluster_topology(&mut self) -> Result<ClusterTopology, ClientError> {
+        self.call_empty(Kind::ClusterTopology)?.decode()
     }
 }
 

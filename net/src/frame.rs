@@ -48,6 +48,9 @@ pub enum Kind {
     /// Archived `ReloadRequest` in, archived `ReloadReply` out: recompile the rule set from
     /// disk and publish it as the next epoch.
     Reload = 0x06,
+    /// Empty payload in, archived `ClusterTopology` out: every node of a cluster and which
+    /// node and shard owns each partition. Error 11 from an engine that is no cluster node.
+    ClusterTopology = 0x07,
     /// Node to node, in a cluster: archived `EvaluateBatch` in (events whose accounts the
     /// receiving node owns), archived `PeerDecided` out. Refused (error 11) by an engine
     /// that is not a cluster node.
@@ -67,6 +70,7 @@ impl Kind {
             0x04 => Some(Kind::Stats),
             0x05 => Some(Kind::Topology),
             0x06 => Some(Kind::Reload),
+            0x07 => Some(Kind::ClusterTopology),
             0x10 => Some(Kind::PeerDecide),
             0x11 => Some(Kind::PeerRecord),
             _ => None,
@@ -85,7 +89,10 @@ impl Kind {
 
     /// Whether this request carries an empty payload.
     pub fn payload_is_empty(self) -> bool {
-        matches!(self, Kind::Ping | Kind::Stats | Kind::Topology)
+        matches!(
+            self,
+            Kind::Ping | Kind::Stats | Kind::Topology | Kind::ClusterTopology
+        )
     }
 }
 

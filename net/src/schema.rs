@@ -148,6 +148,37 @@ pub struct DecisionBatch {
     pub decisions: Vec<Decision>,
 }
 
+/// The answer to a cluster-topology request (kind 0x07): which node and shard owns each
+/// partition, and where every node of the map listens. Send an event to the owner of its
+/// account's partition (see [`crate::routing`]) and it takes no hop between nodes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ClusterTopology {
+    /// The partition map's epoch this describes.
+    pub map_epoch: u64,
+    /// Name of the routing hash; see [`crate::routing`].
+    pub routing: String,
+    pub partitions: u32,
+    /// The nodes of the map, by index.
+    pub nodes: Vec<ClusterNode>,
+    /// `partition_nodes[p]`: the index in `nodes` of the node owning partition `p`.
+    pub partition_nodes: Vec<u16>,
+    /// `partition_shards[p]`: the shard of that node owning partition `p`.
+    pub partition_shards: Vec<u16>,
+}
+
+/// One node of a [`ClusterTopology`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ClusterNode {
+    pub name: String,
+    /// The address its shards listen on; "" when the node is not live (its partitions
+    /// move at the next heartbeat).
+    pub address: String,
+    /// `shard_ports[i]` reaches its shard i (empty when not live).
+    pub shard_ports: Vec<u16>,
+}
+
 /// Node to node (kind 0x11): the windows of key values this shard keeps, for events
 /// another node decides. The receiver checks that it owns every key by its own map and
 /// that it decides with the same rule set, and records all of them or none (an error frame

@@ -5,6 +5,10 @@
 //!
 //! A naive client (one connection to the shared port) gets the same decisions, one hop
 //! slower for the events its shard does not own.
+//!
+//! Against a cluster, [`ShardedClient::connect_cluster`] does the same across nodes: it asks
+//! any node for the cluster topology (kind 0x07) and opens one connection per shard of
+//! every node, so each event goes straight to the node and shard that owns it.
 
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
@@ -13,8 +17,10 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::client::{AsyncClient, Client, ClientError, Response};
 use crate::frame::Kind;
-use crate::routing::PartitionTable;
-use crate::schema::{Decision, DecisionBatch, EvaluateBatch, Event, TopologyReply};
+use crate::routing::{PartitionTable, partition_of};
+use crate::schema::{
+    ClusterTopology, Decision, DecisionBatch, EvaluateBatch, Event, TopologyReply,
+};
 
 /// Requests a shard-aware client keeps in flight per shard in `evaluate_many` before it
 /// reads answers (bounded, so neither side's socket buffers can fill while both write).
@@ -45,10 +51,14 @@ fn table_of(topology: &TopologyReply) -> Result<PartitionTable, ClientError> {
         .map_err(|e| ClientError::Decode(format!("the topology's partition table: {e}")))
 }
 
-/// A blocking shard-aware client: one [`Client`] per shard.
+/// A blocking shard-aware client: one [`Client`] per shard (of every node, against a
+/// cluster).
 pub struct ShardedClient {
     topology: TopologyReply,
-    table: PartitionTable,
+    /// The cluster's topology, when connected with [`ShardedClient::connect_cluster`].
+    cluster: Option<ClusterTopology>,
+    /// Per partition, the index in `clients` of its owner.
+    route: Vec<u32>,
     clients: Vec<Client>,
 }
 
@@ -69,9 +79,79 @@ impl ShardedClient {
                 Client::connect_with(&shard, tls.clone())
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let table = table_of(&topology)?;
         Ok(ShardedClient {
-            table: table_of(&topology)?,
+            route: table.owners().iter().map(|&s| u32::from(s)).collect(),
             topology,
+            cluster: None,
+            clients,
+        })
+    }
+
+    /// Asks `addr` (any data port of any node) for the cluster's topology, then connects to
+    /// every shard of every node of the map, over TLS when `tls` is given. A node that is
+    /// not live (its partitions about to move) fails the connect: retry after a heartbeat.
+    pub fn connect_cluster(
+        addr: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<ShardedClient, ClientError> {
+        let mut first = Client::connect_with(addr, tls.clone())?;
+        let topology = first.topology()?;
+        let cluster = first.cluster_topology()?;
+        let p = cluster.partitions as usize;
+        if cluster.partition_nodes.len() != p || cluster.partition_shards.len() != p || p == 0 {
+            return Err(ClientError::Decode(format!(
+                "the cluster topology has {} partitions, {} owners and {} shards",
+                p,
+                cluster.partition_nodes.len(),
+                cluster.partition_shards.len()
+            )));
+        }
+        // Clients in (node, shard) order; `base[n]` is node n's first.
+        let mut base = Vec::with_capacity(cluster.nodes.len());
+        let mut clients = Vec::new();
+        for node in &cluster.nodes {
+            base.push(clients.len() as u32);
+            if node.shard_ports.is_empty() {
+                continue;
+            }
+            for port in &node.shard_ports {
+                let shard = if node.address.contains(':') {
+                    format!("[{}]:{port}", node.address)
+                } else {
+                    format!("{}:{port}", node.address)
+                };
+                clients.push(Client::connect_with(&shard, tls.clone())?);
+            }
+        }
+        let mut route = Vec::with_capacity(p);
+        for (&n, &s) in cluster
+            .partition_nodes
+            .iter()
+            .zip(&cluster.partition_shards)
+        {
+            let node = cluster.nodes.get(n as usize).ok_or_else(|| {
+                ClientError::Decode(format!("partition owned by node index {n}, past the nodes"))
+            })?;
+            if node.shard_ports.is_empty() {
+                return Err(ClientError::Decode(format!(
+                    "node {:?} owns partitions and is not live; retry after its partitions move",
+                    node.name
+                )));
+            }
+            if usize::from(s) >= node.shard_ports.len() {
+                return Err(ClientError::Decode(format!(
+                    "node {:?} has {} shards, not shard {s}",
+                    node.name,
+                    node.shard_ports.len()
+                )));
+            }
+            route.push(base[n as usize] + u32::from(s));
+        }
+        Ok(ShardedClient {
+            topology,
+            cluster: Some(cluster),
+            route,
             clients,
         })
     }
@@ -80,12 +160,20 @@ impl ShardedClient {
         &self.topology
     }
 
-    /// The shard that owns `event`'s account.
-    pub fn owner(&self, event: &Event) -> usize {
-        self.table.owner_of_account(&event.account_id) as usize
+    /// The cluster's topology, when connected to a cluster.
+    pub fn cluster(&self) -> Option<&ClusterTopology> {
+        self.cluster.as_ref()
     }
 
-    /// The connection to shard `shard`.
+    /// The connection (shard, or a node's shard against a cluster) that owns `event`'s
+    /// account.
+    pub fn owner(&self, event: &Event) -> usize {
+        let p = partition_of(event.account_id.as_bytes(), self.route.len() as u32);
+        self.route[p as usize] as usize
+    }
+
+    /// The connection to shard `shard` (against a cluster: connections are in node order,
+    /// each node's shards in order).
     pub fn shard(&mut self, shard: usize) -> &mut Client {
         &mut self.clients[shard]
     }

@@ -956,6 +956,10 @@ fn archived_layout_is_the_documented_one() {
     layout!(ArchivedReloadReply, size 72, align 8,
         ok @ 0, epoch @ 8, rules_path @ 16, rules @ 24, digest @ 28, compile_us @ 40,
         errors @ 48, models @ 56, swap_us @ 64);
+    layout!(ArchivedClusterTopology, size 48, align 8,
+        map_epoch @ 0, routing @ 8, partitions @ 16, nodes @ 20, partition_nodes @ 28,
+        partition_shards @ 36);
+    layout!(ArchivedClusterNode, size 24, align 4, name @ 0, address @ 8, shard_ports @ 16);
     layout!(ArchivedPeerRecord, size 40, align 8,
         from @ 0, map_epoch @ 8, digest @ 16, events @ 24, keys @ 32);
     layout!(ArchivedPeerRecorded, size 8, align 4, values @ 0);

@@ -147,6 +147,33 @@ impl ClusterView {
         &self.nodes[node as usize].name
     }
 
+    /// What a cluster-topology request (kind 0x07) answers.
+    pub fn topology(&self) -> verdict_net::ClusterTopology {
+        verdict_net::ClusterTopology {
+            map_epoch: self.map_epoch,
+            routing: verdict_net::routing::ROUTING_NAME.into(),
+            partitions: self.partitions,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| verdict_net::ClusterNode {
+                    name: n.name.clone(),
+                    address: n
+                        .shards
+                        .as_ref()
+                        .and_then(|s| s.first())
+                        .map_or(String::new(), |a| a.ip().to_string()),
+                    shard_ports: n
+                        .shards
+                        .as_ref()
+                        .map_or(Vec::new(), |s| s.iter().map(|a| a.port()).collect()),
+                })
+                .collect(),
+            partition_nodes: self.owner.clone(),
+            partition_shards: self.shard.clone(),
+        }
+    }
+
     /// Whether two views route alike (the version aside): publishing an equal one would only
     /// make every shard reload it.
     pub fn same_as(&self, other: &ClusterView) -> bool {

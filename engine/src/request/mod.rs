@@ -6,7 +6,8 @@
 //!   lives ([`crate::aggregator`]);
 //! - [`stats`]: every shard's stats over the mesh, merged with the kernel columns;
 //! - [`reload`]: kind 0x06, served only where `[admin] wire_reload` allows it;
-//! - [`peer`]: kinds 0x10 and 0x11, node to node, served only by a cluster node;
+//! - [`peer`]: kinds 0x10 and 0x11, node to node, and 0x07, the cluster's topology, served
+//!   only by a cluster node;
 //! - ping and topology are answered here, they carry nothing.
 
 pub mod evaluate;
@@ -222,6 +223,7 @@ pub async fn answer(
         Kind::Topology => out.push(kind.response_byte(), id, &shard.topology, "topology reply"),
         Kind::Stats => stats::answer(shard, id, out).await,
         Kind::Reload => reload::answer(shard, payload, id, out).await,
+        Kind::ClusterTopology => peer::topology(shard, id, out),
         Kind::PeerDecide => peer::decide(shard, evaluator, payload, id, out, read_at).await,
         Kind::PeerRecord => peer::record(shard, payload, id, out),
     };

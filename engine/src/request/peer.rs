@@ -1,4 +1,5 @@
-//! Kinds 0x10 and 0x11, node to node in a cluster (the sending side is
+//! Kind 0x07, the cluster's topology for clients, and kinds 0x10 and 0x11, node to node in
+//! a cluster (the sending side is
 //! [`crate::cluster::peer`]); an engine that is not a cluster node refuses both (error 11).
 //! - peer-decide: an evaluate-batch of events whose accounts this node owns, decided as a
 //!   client's batch would be (forwarded to this node's owning shard, keys gathered from
@@ -33,7 +34,7 @@ const KEYS: [VelocityKey; 4] = [
 
 fn not_a_node(kind: Kind, out: &mut Responder) -> ErrorCode {
     out.say(format_args!(
-        "{kind:?} (node to node) is served only by a cluster node ([cluster] urls)"
+        "{kind:?} is served only by a cluster node ([cluster] urls)"
     ));
     ErrorCode::Forbidden
 }
@@ -51,6 +52,21 @@ fn open(
         return Err(ErrorCode::Unavailable);
     }
     Ok(view)
+}
+
+/// Kind 0x07: the cluster as this node routes it (its current view of the map).
+pub fn topology(shard: &Shard, id: u64, out: &mut Responder) -> Result<(), ErrorCode> {
+    if shard.node.is_none() {
+        return Err(not_a_node(Kind::ClusterTopology, out));
+    }
+    let view = open(shard, out)?;
+    let reply = view.topology();
+    out.push(
+        Kind::ClusterTopology.response_byte(),
+        id,
+        &reply,
+        "cluster topology",
+    )
 }
 
 /// Kind 0x10: decides another node's forwarded events; one outcome per event.
