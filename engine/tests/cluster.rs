@@ -687,6 +687,75 @@ fn three_nodes_decide_exactly_like_one_engine() {
         }
         other => panic!("{other:?}"),
     }
+
+    // kill -9 of v3 while a client streams to v1: events that need v3 (their account or a
+    // key on it) are refused with error 9 until its partitions move; after that every
+    // event is decided again. Every request gets exactly one answer throughout.
+    let [v1, v2, mut v3] = nodes;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streaming = {
+        let (addr, stop) = (v1.addr(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = common::client(&addr);
+            let pool = common::velocity_stream(500);
+            let (mut decided, mut refused, mut i) = (Vec::new(), 0u64, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut e = pool[i % pool.len()].clone();
+                e.event_id = format!("f-{i}");
+                e.timestamp_ms = common::T0 + 3_600_000 + i as u64 * 10;
+                match c.evaluate(&e) {
+                    Ok(d) => {
+                        assert_eq!(d.event_id, e.event_id);
+                        decided.push(Instant::now());
+                    }
+                    Err(ClientError::Server { code: 9, .. }) => refused += 1,
+                    Err(other) => panic!("event {i}: {other}"),
+                }
+                i += 1;
+            }
+            (i, decided, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    v3.signal(libc::SIGKILL);
+    v3.wait_exit(Duration::from_secs(10));
+    wait_for(&nats, "v3's partitions moving", |m, _| {
+        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
+    });
+    wait_log(&v1, "routes by map epoch 3");
+    wait_log(&v2, "routes by map epoch 3");
+    let moved = killed.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, decided, refused) = streaming.join().unwrap();
+    assert_eq!(
+        decided.len() as u64 + refused,
+        sent as u64,
+        "one answer each"
+    );
+    assert!(
+        refused > 0,
+        "events needing v3 were refused while it was gone"
+    );
+    assert!(
+        decided.iter().any(|&t| t > killed + moved),
+        "events are decided again once v3's partitions moved"
+    );
+    assert!(
+        moved < Duration::from_millis(NODE_TTL_MS + 5 * HEARTBEAT_MS + 5_000),
+        "failover took {moved:?}"
+    );
+    // Every account decides again, on v1 or v2, whichever port it reaches.
+    let mut c = v2.client();
+    for (k, e) in common::velocity_stream(200).into_iter().enumerate() {
+        let mut e = e;
+        e.event_id = format!("after-{k}");
+        e.timestamp_ms = common::T0 + 7_200_000 + k as u64;
+        c.evaluate(&e).unwrap();
+    }
+    drop((v1, v2));
+
     let plain = Server::start();
     let mut raw = plain.client();
     let id = raw.send(Kind::PeerRecord, &record).unwrap();
