@@ -729,6 +729,10 @@ fn three_nodes_decide_exactly_like_one_engine() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, decided, refused) = streaming.join().unwrap();
+    eprintln!(
+        "failover: the map moved and v1, v2 route by it {moved:?} after the kill; \
+         {refused} of {sent} events refused meanwhile"
+    );
     assert_eq!(
         decided.len() as u64 + refused,
         sent as u64,
