@@ -120,6 +120,10 @@ enum Command {
         /// account (one connection per shard; saves the hop a shard makes to forward it).
         #[arg(long)]
         shard_aware: bool,
+        /// Against a cluster node: ask for the cluster's topology and send each event
+        /// straight to the node and shard that own its account.
+        #[arg(long, conflicts_with = "shard_aware")]
+        cluster_aware: bool,
         #[command(flatten)]
         tls: cli::TlsArgs,
     },
@@ -409,8 +413,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
             depth,
             shard_aware,
+            cluster_aware,
             tls,
-        } => cli::send::run(&addr, tls.config()?, file.as_deref(), depth, shard_aware),
+        } => {
+            let route = match (shard_aware, cluster_aware) {
+                (_, true) => cli::send::Route::Cluster,
+                (true, _) => cli::send::Route::Shards,
+                _ => cli::send::Route::Naive,
+            };
+            cli::send::run(&addr, tls.config()?, file.as_deref(), depth, route)
+        }
         Command::Stats {
             addr,
             json,

@@ -35,6 +35,10 @@ enum Cmd {
         /// Ask the engine for its topology and send each event to its owning shard's port.
         #[arg(long)]
         shard_aware: bool,
+        /// Ask a cluster node for the cluster's topology (kind 0x07) and send each event to
+        /// the port of the node and shard that own it.
+        #[arg(long, conflicts_with = "shard_aware")]
+        cluster_aware: bool,
         /// Client threads (one monoio runtime each).
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -147,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run {
             addr,
             shard_aware,
+            cluster_aware,
             threads,
             cpus,
             connections,
@@ -207,7 +212,52 @@ fn main() -> anyhow::Result<()> {
                         Arc::new(Vec::new())
                     }
                 };
-            let targets = if shard_aware {
+            let targets = if cluster_aware {
+                let cluster = verdict_net::Client::connect_with(&base.to_string(), tls.clone())?
+                    .cluster_topology()
+                    .context("asking for the cluster topology")?;
+                let mut targets = Vec::new();
+                for (n, node) in cluster.nodes.iter().enumerate() {
+                    let ip: std::net::IpAddr = node
+                        .address
+                        .parse()
+                        .with_context(|| format!("node {:?} is not live", node.name))?;
+                    for (s, port) in node.shard_ports.iter().enumerate() {
+                        let owned = cluster
+                            .partition_nodes
+                            .iter()
+                            .zip(&cluster.partition_shards)
+                            .any(|(&pn, &ps)| usize::from(pn) == n && usize::from(ps) == s);
+                        if !owned {
+                            continue; // owns no partition: no event goes there
+                        }
+                        let owns = |e: &verdict_net::Event| {
+                            let p = verdict_net::routing::partition_of(
+                                e.account_id.as_bytes(),
+                                cluster.partitions,
+                            ) as usize;
+                            usize::from(cluster.partition_nodes[p]) == n
+                                && usize::from(cluster.partition_shards[p]) == s
+                        };
+                        let mut mine = Vec::with_capacity(pool);
+                        while workload == Workload::Evaluate && mine.len() < pool {
+                            let e = source();
+                            if owns(&e) {
+                                mine.push(e);
+                            }
+                        }
+                        targets.push(Target {
+                            addr: SocketAddr::new(ip, *port),
+                            pool: Arc::new(if workload == Workload::Evaluate {
+                                encode_events(&mine)
+                            } else {
+                                Vec::new()
+                            }),
+                        });
+                    }
+                }
+                targets
+            } else if shard_aware {
                 let topo = verdict_net::Client::connect_with(&base.to_string(), tls.clone())?
                     .topology()
                     .context("asking for the topology")?;

@@ -3,7 +3,8 @@
 //! up to `depth` requests in flight; when input pauses (an interactive terminal), everything
 //! in flight is answered before waiting for more, so typing an event shows its decision.
 //! With `--shard-aware` it asks for the topology and sends each event straight to the shard
-//! that owns its account (one connection per shard); the output order is the same.
+//! that owns its account (one connection per shard); the output order is the same. With
+//! `--cluster-aware` it does that across a cluster's nodes (kind 0x07's topology).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -61,12 +62,23 @@ struct Totals {
     errors: u64,
 }
 
+/// Where `verdict send` sends each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Everything to `--addr`.
+    Naive,
+    /// Each event to the shard that owns it (`--shard-aware`).
+    Shards,
+    /// Each event to the node and shard that own it (`--cluster-aware`).
+    Cluster,
+}
+
 pub fn run(
     addr: &str,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     file: Option<&Path>,
     depth: usize,
-    shard_aware: bool,
+    route: Route,
 ) -> anyhow::Result<ExitCode> {
     let input: Box<dyn std::io::Read> = match file {
         Some(p) => {
@@ -75,13 +87,16 @@ pub fn run(
         None => Box::new(std::io::stdin()),
     };
     let mut reader = BufReader::with_capacity(1 << 16, input);
-    let mut client = if shard_aware {
-        Target::ShardAware(
+    let mut client = match route {
+        Route::Shards => Target::ShardAware(
             ShardedClient::connect(addr, tls)
                 .with_context(|| format!("connecting to every shard of {addr}"))?,
-        )
-    } else {
-        Target::Naive(connect(addr, tls)?)
+        ),
+        Route::Cluster => Target::ShardAware(
+            ShardedClient::connect_cluster(addr, tls)
+                .with_context(|| format!("connecting to every shard of {addr}'s cluster"))?,
+        ),
+        Route::Naive => Target::Naive(connect(addr, tls)?),
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
