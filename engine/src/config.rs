@@ -68,6 +68,15 @@ pub struct ClusterConfig {
     /// Connections one shard keeps open to any one shard of another node (calls beyond
     /// them are error 8).
     pub peer_connections_max: u32,
+    /// Decide events producers publish to `verdict.input.<partition>` (stream
+    /// `VERDICT_INPUT`, shared durable consumer `verdict-ingest`), publishing each decision
+    /// to `VERDICT_OUTPUT` before acknowledging its event.
+    pub ingest: bool,
+    /// Messages one pull takes (decided as one pipelined run).
+    pub ingest_batch_max: u32,
+    /// How long a pulled message may stay unacknowledged before it is delivered again
+    /// (to any node).
+    pub ingest_ack_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -83,6 +92,9 @@ impl Default for ClusterConfig {
             decision_stream: true,
             peer_reply_timeout_ms: 1_000,
             peer_connections_max: 16,
+            ingest: false,
+            ingest_batch_max: 256,
+            ingest_ack_wait_ms: 30_000,
         }
     }
 }
@@ -134,6 +146,18 @@ impl ClusterConfig {
                 u64::from(self.peer_connections_max),
                 1,
                 1024,
+            ),
+            (
+                "cluster.ingest_batch_max",
+                u64::from(self.ingest_batch_max),
+                1,
+                4096,
+            ),
+            (
+                "cluster.ingest_ack_wait_ms",
+                self.ingest_ack_wait_ms,
+                100,
+                600_000,
             ),
         ] {
             if !(min..=max).contains(&value) {
@@ -1104,6 +1128,14 @@ decision_stream = {cluster_stream}
 peer_reply_timeout_ms = {cluster_peer_timeout}
 # Connections one shard keeps to any one shard of another node; beyond them, error 8.
 peer_connections_max = {cluster_peer_links}
+# Streaming ingestion: decide the events producers publish to verdict.input.<partition>
+# (stream VERDICT_INPUT, shared durable consumer verdict-ingest), publish each decision to
+# VERDICT_OUTPUT (message id = event id), then acknowledge the event.
+ingest = {cluster_ingest}
+# Messages one pull takes, decided as one pipelined run.
+ingest_batch_max = {cluster_ingest_batch}
+# How long (ms) a pulled event may stay unacknowledged before it is delivered again.
+ingest_ack_wait_ms = {cluster_ingest_wait}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -1137,6 +1169,9 @@ peer_connections_max = {cluster_peer_links}
         cluster_stream = config.cluster.decision_stream,
         cluster_peer_timeout = config.cluster.peer_reply_timeout_ms,
         cluster_peer_links = config.cluster.peer_connections_max,
+        cluster_ingest = config.cluster.ingest,
+        cluster_ingest_batch = config.cluster.ingest_batch_max,
+        cluster_ingest_wait = config.cluster.ingest_ack_wait_ms,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",

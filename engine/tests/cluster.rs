@@ -506,8 +506,13 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
 
 /// A node serving `common::RULES` (every key's windows) with patient models, on `cpus`.
 fn rules_node(nats: &NatsCluster, name: &str, cpus: &[u32]) -> Server {
+    rules_node_with(nats, name, cpus, "")
+}
+
+/// [`rules_node`] with more `[cluster]` lines.
+fn rules_node_with(nats: &NatsCluster, name: &str, cpus: &[u32], extra: &str) -> Server {
     let toml = format!(
-        "{}\n[cluster]\nurls = {:?}\nnode = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n",
+        "{}\n[cluster]\nurls = {:?}\nnode = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n{extra}",
         topology(cpus, ""),
         nats.config().urls,
     );
@@ -768,4 +773,132 @@ fn three_nodes_decide_exactly_like_one_engine() {
         Err(ClientError::Server { code: 11, .. }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// Every message of `stream`, as (subject, JSON).
+fn stream_messages(nats: &NatsCluster, stream: &str) -> Vec<(String, serde_json::Value)> {
+    with_broker(nats, async |broker| {
+        let js = async_nats::jetstream::new(broker.client());
+        let Ok(mut s) = js.get_stream(stream).await else {
+            return Vec::new();
+        };
+        let info = s.info().await.unwrap().clone();
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return out;
+        }
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                let v = serde_json::from_slice(&m.payload).unwrap();
+                out.push((m.subject.to_string(), v));
+            }
+        }
+        out
+    })
+}
+
+/// Publishes `events` (and `garbage`, raw) to the input stream, each under its account's
+/// partition, with its id as the message id; waits for every acknowledgement.
+fn produce(nats: &NatsCluster, events: &[verdict_net::Event], garbage: &[&str]) {
+    with_broker(nats, async |broker| {
+        let js = async_nats::jetstream::new(broker.client());
+        let mut acks = Vec::new();
+        for e in events {
+            let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), 4096);
+            let body = serde_json::to_vec(&verdict_net::json::event_to_json(e)).unwrap();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.event_id.as_str());
+            let subject = format!("verdict.input.{p}");
+            acks.push(
+                js.publish_with_headers(subject, headers, body.into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for g in garbage {
+            let subject = "verdict.input.0".to_string();
+            acks.push(
+                js.publish(subject, g.as_bytes().to_vec().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    })
+}
+
+/// Waits (at most 60 s) until the output stream holds `n` messages; returns them.
+fn expect_output(nats: &NatsCluster, n: usize, what: &str) -> Vec<(String, serde_json::Value)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = stream_messages(nats, verdict_engine::cluster::ingest::OUTPUT);
+        if out.len() >= n {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} decisions",
+            out.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn streaming_ingestion_decides_each_published_event_once() {
+    let _serial = serial();
+    let nats = NatsCluster::start();
+    let ingest = "ingest = true\ningest_batch_max = 64\ningest_ack_wait_ms = 2000\n";
+    let v1 = rules_node_with(&nats, "v1", &[0], ingest);
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    let v2 = rules_node_with(&nats, "v2", &[1], ingest);
+    let mut v3 = rules_node_with(&nats, "v3", &[0], ingest);
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+    cluster_cli(&nats, &["rebalance"]);
+    for n in [&v1, &v2, &v3] {
+        wait_log(n, "routes by map epoch 2");
+    }
+    let events = common::velocity_stream(600);
+    produce(
+        &nats,
+        &events[..300],
+        &["{not json", r#"{"event_id":"bad-1"}"#],
+    );
+    expect_output(&nats, 302, "the first 300 events and 2 bad messages");
+
+    // kill -9 of an ingesting node while the next 300 arrive: what it pulled and did not
+    // acknowledge comes back to the others; events needing it wait (error 9 sends them
+    // back) until its partitions move.
+    produce(&nats, &events[300..], &[]);
+    v3.signal(libc::SIGKILL);
+    v3.wait_exit(Duration::from_secs(10));
+    let out = expect_output(&nats, 602, "600 events across a consumer's death");
+    std::thread::sleep(Duration::from_millis(2500));
+    let out_later = stream_messages(&nats, verdict_engine::cluster::ingest::OUTPUT);
+    assert_eq!(out_later.len(), out.len(), "nothing arrived twice later");
+    assert_eq!(out.len(), 602);
+    let mut ids: Vec<&str> = out
+        .iter()
+        .map(|(_, v)| v["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 602, "a decision was published twice");
+    for (subject, v) in &out {
+        let id = v["event_id"].as_str().unwrap();
+        if let Some(e) = events.iter().find(|e| e.event_id == id) {
+            let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), 4096);
+            assert_eq!(subject, &format!("verdict.output.{p}"));
+            assert!(v["action"].is_string(), "{v}");
+        } else {
+            assert_eq!(subject, "verdict.output.errors");
+            let code = v["error"]["code"].as_u64().unwrap();
+            assert!(code == 5 || code == 6, "{v}");
+        }
+    }
+    drop((v1, v2));
 }

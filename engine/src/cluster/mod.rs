@@ -29,6 +29,7 @@
 //! starts it empty).
 
 pub mod broker;
+pub mod ingest;
 pub mod peer;
 pub mod ship;
 pub mod table;
@@ -189,6 +190,8 @@ pub struct View {
 pub struct Member {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The ingest thread (`cluster.ingest`).
+    ingest: Option<std::thread::JoinHandle<()>>,
     pub view: Arc<Mutex<View>>,
 }
 
@@ -204,6 +207,22 @@ impl Member {
     ) -> std::io::Result<Member> {
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(Mutex::new(View::default()));
+        let ingest = if config.ingest {
+            let settings = ingest::IngestConfig {
+                nats: nats_options(config, format!("verdict node {} ingest", me.node)),
+                addr: if me.address.contains(':') {
+                    format!("[{}]:{}", me.address, me.port)
+                } else {
+                    format!("{}:{}", me.address, me.port)
+                },
+                partitions,
+                batch_max: config.ingest_batch_max as usize,
+                ack_wait: Duration::from_millis(config.ingest_ack_wait_ms),
+            };
+            Some(ingest::start(settings, stop.clone())?)
+        } else {
+            None
+        };
         let (config, flag, seen) = (config.clone(), stop.clone(), view.clone());
         let thread = std::thread::Builder::new()
             .name("verdict-cluster".into())
@@ -220,6 +239,7 @@ impl Member {
         Ok(Member {
             stop,
             thread: Some(thread),
+            ingest,
             view,
         })
     }
@@ -227,6 +247,9 @@ impl Member {
     /// Leaves the cluster (deletes this node's record) and stops the thread.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ingest.take() {
+            let _ = t.join();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
