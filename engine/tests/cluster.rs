@@ -692,6 +692,33 @@ fn three_nodes_decide_exactly_like_one_engine() {
         }
         other => panic!("{other:?}"),
     }
+    // Garbage and an empty batch as peer-decide, keys past the events as peer-record: each
+    // a typed error, and the connection goes on.
+    let mut bad = record.clone();
+    bad.keys = vec![0b10, 0b10];
+    let empty = verdict_net::EvaluateBatch { events: vec![] };
+    let mut raw = common::Raw::connect(&nodes[0].addr());
+    raw.send(&common::raw_frame(0x10, 1, b"not an archive at all..."));
+    raw.send(&common::raw_frame(
+        0x10,
+        2,
+        &rkyv::to_bytes::<rkyv::rancor::Error>(&empty).unwrap(),
+    ));
+    raw.send(&common::raw_frame(
+        0x11,
+        3,
+        &rkyv::to_bytes::<rkyv::rancor::Error>(&bad).unwrap(),
+    ));
+    for (id, code) in [(1u64, 5u16), (2, 7), (3, 7)] {
+        let (kind, got, payload) = raw.recv().expect("an answer");
+        assert_eq!((kind, got), (0xFF, id));
+        let e: verdict_net::ErrorReply =
+            rkyv::from_bytes::<_, rkyv::rancor::Error>(&payload).unwrap();
+        assert_eq!(e.code, code, "{}", e.message);
+    }
+    raw.send(&common::raw_frame(0x01, 4, b""));
+    let (kind, id, _) = raw.recv().expect("the ping's answer");
+    assert_eq!((kind, id), (0x81, 4));
 
     // kill -9 of v3 while a client streams to v1: events that need v3 (their account or a
     // key on it) are refused with error 9 until its partitions move; after that every
