@@ -81,7 +81,9 @@ impl Links {
     }
 
     /// Sends a batch's events to decide and keys to record to the shard at `addr`, and
-    /// waits for both answers.
+    /// waits for both answers. An idle connection the other side has closed meanwhile (it
+    /// restarted) is replaced once by a fresh one: nothing was read from it, so nothing
+    /// was decided on it.
     pub async fn call(
         &self,
         addr: SocketAddr,
@@ -94,8 +96,7 @@ impl Links {
                 .position(|(a, _)| *a == addr)
                 .map(|i| idle.swap_remove(i).1)
         };
-        let fresh = idle.is_none();
-        if fresh && self.count(addr, 0) >= self.per_peer_max {
+        if idle.is_none() && self.count(addr, 0) >= self.per_peer_max {
             return Err(CallError {
                 code: ErrorCode::Overloaded,
                 why: format!(
@@ -104,54 +105,82 @@ impl Links {
                 ),
             });
         }
-        if fresh {
+        // Counts the connection as open until it goes back to the idle list; dropped with
+        // the call (a timeout, or the batch itself dropped), it is counted closed.
+        if idle.is_none() {
             self.count(addr, 1);
         }
+        let open = Open {
+            links: self,
+            addr,
+            armed: true,
+        };
         let timeout = self.timeout;
         let exchange = async move {
-            let mut link = match idle {
-                Some(link) => link,
-                None => {
-                    let stream = TcpStream::connect_timeout(addr, timeout)
-                        .await
-                        .map_err(|e| format!("connecting: {e}"))?;
-                    let _ = stream.set_nodelay(true);
-                    AsyncClient::new(stream)
+            let mut idle = idle;
+            loop {
+                let reused = idle.is_some();
+                let mut link = match idle.take() {
+                    Some(link) => link,
+                    None => {
+                        let stream = TcpStream::connect_timeout(addr, timeout)
+                            .await
+                            .map_err(|e| format!("connecting: {e}"))?;
+                        let _ = stream.set_nodelay(true);
+                        AsyncClient::new(stream)
+                    }
+                };
+                match link.peer(decide, record).await {
+                    Ok(reply) => return Ok((link, reply)),
+                    Err(ClientError::Closed | ClientError::Io(_)) if reused => continue,
+                    Err(e) => return Err(e.to_string()),
                 }
-            };
-            match link.peer(decide, record).await {
-                Ok(reply) => Ok((link, reply)),
-                Err(e) => Err(e.to_string()),
             }
         };
         let result = glommio::timer::timeout(timeout, async move { Ok(exchange.await) }).await;
         match result {
             Ok(Ok((link, (decided, recorded)))) => {
-                self.idle.borrow_mut().push((addr, link));
+                open.idle(link);
                 let part = |e| CallError::of_part(addr, e);
                 Ok(Called {
                     decided: decided.map(|r| r.map_err(part)),
                     recorded: recorded.map(|r| r.map_err(part)),
                 })
             }
-            Ok(Err(why)) => {
-                self.count(addr, -1);
-                Err(CallError {
-                    code: ErrorCode::Unavailable,
-                    why: format!("the node at {addr}: {why}"),
-                })
-            }
-            Err(_) => {
-                self.count(addr, -1);
-                Err(CallError {
-                    code: ErrorCode::Unavailable,
-                    why: format!(
-                        "the node at {addr} did not answer within {} ms \
-                         (cluster.peer_reply_timeout_ms)",
-                        timeout.as_millis()
-                    ),
-                })
-            }
+            Ok(Err(why)) => Err(CallError {
+                code: ErrorCode::Unavailable,
+                why: format!("the node at {addr}: {why}"),
+            }),
+            Err(_) => Err(CallError {
+                code: ErrorCode::Unavailable,
+                why: format!(
+                    "the node at {addr} did not answer within {} ms \
+                     (cluster.peer_reply_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            }),
+        }
+    }
+}
+
+/// A connection counted open; counted closed when dropped unless it went back idle.
+struct Open<'a> {
+    links: &'a Links,
+    addr: SocketAddr,
+    armed: bool,
+}
+
+impl Open<'_> {
+    fn idle(mut self, link: AsyncClient<TcpStream>) {
+        self.armed = false;
+        self.links.idle.borrow_mut().push((self.addr, link));
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.links.count(self.addr, -1);
         }
     }
 }
