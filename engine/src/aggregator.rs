@@ -17,7 +17,8 @@
 //! `limits.mesh_reply_timeout_ms` (it may have recorded the event).
 //!
 //! One epoch decides a whole batch: the one the receiving shard held when the batch began,
-//! even if a shard moves on while the batch waits. The owners of its other keys record
+//! even if a shard moves on while the batch waits. (Across nodes each node numbers its own
+//! epochs: an event another node decides carries that node's epoch.) The owners of its other keys record
 //! that epoch's functions, and the owner of a forwarded event decides it with that epoch's
 //! rules and models (every core keeps the layouts and pools of recent epochs, see
 //! `VelocityState` and `CoreModels`), so the epochs a connection sees never go back.
@@ -227,19 +228,39 @@ pub async fn decide_all(
         return;
     }
     plan(shard, &published, view.as_deref(), events, forward, batch);
-    let calls = match &view {
-        Some(view) => remote_calls(view, &published, events, batch),
-        None => Vec::new(),
+    // Everything that can refuse an event before anything is sent does so now (an owner
+    // not live, no connection to it, a peer shard's budget spent), and a refused event is
+    // taken out of every plan: it is recorded nowhere.
+    let mut slots = match (&view, &shard.node) {
+        (Some(view), Some(node)) => acquire(view, &node.links, &published, batch),
+        _ => Vec::new(),
     };
+    prune_refused(batch);
     let mut waiter = None;
     if let Some(mesh) = &mesh {
         let expected = reserve(mesh, batch);
+        prune_refused(batch);
         let mut w = mesh.expect(expected);
         send(shard, mesh, &published, origins, batch, &mut w);
         waiter = Some(w);
     }
-    let timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
-    let deadline = Instant::now() + timeout;
+    let calls = match &view {
+        Some(view) => remote_calls(view, &published, events, batch, &mut slots),
+        None => Vec::new(),
+    };
+    let mesh_timeout = Duration::from_millis(shard.limits.mesh_reply_timeout_ms);
+    let deadline = Instant::now() + mesh_timeout;
+    // Calls this one makes must end before the call it is part of: a forwarded batch's
+    // within half of what its sender waits.
+    let peer_timeout = shard
+        .node
+        .as_ref()
+        .map_or(mesh_timeout, |n| n.links.timeout());
+    let budget = match forward {
+        Forward::Nodes => peer_timeout,
+        Forward::Shards => peer_timeout / 2,
+        Forward::No => (peer_timeout / 2).min(mesh_timeout / 2),
+    };
     // This node's shards and the other nodes answer at once: one round trip to each.
     let here = async {
         if let Some(w) = waiter.as_mut() {
@@ -247,18 +268,17 @@ pub async fn decide_all(
         }
     };
     let there = async {
-        match &shard.node {
-            Some(node) if !calls.is_empty() => {
-                let links = &node.links;
-                futures_util::future::join_all(
-                    calls
-                        .iter()
-                        .map(|c| links.call(c.addr, c.decide.as_ref(), c.record.as_ref())),
-                )
-                .await
-            }
-            _ => Vec::new(),
+        if calls.is_empty() {
+            return Vec::new();
         }
+        futures_util::future::join_all(
+            slots
+                .drain(..)
+                .flatten()
+                .zip(&calls)
+                .map(|(slot, c)| slot.call(c.decide.as_ref(), c.record.as_ref(), budget)),
+        )
+        .await
     };
     let ((), called) = futures_lite::future::zip(here, there).await;
     drop(waiter);
@@ -312,6 +332,75 @@ fn send(
     }
 }
 
+/// Takes a connection for each remote plan, in plan order; the events of a plan whose
+/// owner is not live, or to whose owner no connection is free, are refused (error 9, 8).
+fn acquire<'l>(
+    view: &ClusterView,
+    links: &'l crate::cluster::peer::Links,
+    published: &Published,
+    batch: &mut Batch,
+) -> Vec<Option<crate::cluster::peer::Slot<'l>>> {
+    let mut slots = Vec::with_capacity(batch.remotes.len());
+    let mine = published.rules.windows_digest();
+    for r in &batch.remotes {
+        let theirs = &view.nodes[r.node as usize].windows;
+        let slot = match view.addr(r.node, r.shard) {
+            // Records there would be refused: nothing is sent (a rolling reload passes).
+            Some(_) if !r.record.is_empty() && !theirs.is_empty() && theirs != mine => {
+                Err(CallError {
+                    code: ErrorCode::Unavailable,
+                    why: format!(
+                        "node {:?} keeps velocity windows {theirs} and this node {mine}: \
+                         every node must serve the same rules' velocity functions; retry \
+                         once they do",
+                        view.name(r.node)
+                    ),
+                })
+            }
+            None => Err(CallError {
+                code: ErrorCode::Unavailable,
+                why: format!(
+                    "this event needs node {:?}, which is not live (its partitions move to \
+                     the others at their next heartbeat); retry",
+                    view.name(r.node)
+                ),
+            }),
+            Some(addr) => links.acquire(addr),
+        };
+        match slot {
+            Ok(slot) => slots.push(Some(slot)),
+            Err(e) => {
+                let k = batch.refusals.len() as u32;
+                batch.refusals.push((e.code, e.why));
+                for &i in r.decide.iter().chain(r.record.iter().map(|(i, _)| i)) {
+                    batch.answers[i] = Answer::RefusedThere(k);
+                }
+                slots.push(None);
+            }
+        }
+    }
+    slots
+}
+
+/// Takes every refused event out of every plan (this node's shards', other nodes') and
+/// out of the local ones, before anything is sent.
+fn prune_refused(batch: &mut Batch) {
+    let answers = &batch.answers;
+    let is_refused = |i: usize| answers[i].refused();
+    for p in &mut batch.plans {
+        if p.record.iter().any(|&(i, _)| is_refused(i)) {
+            p.records = p.records.retain(&p.record, |i| !is_refused(i));
+            p.record.retain(|&(i, _)| !is_refused(i));
+        }
+        p.decide.retain(|&i| !is_refused(i));
+    }
+    for r in &mut batch.remotes {
+        r.decide.retain(|&i| !is_refused(i));
+        r.record.retain(|&(i, _)| !is_refused(i));
+    }
+    batch.local.retain(|&i| !is_refused(i));
+}
+
 /// One call to a shard of another node: the events it decides and the keys it records,
 /// copied into owned messages (the cross-node path allocates; the local one does not).
 struct RemoteCall {
@@ -322,35 +411,28 @@ struct RemoteCall {
     record: Option<PeerRecord>,
 }
 
-/// Builds the calls the batch's remote plans need; events whose owner is not live are
-/// refused here (error 9), and nothing is sent for them.
-fn remote_calls(
+/// Builds the calls the batch's remote plans still need, each with its slot (`slots`
+/// keeps, in call order, only the slots of the calls made; the others are let go).
+fn remote_calls<'l>(
     view: &ClusterView,
     published: &Published,
     events: &[&ArchivedEvent],
     batch: &mut Batch,
+    slots: &mut Vec<Option<crate::cluster::peer::Slot<'l>>>,
 ) -> Vec<RemoteCall> {
     let owned = |e: &ArchivedEvent| {
         rkyv::deserialize::<verdict_net::Event, rkyv::rancor::Error>(e)
             .expect("a validated event deserializes")
     };
     let mut calls = Vec::with_capacity(batch.remotes.len());
-    for (at, r) in batch.remotes.iter_mut().enumerate() {
-        let Some(addr) = view.addr(r.node, r.shard) else {
-            let why = format!(
-                "this event needs node {:?}, which is not live (its partitions move to the \
-                 others at their next heartbeat); retry",
-                view.name(r.node)
-            );
-            let k = batch.refusals.len() as u32;
-            batch.refusals.push((ErrorCode::Unavailable, why));
-            for &i in r.decide.iter().chain(r.record.iter().map(|(i, _)| i)) {
-                batch.answers[i] = Answer::RefusedThere(k);
-            }
-            r.decide.clear();
-            r.record.clear();
-            continue;
-        };
+    let mut kept = Vec::with_capacity(slots.len());
+    for (at, (r, slot)) in batch.remotes.iter().zip(slots.drain(..)).enumerate() {
+        let Some(slot) = slot else { continue };
+        if r.decide.is_empty() && r.record.is_empty() {
+            continue; // every event refused: the slot goes back
+        }
+        let addr = view.addr(r.node, r.shard).expect("acquired");
+        kept.push(Some(slot));
         calls.push(RemoteCall {
             plan: at,
             addr,
@@ -360,12 +442,13 @@ fn remote_calls(
             record: (!r.record.is_empty()).then(|| PeerRecord {
                 from: view.me.clone(),
                 map_epoch: view.map_epoch,
-                digest: published.rules.windows_digest(),
+                digest: published.rules.windows_digest().to_string(),
                 events: r.record.iter().map(|&(i, _)| owned(events[i])).collect(),
                 keys: r.record.iter().map(|&(_, keys)| keys).collect(),
             }),
         });
     }
+    *slots = kept;
     calls
 }
 
@@ -484,9 +567,20 @@ const UNLOGGED: Refused = Refused {
     why: "the decision log could not take this decision's record (log.on_write_error = \"refuse\")",
 };
 
+const UNAPPENDED: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "this decision is logged but the replicated streams did not take it within \
+          cluster.append_timeout_ms (cluster.wait_for_append); it will be appended later",
+};
+
+/// How often an answer waiting for its append looks again.
+const APPEND_POLL: Duration = Duration::from_micros(250);
+
 /// Where answers wait for their records (`log.sync = "always"`, or `on_write_error =
 /// "refuse"`): waits for the batch's last record; under "refuse", a decision without its
-/// record written becomes error 9.
+/// record written becomes error 9. With `cluster.wait_for_append`, then waits until the
+/// shipper has appended that record to the replicated streams (error 9 past
+/// `cluster.append_timeout_ms`).
 async fn log_wait(shard: &Shard, batch: &mut Batch) {
     let Some(log) = &shard.log else { return };
     if !log.answers_wait() || batch.local.is_empty() {
@@ -497,6 +591,30 @@ async fn log_wait(shard: &Shard, batch: &mut Batch) {
         Some(seq) => log.wait(seq).await,
         None => false,
     };
+    if shard.append_wait.is_some() {
+        // A decision that is not logged is never appended: not answered in this mode.
+        for (v, &i) in batch.local.iter().enumerate() {
+            if !written || batch.log_seqs[v].is_none() {
+                batch.answers[i] = Answer::Refused(UNLOGGED);
+            }
+        }
+    }
+    if let (Some((appended, timeout)), Some(seq), true) = (&shard.append_wait, last, written) {
+        let appended = &appended[shard.index as usize];
+        let deadline = Instant::now() + *timeout;
+        let load = || appended.load(std::sync::atomic::Ordering::Acquire);
+        while load() < seq && Instant::now() < deadline {
+            glommio::timer::sleep(APPEND_POLL).await;
+        }
+        if load() < seq {
+            for &i in &batch.local {
+                if !batch.answers[i].refused() {
+                    batch.answers[i] = Answer::Refused(UNAPPENDED);
+                }
+            }
+            return;
+        }
+    }
     if !log.refuses() {
         return;
     }
@@ -631,7 +749,7 @@ fn reserve(mesh: &MeshPort, batch: &mut Batch) -> usize {
     }
     if refused {
         let answers = &batch.answers;
-        let is_refused = |i: usize| matches!(answers[i], Answer::Refused(r) if r == OVERLOADED);
+        let is_refused = |i: usize| answers[i].refused();
         for (peer, p) in batch.plans.iter_mut().enumerate() {
             if p.record.iter().any(|&(i, _)| is_refused(i)) {
                 p.records = p.records.retain(&p.record, |i| !is_refused(i));
@@ -912,7 +1030,10 @@ impl Handler for PeerHandler {
                     Answer::Here(v) => Ok(v),
                     Answer::Refused(r) => Err(r),
                     // A key kept on another node that could not be gathered.
-                    Answer::RefusedThere(_) => Err(UNAVAILABLE),
+                    Answer::RefusedThere(k) => match batch.refusals[k as usize].0 {
+                        ErrorCode::Overloaded => Err(OVERLOADED),
+                        _ => Err(UNAVAILABLE),
+                    },
                     Answer::There { .. } | Answer::Relayed(_) => {
                         unreachable!("forwarded events are not forwarded")
                     }

@@ -23,8 +23,8 @@ use crate::frame::{
     PayloadSerializer, RecvBuffer, Scan,
 };
 use crate::schema::{
-    ClusterTopology, Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, PeerDecided,
-    PeerRecord, PeerRecorded, ReloadReply, ReloadRequest, StatsReply, TopologyReply,
+    ClusterTopology, Decision, DecisionBatch, ErrorReply, EvaluateBatch, Event, ReloadReply,
+    ReloadRequest, StatsReply, TopologyReply,
 };
 use crate::tls::Stream;
 
@@ -137,6 +137,8 @@ pub struct Codec {
     inbuf: RecvBuffer,
     next_id: u64,
     frame_len_max: u32,
+    /// Bytes received so far.
+    received: u64,
 }
 
 /// Initial receive buffer size, in bytes; it grows to fit the largest response seen.
@@ -156,7 +158,13 @@ impl Codec {
             inbuf: RecvBuffer::new(CLIENT_READ_BUFFER_BYTES),
             next_id: 1,
             frame_len_max: FRAME_LEN_MAX_DEFAULT_BYTES,
+            received: 0,
         }
+    }
+
+    /// Bytes received on this connection so far (whether any answer has begun to arrive).
+    pub fn received_bytes(&self) -> u64 {
+        self.received
     }
 
     /// Sets the largest response payload accepted, in bytes.
@@ -230,6 +238,7 @@ impl Codec {
     /// Records that `n` bytes were read into [`Codec::read_space`].
     pub fn filled(&mut self, n: usize) {
         self.inbuf.filled(n);
+        self.received += n as u64;
     }
 }
 
@@ -452,44 +461,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncClient<S> {
         let id = self.send_empty(Kind::Topology);
         self.flush().await?;
         self.recv().await?.expect(Kind::Topology, id)?.decode()
-    }
-
-    /// Node to node: one batch's work for the shard at the other end, its events to decide
-    /// (kind 0x10) and its keys to record (kind 0x11), pipelined in one write. Each part
-    /// answers on its own: an error frame fails that part only.
-    #[allow(clippy::type_complexity)]
-    pub async fn peer(
-        &mut self,
-        decide: Option<&EvaluateBatch>,
-        record: Option<&PeerRecord>,
-    ) -> Result<
-        (
-            Option<Result<PeerDecided, ClientError>>,
-            Option<Result<PeerRecorded, ClientError>>,
-        ),
-        ClientError,
-    > {
-        let decide_id = decide.map(|b| self.send(Kind::PeerDecide, b)).transpose()?;
-        let record_id = record.map(|r| self.send(Kind::PeerRecord, r)).transpose()?;
-        self.flush().await?;
-        let mut decided = None;
-        if let Some(id) = decide_id {
-            decided = Some(
-                self.recv()
-                    .await?
-                    .expect(Kind::PeerDecide, id)
-                    .and_then(|r| r.decode()),
-            );
-        }
-        let mut recorded = None;
-        if let Some(id) = record_id {
-            recorded = Some(
-                self.recv()
-                    .await?
-                    .expect(Kind::PeerRecord, id)
-                    .and_then(|r| r.decode()),
-            );
-        }
-        Ok((decided, recorded))
     }
 }

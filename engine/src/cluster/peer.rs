@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use glommio::net::TcpStream;
 use verdict_net::{
-    AsyncClient, ClientError, ErrorCode, EvaluateBatch, PeerDecided, PeerRecord, PeerRecorded,
+    AsyncClient, ClientError, ErrorCode, EvaluateBatch, Kind, PeerDecided, PeerRecord, PeerRecorded,
 };
 
 /// Why a call to another node failed (every event it carried gets this code).
@@ -80,42 +80,64 @@ impl Links {
         *n
     }
 
-    /// Sends a batch's events to decide and keys to record to the shard at `addr`, and
-    /// waits for both answers. An idle connection the other side has closed meanwhile (it
-    /// restarted) is replaced once by a fresh one: nothing was read from it, so nothing
-    /// was decided on it.
-    pub async fn call(
-        &self,
-        addr: SocketAddr,
-        decide: Option<&EvaluateBatch>,
-        record: Option<&PeerRecord>,
-    ) -> Result<Called, CallError> {
+    /// Takes a connection to the shard at `addr` for one call: an idle one, or the right to
+    /// open one; error 8 when `cluster.peer_connections_max` are busy. Taken before
+    /// anything of a batch is sent, so a refusal here means nothing was recorded anywhere.
+    pub fn acquire(&self, addr: SocketAddr) -> Result<Slot<'_>, CallError> {
         let idle = {
             let mut idle = self.idle.borrow_mut();
             idle.iter()
                 .position(|(a, _)| *a == addr)
                 .map(|i| idle.swap_remove(i).1)
         };
-        if idle.is_none() && self.count(addr, 0) >= self.per_peer_max {
-            return Err(CallError {
-                code: ErrorCode::Overloaded,
-                why: format!(
-                    "{} connections to {addr} are busy (cluster.peer_connections_max); retry",
-                    self.per_peer_max
-                ),
-            });
-        }
-        // Counts the connection as open until it goes back to the idle list; dropped with
-        // the call (a timeout, or the batch itself dropped), it is counted closed.
         if idle.is_none() {
+            if self.count(addr, 0) >= self.per_peer_max {
+                return Err(CallError {
+                    code: ErrorCode::Overloaded,
+                    why: format!(
+                        "{} connections to {addr} are busy (cluster.peer_connections_max); retry",
+                        self.per_peer_max
+                    ),
+                });
+            }
             self.count(addr, 1);
         }
-        let open = Open {
+        Ok(Slot {
             links: self,
             addr,
+            link: idle,
             armed: true,
-        };
-        let timeout = self.timeout;
+        })
+    }
+
+    /// The longest a call waits (`cluster.peer_reply_timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// A connection taken for one call (counted open until it goes back idle or is dropped).
+pub struct Slot<'a> {
+    links: &'a Links,
+    addr: SocketAddr,
+    /// An idle connection, or `None`: connect.
+    link: Option<AsyncClient<TcpStream>>,
+    armed: bool,
+}
+
+impl Slot<'_> {
+    /// Sends a batch's events to decide (kind 0x10) and keys to record (0x11), pipelined,
+    /// and waits at most `timeout` for both answers. An idle connection the other node has
+    /// closed meanwhile (it restarted) is replaced once by a fresh one, but only if no byte
+    /// of an answer came back on it: then nothing was decided on it.
+    pub async fn call(
+        mut self,
+        decide: Option<&EvaluateBatch>,
+        record: Option<&PeerRecord>,
+        timeout: Duration,
+    ) -> Result<Called, CallError> {
+        let addr = self.addr;
+        let idle = self.link.take();
         let exchange = async move {
             let mut idle = idle;
             loop {
@@ -130,9 +152,14 @@ impl Links {
                         AsyncClient::new(stream)
                     }
                 };
-                match link.peer(decide, record).await {
+                let before = link.codec().received_bytes();
+                match exchange(&mut link, decide, record).await {
                     Ok(reply) => return Ok((link, reply)),
-                    Err(ClientError::Closed | ClientError::Io(_)) if reused => continue,
+                    Err(ClientError::Closed | ClientError::Io(_))
+                        if reused && link.codec().received_bytes() == before =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -140,7 +167,8 @@ impl Links {
         let result = glommio::timer::timeout(timeout, async move { Ok(exchange.await) }).await;
         match result {
             Ok(Ok((link, (decided, recorded)))) => {
-                open.idle(link);
+                self.armed = false;
+                self.links.idle.borrow_mut().push((addr, link));
                 let part = |e| CallError::of_part(addr, e);
                 Ok(Called {
                     decided: decided.map(|r| r.map_err(part)),
@@ -163,26 +191,46 @@ impl Links {
     }
 }
 
-/// A connection counted open; counted closed when dropped unless it went back idle.
-struct Open<'a> {
-    links: &'a Links,
-    addr: SocketAddr,
-    armed: bool,
-}
-
-impl Open<'_> {
-    fn idle(mut self, link: AsyncClient<TcpStream>) {
-        self.armed = false;
-        self.links.idle.borrow_mut().push((self.addr, link));
-    }
-}
-
-impl Drop for Open<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.links.count(self.addr, -1);
+            match self.link.take() {
+                // Never used: back to the idle list as it was.
+                Some(link) => self.links.idle.borrow_mut().push((self.addr, link)),
+                None => {
+                    self.links.count(self.addr, -1);
+                }
+            }
         }
     }
+}
+
+/// Both parts' answers, each its own result (an error frame fails that part only).
+type Parts = (
+    Option<Result<PeerDecided, ClientError>>,
+    Option<Result<PeerRecorded, ClientError>>,
+);
+
+/// One pipelined exchange on `link`: the parts given, one write, their answers in order.
+async fn exchange(
+    link: &mut AsyncClient<TcpStream>,
+    decide: Option<&EvaluateBatch>,
+    record: Option<&PeerRecord>,
+) -> Result<Parts, ClientError> {
+    let decide_id = decide.map(|b| link.send(Kind::PeerDecide, b)).transpose()?;
+    let record_id = record.map(|r| link.send(Kind::PeerRecord, r)).transpose()?;
+    link.flush().await?;
+    let mut decided = None;
+    if let Some(id) = decide_id {
+        let r = link.recv().await?;
+        decided = Some(r.expect(Kind::PeerDecide, id).and_then(|r| r.decode()));
+    }
+    let mut recorded = None;
+    if let Some(id) = record_id {
+        let r = link.recv().await?;
+        recorded = Some(r.expect(Kind::PeerRecord, id).and_then(|r| r.decode()));
+    }
+    Ok((decided, recorded))
 }
 
 /// A shard's side of the cluster: the view it routes by, and its connections.
