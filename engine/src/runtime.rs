@@ -232,6 +232,20 @@ pub fn serve(
             Closed::NoMap,
         )))
     });
+    if config.cluster.wait_for_append && !(config.cluster.enabled() && config.log.enabled()) {
+        return Err(anyhow::anyhow!(
+            "cluster.wait_for_append: needs a cluster node ([cluster] urls) with a decision \
+             log ([log] dir or --log-dir)"
+        ));
+    }
+    // Answers that wait for their append read what the shipper has appended here.
+    let appended: Option<crate::cluster::Appended> = config.cluster.wait_for_append.then(|| {
+        Arc::new(
+            (0..shard_count)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        )
+    });
     let (events_tx, events) = mpsc::channel();
 
     let mut handles = Vec::with_capacity(shard_count);
@@ -248,6 +262,7 @@ pub fn serve(
             shard_map: shard_map.clone(),
             rules: rules.clone(),
             view: view.clone(),
+            appended: appended.clone(),
             taken: taken.clone(),
             reports: reports_tx.clone(),
             reloads: reloads.clone(),
@@ -361,6 +376,7 @@ pub fn serve(
             started_ms: crate::cluster::now_ms(),
             heartbeat_ms: 0,
             decisions_unshipped: 0,
+            windows: String::new(),
         };
         let log_dir = (c.decision_stream && config.log.enabled())
             .then(|| std::path::PathBuf::from(&config.log.dir));
@@ -371,7 +387,17 @@ pub fn serve(
         }
         let view = view.clone().expect("made for a cluster node");
         let cell = view.clone();
-        match crate::cluster::Member::start(c, me, config.routing.partitions, log_dir, view) {
+        let partitions = config.routing.partitions;
+        let member = crate::cluster::Member::start(
+            c,
+            me,
+            partitions,
+            log_dir,
+            view,
+            appended,
+            rules.clone(),
+        );
+        match member {
             Ok(m) => {
                 let bound = Duration::from_millis(c.request_timeout_ms + c.heartbeat_ms);
                 let deadline = Instant::now() + bound;

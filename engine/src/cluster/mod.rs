@@ -46,6 +46,10 @@ use crate::config::ClusterConfig;
 use broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats, NatsOptions, Versioned};
 use table::{NodeInfo, PartitionMap, TableError};
 
+/// Per shard, the sequence number of the last decision record the replicated streams hold
+/// (written by the shipper, read by answers that wait for their append).
+pub type Appended = Arc<Vec<std::sync::atomic::AtomicU64>>;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -204,6 +208,8 @@ impl Member {
         partitions: u32,
         log_dir: Option<std::path::PathBuf>,
         cell: view::ViewCell,
+        appended: Option<Appended>,
+        rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
     ) -> std::io::Result<Member> {
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(Mutex::new(View::default()));
@@ -218,6 +224,7 @@ impl Member {
                 partitions,
                 batch_max: config.ingest_batch_max as usize,
                 ack_wait: Duration::from_millis(config.ingest_ack_wait_ms),
+                view: cell.clone(),
             };
             Some(ingest::start(settings, stop.clone())?)
         } else {
@@ -234,7 +241,12 @@ impl Member {
                     Ok(r) => r,
                     Err(e) => return warn!("cluster: no runtime: {e}"),
                 };
-                runtime.block_on(run(config, me, partitions, log_dir, flag, seen, cell));
+                let shipping = Shipping {
+                    log_dir,
+                    appended,
+                    rules,
+                };
+                runtime.block_on(run(config, me, partitions, shipping, flag, seen, cell));
             })?;
         Ok(Member {
             stop,
@@ -258,21 +270,36 @@ impl Member {
 
 /// How often the decision stream looks for newly logged records.
 const SHIP_TICK: Duration = Duration::from_millis(50);
+/// How often when answers wait for their append (`cluster.wait_for_append`).
+const SHIP_TICK_WAITED: Duration = Duration::from_millis(1);
+
+/// What the cluster thread ships: the decision log in `log_dir`, telling waiting answers
+/// in `appended`.
+struct Shipping {
+    log_dir: Option<std::path::PathBuf>,
+    appended: Option<Appended>,
+    /// The rule epoch (its velocity functions' digest goes in this node's record).
+    rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
+}
 
 async fn run(
     config: ClusterConfig,
     mut me: NodeInfo,
     partitions: u32,
-    log_dir: Option<std::path::PathBuf>,
+    shipping_of: Shipping,
     stop: Arc<AtomicBool>,
     view: Arc<Mutex<View>>,
     cell: view::ViewCell,
 ) {
     let beat = Duration::from_millis(config.heartbeat_ms);
     let ttl = Duration::from_millis(config.node_ttl_ms);
-    // When this node's record was last written: past the TTL the others may have taken its
-    // partitions, so it stops deciding (fenced) until a heartbeat lands again.
-    let mut last_beat: Option<Instant> = None;
+    // When this node's record was last written. The others take its partitions once the
+    // record is `ttl` old; this node stops deciding (fenced) well before: a beat that is
+    // due, plus one NATS call, before that.
+    let mut last_put: Option<Instant> = None;
+    let fence_after = ttl
+        .saturating_sub(beat + Duration::from_millis(config.request_timeout_ms))
+        .max(beat);
     let options = nats_options(&config, format!("verdict node {}", me.node));
     let mut broker = None;
     let mut shipping = None;
@@ -284,7 +311,7 @@ async fn run(
             match Nats::connect(&options).await {
                 Ok(b) => {
                     info!("cluster: node {} connected to NATS", me.node);
-                    if let Some(dir) = &log_dir {
+                    if let Some(dir) = &shipping_of.log_dir {
                         // Its own task: a backlog or a slow stream never delays a heartbeat.
                         let shipper = ship::Shipper::new(
                             b.client(),
@@ -294,12 +321,19 @@ async fn run(
                             partitions,
                             options.replicas,
                             options.request_timeout,
+                            shipping_of.appended.clone(),
                         );
+                        let tick = if shipping_of.appended.is_some() {
+                            SHIP_TICK_WAITED
+                        } else {
+                            SHIP_TICK
+                        };
                         shipping = Some(tokio::spawn(ship_loop(
                             shipper,
                             stop.clone(),
                             unshipped.clone(),
                             options.request_timeout,
+                            tick,
                         )));
                     }
                     broker = Some(b);
@@ -316,19 +350,28 @@ async fn run(
         {
             me.heartbeat_ms = now_ms();
             me.decisions_unshipped = unshipped.load(Ordering::Relaxed);
-            match beat_once(b, &me, partitions, &view, &cell).await {
-                Ok(()) => last_beat = Some(Instant::now()),
-                Err(e) => {
+            me.windows = shipping_of.rules.load().rules.windows_digest().to_string();
+            let bound = beat + options.request_timeout;
+            let beaten = beat_once(b, &me, partitions, &view, &cell, &mut last_put);
+            match tokio::time::timeout(bound, beaten).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
                     warn!("cluster: {e}");
                     note_error(&view, &e.to_string());
                 }
+                Err(_) => {
+                    warn!("cluster: a heartbeat took over {} ms", bound.as_millis());
+                    note_error(&view, "a heartbeat timed out");
+                }
             }
-            if last_beat.is_some_and(|at| at.elapsed() >= ttl) && cell.load().closed.is_none() {
+            if last_put.is_some_and(|at| at.elapsed() >= fence_after)
+                && cell.load().closed.is_none()
+            {
                 warn!(
-                    "cluster: node {}'s heartbeats have failed for {} ms (cluster.node_ttl_ms): \
-                     fenced, every event is refused until one lands",
+                    "cluster: node {}'s record has not been refreshed for {} ms, near \
+                     cluster.node_ttl_ms: fenced, every event is refused until one lands",
                     me.node,
-                    ttl.as_millis()
+                    fence_after.as_millis()
                 );
                 cell.publish(view::ClusterView::closed(&me.node, view::Closed::Fenced));
             }
@@ -356,6 +399,7 @@ async fn ship_loop(
     stop: Arc<AtomicBool>,
     unshipped: Arc<std::sync::atomic::AtomicU64>,
     timeout: Duration,
+    tick: Duration,
 ) {
     let mut warned = None;
     loop {
@@ -374,7 +418,7 @@ async fn ship_loop(
         if stopping {
             return;
         }
-        tokio::time::sleep(SHIP_TICK).await;
+        tokio::time::sleep(tick).await;
     }
 }
 
@@ -390,20 +434,39 @@ async fn beat_once(
     partitions: u32,
     view: &Mutex<View>,
     cell: &view::ViewCell,
+    last_put: &mut Option<Instant>,
 ) -> Result<(), ClusterError> {
     let record = serde_json::to_vec(me).expect("a record serializes");
+    let putting = Instant::now();
     if let Err(e) = broker.put(Bucket::Nodes, &me.node, record).await {
         view.lock()
             .unwrap_or_else(|p| p.into_inner())
             .heartbeats_failed += 1;
         return Err(e.into());
     }
-    let live = live_nodes(broker).await?;
+    *last_put = Some(putting);
+    let mut live = live_nodes(broker).await?;
+    let current = read_map(broker).await?;
+    // A listing of the bucket can miss a record being rewritten at that moment: before a
+    // map node counts as lost, its record is read on its own.
+    if let Some((map, _)) = &current {
+        let missing: Vec<&String> = map
+            .nodes
+            .iter()
+            .filter(|n| !live.contains_key(*n))
+            .collect();
+        for name in missing {
+            if let Ok(Some(v)) = broker.get(Bucket::Nodes, name).await
+                && let Ok(info) = serde_json::from_slice::<NodeInfo>(&v.value)
+            {
+                live.insert(name.clone(), info);
+            }
+        }
+    }
     let shards: BTreeMap<String, u32> = live
         .iter()
         .map(|(name, info)| (name.clone(), info.shards()))
         .collect();
-    let current = read_map(broker).await?;
     let map = match current {
         None => {
             let first = table::assign(None, partitions, &shards, &[])?;

@@ -46,6 +46,10 @@ pub struct NodeInfo {
     /// Decision records logged and not yet in the decision stream (its lag).
     #[serde(default)]
     pub decisions_unshipped: u64,
+    /// The digest of the velocity functions it decides with (`RuleSet::windows_digest`):
+    /// other nodes send it keys to record only under the same one.
+    #[serde(default)]
+    pub windows: String,
 }
 
 impl NodeInfo {

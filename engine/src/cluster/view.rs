@@ -20,6 +20,8 @@ use super::table::{NodeInfo, PartitionMap};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerNode {
     pub name: String,
+    /// Its velocity functions' digest, as its record says ("" if unknown).
+    pub windows: String,
     /// `shards[i]`: shard i's own port; `None` when the node is not live (no record).
     pub shards: Option<Vec<SocketAddr>>,
 }
@@ -93,15 +95,20 @@ impl ClusterView {
             .iter()
             .map(|name| PeerNode {
                 name: name.clone(),
-                shards: live.iter().find(|n| &n.node == name).map(|n| {
-                    let ip = n
-                        .address
-                        .parse::<std::net::IpAddr>()
-                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-                    n.shard_ports
-                        .iter()
-                        .map(|&port| SocketAddr::new(ip, port))
-                        .collect()
+                windows: live
+                    .iter()
+                    .find(|n| &n.node == name)
+                    .map_or(String::new(), |n| n.windows.clone()),
+                // A record whose address is not an IP one can connect to is not reachable:
+                // its node counts as not live here.
+                shards: live.iter().find(|n| &n.node == name).and_then(|n| {
+                    let ip = n.address.parse::<std::net::IpAddr>().ok()?;
+                    (!ip.is_unspecified()).then(|| {
+                        n.shard_ports
+                            .iter()
+                            .map(|&port| SocketAddr::new(ip, port))
+                            .collect()
+                    })
                 }),
             })
             .collect();
@@ -199,6 +206,7 @@ mod tests {
             started_ms: 0,
             heartbeat_ms: 0,
             decisions_unshipped: 0,
+            windows: String::new(),
         }
     }
 
