@@ -77,6 +77,13 @@ pub struct ClusterConfig {
     /// How long a pulled message may stay unacknowledged before it is delivered again
     /// (to any node).
     pub ingest_ack_wait_ms: u64,
+    /// Answer a decision only once its record is in the replicated streams (needs
+    /// `[log] dir`, `log.sync = "always"` and `decision_stream`): a crash then loses no
+    /// answered decision, at the cost of a NATS round trip per batch.
+    pub wait_for_append: bool,
+    /// The longest an answer waits for its append; past it the event is error 9 (it was
+    /// decided and logged, and is appended later).
+    pub append_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -91,10 +98,12 @@ impl Default for ClusterConfig {
             request_timeout_ms: 2_000,
             decision_stream: true,
             peer_reply_timeout_ms: 1_000,
-            peer_connections_max: 16,
+            peer_connections_max: 64,
             ingest: false,
             ingest_batch_max: 256,
             ingest_ack_wait_ms: 30_000,
+            wait_for_append: false,
+            append_timeout_ms: 250,
         }
     }
 }
@@ -158,6 +167,12 @@ impl ClusterConfig {
                 self.ingest_ack_wait_ms,
                 100,
                 600_000,
+            ),
+            (
+                "cluster.append_timeout_ms",
+                self.append_timeout_ms,
+                1,
+                60_000,
             ),
         ] {
             if !(min..=max).contains(&value) {
@@ -637,6 +652,60 @@ impl TopologyConfig {
         }
         self.limits.check()?;
         self.cluster.check()?;
+        // An answer waiting for its append may itself be a forwarded event's, whose origin
+        // waits mesh_reply_timeout_ms (a cross-node one peer_reply_timeout_ms, inner calls
+        // half of it): the inner wait must end first.
+        let peer = self.cluster.peer_reply_timeout_ms;
+        let mesh = self.limits.mesh_reply_timeout_ms;
+        if self.cluster.wait_for_append
+            && (self.cluster.append_timeout_ms * 2 > mesh
+                || self.cluster.append_timeout_ms * 4 > peer)
+        {
+            return Err(invalid(
+                "cluster.append_timeout_ms",
+                format!(
+                    "{} ms: an answer's wait for its append must end before the waits around \
+                     it: at most half of limits.mesh_reply_timeout_ms ({mesh}) and a quarter of \
+                     cluster.peer_reply_timeout_ms ({peer})",
+                    self.cluster.append_timeout_ms
+                ),
+            ));
+        }
+        // (`[log] dir`, which `--log-dir` may give, is checked when serving.)
+        if self.cluster.wait_for_append
+            && (!self.cluster.decision_stream || self.log.sync != crate::log::Sync::Always)
+        {
+            return Err(invalid(
+                "cluster.wait_for_append",
+                "needs a node that ships its decision log (cluster.decision_stream = true, \
+                 [log] dir set) with log.sync = \"always\""
+                    .to_string(),
+            ));
+        }
+        if self.cluster.enabled() {
+            // Other nodes and clients connect to what this node advertises.
+            let (key, address) = if self.cluster.advertise_address.is_empty() {
+                ("listen.address", self.listen.address.to_string())
+            } else {
+                (
+                    "cluster.advertise_address",
+                    self.cluster.advertise_address.clone(),
+                )
+            };
+            match address.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => {}
+                _ => {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{address:?}: a cluster node advertises an IP address other nodes \
+                             can connect to (set cluster.advertise_address when listening on \
+                             every address)"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.cluster.enabled() && self.tls.enabled() {
             return Err(invalid(
                 "cluster.urls",
@@ -1136,6 +1205,12 @@ ingest = {cluster_ingest}
 ingest_batch_max = {cluster_ingest_batch}
 # How long (ms) a pulled event may stay unacknowledged before it is delivered again.
 ingest_ack_wait_ms = {cluster_ingest_wait}
+# Answer a decision only once its record is in the replicated streams (needs [log] dir,
+# log.sync = "always" and decision_stream): a crash loses no answered decision, for a NATS
+# round trip per batch.
+wait_for_append = {cluster_wait_append}
+# The longest (ms) an answer waits for its append; past it the event is error 9.
+append_timeout_ms = {cluster_append_timeout}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -1172,6 +1247,8 @@ ingest_ack_wait_ms = {cluster_ingest_wait}
         cluster_ingest = config.cluster.ingest,
         cluster_ingest_batch = config.cluster.ingest_batch_max,
         cluster_ingest_wait = config.cluster.ingest_ack_wait_ms,
+        cluster_wait_append = config.cluster.wait_for_append,
+        cluster_append_timeout = config.cluster.append_timeout_ms,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",
@@ -1257,10 +1334,37 @@ cpu = 1
                 "urls = [\"nats://a:1\"]\nnode = \"n\"\nreplicas = 7",
                 "cluster.replicas",
             ),
+            (
+                "urls = [\"nats://a:1\"]\nnode = \"n\"\nadvertise_address = \"host.example\"",
+                "cluster.advertise_address",
+            ),
+            (
+                "urls = [\"nats://a:1\"]\nnode = \"n\"\nwait_for_append = true",
+                "cluster.wait_for_append",
+            ),
         ] {
             let err = with(extra).unwrap_err().to_string();
             assert!(err.starts_with(key), "{extra}: {err}");
         }
+        // Listening on every address: the node must say which one others reach it on.
+        let every = MINIMAL.replace("address = \"127.0.0.1\"", "address = \"0.0.0.0\"");
+        assert_ne!(every, MINIMAL);
+        let cluster = "[cluster]\nurls = [\"nats://a:1\"]\nnode = \"n\"\n";
+        let err = TopologyConfig::parse(&format!("{every}{cluster}"), "t.toml").unwrap_err();
+        assert!(err.to_string().starts_with("listen.address"), "{err}");
+        let told = format!("{every}{cluster}advertise_address = \"10.0.0.5\"\n");
+        assert!(TopologyConfig::parse(&told, "t.toml").is_ok());
+        // An answer's wait for its append must end inside the waits around it.
+        let waits = format!(
+            "{MINIMAL}[log]\nsync = \"always\"\n{cluster}wait_for_append = true\nappend_timeout_ms = 900\n"
+        );
+        let err = TopologyConfig::parse(&waits, "t.toml").unwrap_err();
+        assert!(
+            err.to_string().starts_with("cluster.append_timeout_ms"),
+            "{err}"
+        );
+        let fits = waits.replace("append_timeout_ms = 900", "append_timeout_ms = 200");
+        assert!(TopologyConfig::parse(&fits, "t.toml").is_ok());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct ShardContext {
     pub rules: Arc<EpochCell<Published>>,
     /// As a cluster node: the view of the partition map, published by the cluster thread.
     pub view: Option<crate::cluster::view::ViewCell>,
+    /// With `cluster.wait_for_append`: what the shipper has appended, per shard.
+    pub appended: Option<crate::cluster::Appended>,
     /// When each shard took which epoch (written once per swap, never per request).
     pub taken: Arc<Takeover>,
     /// Where this shard's stats snapshots go (the control thread's metrics plane).
@@ -217,6 +219,10 @@ pub async fn run(ctx: ShardContext) {
             );
             crate::cluster::peer::NodeSide::new(cell, links)
         }),
+        append_wait: ctx
+            .appended
+            .clone()
+            .map(|a| (a, Duration::from_millis(config.cluster.append_timeout_ms))),
         log,
         rule_counts: Default::default(),
         topology,

@@ -132,6 +132,9 @@ pub struct Shard {
     /// As a cluster node (`[cluster]`): the view of which node owns each partition, and the
     /// connections to the other nodes.
     pub node: Option<crate::cluster::peer::NodeSide>,
+    /// With `cluster.wait_for_append`: the shipper's appended records per shard, and how
+    /// long an answer waits for its own.
+    pub append_wait: Option<(crate::cluster::Appended, std::time::Duration)>,
     /// This shard's decision log (`[log] dir` set).
     pub log: Option<Rc<crate::log::writer::Log>>,
     /// How often each rule fired here.

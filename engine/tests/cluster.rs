@@ -929,3 +929,62 @@ fn streaming_ingestion_decides_each_published_event_once() {
     }
     drop((v1, v2));
 }
+
+/// Messages in `stream` (0 if it does not exist yet).
+fn stream_len(nats: &NatsCluster, stream: &str) -> u64 {
+    with_broker(nats, async |broker| {
+        let js = async_nats::jetstream::new(broker.client());
+        match js.get_stream(stream).await {
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        }
+    })
+}
+
+#[test]
+fn answers_wait_for_their_append_when_asked() {
+    let _serial = serial();
+    let mut nats = NatsCluster::start();
+    let logs = tempdir::Dir::new("append-log");
+    let toml = format!(
+        "{}\n[log]\nsync = \"always\"\n[cluster]\nurls = {:?}\nnode = \"w1\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\nwait_for_append = true\nappend_timeout_ms = 200\n",
+        topology(&[0, 1], ""),
+        nats.config().urls,
+    );
+    let args = ["--no-probes", "--log-dir", logs.0.to_str().unwrap()];
+    let server = Server::launch_with(&[], &toml, &[], &args);
+    wait_for(&nats, "the node", |m, _| m.nodes == ["w1"]);
+    // Every answer comes after its decision is in the decision stream: the stream holds
+    // at least as many decisions as were answered, at every answer.
+    let mut c = server.client();
+    for i in 0..20u64 {
+        let d = c.evaluate(&common::event(i)).unwrap();
+        assert_eq!(d.event_id, format!("evt-{i}"));
+        let held = stream_len(&nats, ship::STREAM);
+        assert!(
+            held > i,
+            "answer {i} came before its append ({held} in the stream)"
+        );
+    }
+    // Without NATS, answers are refused (error 9) once the append timeout passes; the
+    // engine goes on answering.
+    for s in &mut nats.servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    match c.evaluate(&common::event(100)) {
+        Err(ClientError::Server {
+            code: 9, message, ..
+        }) => {
+            assert!(message.contains("append"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    c.ping().unwrap();
+    // A config that cannot keep the promise is refused at start.
+    let bad = toml.replace("sync = \"always\"", "sync = \"interval\"");
+    let err = Server::try_launch_with(&[], &bad, &[], &args)
+        .err()
+        .unwrap();
+    assert!(err.contains("cluster.wait_for_append"), "{err}");
+}

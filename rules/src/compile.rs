@@ -91,6 +91,8 @@ pub struct RuleSet {
     pub epoch: u64,
     /// A digest of every source file (rules and lists), for stats and reports.
     pub digest: String,
+    /// [`RuleSet::windows_digest`], computed once.
+    windows: String,
     /// The files it was built from.
     pub files: Vec<String>,
 }
@@ -279,6 +281,7 @@ impl RuleSet {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             epoch: 0,
             digest: String::new(),
+            windows: windows_digest(&program),
             files: Vec::new(),
             program,
         }
@@ -460,13 +463,8 @@ impl RuleSet {
     /// A digest of the velocity functions, in order (their canonical texts): two rule sets
     /// with the same one keep the same windows in the same layout, whatever else differs.
     /// Cluster nodes record each other's windows only under the same one.
-    pub fn windows_digest(&self) -> String {
-        let mut all = Vec::new();
-        for v in &self.program.velocity {
-            all.extend_from_slice(v.id.as_bytes());
-            all.push(0);
-        }
-        format!("{:016x}", verdict_net::routing::fnv1a64(&all))
+    pub fn windows_digest(&self) -> &str {
+        &self.windows
     }
 
     /// How many velocity functions count by each key (`[key as usize]`): what
@@ -844,4 +842,14 @@ pub fn fold(n: &Node) -> Node {
         }
         _ => n.clone(),
     }
+}
+
+/// The digest of a program's velocity functions (their canonical texts, in order).
+fn windows_digest(program: &Program) -> String {
+    let mut all = Vec::new();
+    for v in &program.velocity {
+        all.extend_from_slice(v.id.as_bytes());
+        all.push(0);
+    }
+    format!("{:016x}", verdict_net::routing::fnv1a64(&all))
 }

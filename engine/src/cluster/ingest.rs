@@ -59,6 +59,9 @@ pub struct IngestConfig {
     pub partitions: u32,
     pub batch_max: usize,
     pub ack_wait: Duration,
+    /// This node's view: while it routes nothing (no map, fenced) it pulls nothing, and
+    /// the other nodes get the messages.
+    pub view: super::view::ViewCell,
 }
 
 /// Starts the ingest thread; it runs until `stop`.
@@ -143,6 +146,10 @@ async fn ingest(config: &IngestConfig, stop: &AtomicBool) -> Result<(), String> 
     let _ = engine.set_timeout(Some(timeout * 2));
     info!("ingest: pulling {INPUT} through consumer {CONSUMER}");
     while !stop.load(Ordering::Relaxed) {
+        if config.view.load().closed.is_some() {
+            tokio::time::sleep(PULL_WAIT).await;
+            continue;
+        }
         let mut batch = consumer
             .batch()
             .max_messages(config.batch_max)

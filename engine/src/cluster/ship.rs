@@ -76,9 +76,13 @@ pub struct Shipper {
     ready: bool,
     replicas: usize,
     timeout: Duration,
+    /// Per shard, the last record both streams hold, for answers that wait for it
+    /// (`cluster.wait_for_append`).
+    appended: Option<super::Appended>,
 }
 
 impl Shipper {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: async_nats::Client,
         node: &str,
@@ -87,6 +91,7 @@ impl Shipper {
         partitions: u32,
         replicas: usize,
         timeout: Duration,
+        appended: Option<super::Appended>,
     ) -> Shipper {
         Shipper {
             node: node.to_string(),
@@ -98,6 +103,14 @@ impl Shipper {
             ready: false,
             replicas,
             timeout,
+            appended,
+        }
+    }
+
+    /// Tells the waiting answers of `shard` that its records up to `seq` are appended.
+    fn note_appended(&self, shard: u32, seq: u64) {
+        if let Some(a) = self.appended.as_ref().and_then(|a| a.get(shard as usize)) {
+            a.fetch_max(seq, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -171,6 +184,9 @@ impl Shipper {
                 (k, s) => s.or(k),
             };
             let logged = self.places.get(&shard).and_then(|p| p.logged);
+            if let Some(seq) = shipped {
+                self.note_appended(shard, seq);
+            }
             self.places.insert(
                 shard,
                 Place {
@@ -206,6 +222,7 @@ impl Shipper {
         let subject = self.subject(shard);
         let node = self.node.clone();
         let partitions = self.partitions;
+        let appended = self.appended.clone();
         let place = self.places.get_mut(&shard).expect("prepared");
         let started = std::time::Instant::now();
         let mut read_len = READ_BYTES;
@@ -328,7 +345,12 @@ impl Shipper {
             for (seq, decision, ack) in pending {
                 match tokio::time::timeout(self.timeout, ack.into_future()).await {
                     // Shipped once its decision (published after its event) is in.
-                    Ok(Ok(_)) if decision => place.shipped = Some(seq),
+                    Ok(Ok(_)) if decision => {
+                        place.shipped = Some(seq);
+                        if let Some(a) = appended.as_ref().and_then(|a| a.get(shard as usize)) {
+                            a.fetch_max(seq, std::sync::atomic::Ordering::Release);
+                        }
+                    }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         place.segment = None;

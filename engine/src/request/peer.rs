@@ -130,9 +130,11 @@ pub async fn decide(
     }
     evaluator.names = names.recycle();
     b.release();
-    let decided = outcomes
+    // Those decided on this shard (the others were counted by the shard that decided them).
+    let decided = b
+        .answers
         .iter()
-        .filter(|o| matches!(o, PeerOutcome::Decided(_)))
+        .filter(|a| matches!(a, Answer::Here(_)))
         .count();
     shard.stats.borrow_mut().mesh_events_decided += decided as u64;
     let reply = PeerDecided { outcomes };
@@ -214,6 +216,7 @@ pub fn record(
     let rules = &published.rules;
     let windows = rules.windows_digest();
     if windows != request.digest.as_str() {
+        // Not a passing state: retrying cannot help until the rules agree.
         out.say(format_args!(
             "node {:?} keeps velocity windows {} and this node {}: windows are kept only \
              for the same rule set's velocity functions (reload every node with the same rules)",

@@ -135,7 +135,7 @@ impl Server {
         panic!("no free HTTP port in 5 tries: {last}");
     }
 
-    fn try_launch_with(
+    pub fn try_launch_with(
         prefix: &[&str],
         toml: &str,
         files: &[(&str, &str)],
