@@ -14,8 +14,9 @@
 # (no gathers) and multi-key (device, IP and merchant windows live on the node owning each
 # value's partition: about 2/3 of those keys are gathered from another node).
 # Pipelined (9 connections x depth 16) and unpipelined (15 x 1): multiples of 3 so the
-# aware client spreads its connections evenly; 15 stays under cluster.peer_connections_max
-# (16), the links one shard may open to another node's shard. The cases alternate for
+# aware client spreads its connections evenly (each connection's batch holds one link to
+# each node it needs while it waits: cluster.peer_connections_max bounds them). The cases
+# alternate for
 # ROUNDS rounds so drift hits all alike. Prints every measurement (req/s p50 p99 errors
 # timeouts), then the medians and the ratios:
 #   scaling = aware (3 nodes) / one (1 node), per rule set;
