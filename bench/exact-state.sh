@@ -30,21 +30,7 @@ cpu = 0
 [[shard]]
 cpu = 1
 TOML
-common='rule burst { when count(account, 60s) >= 10 or sum(amount, account, 1h) > 20000.00  score 50 }
-rule many_devices { when distinct(device, account, 24h) >= 5  score 30 }
-policy { deny when score >= 80; review when score >= 40; otherwise allow }'
-cat > "$work/multikey.rules" <<RULES
-$common
-rule device_burst { when count(device, 10m) >= 5  score 30 }
-rule ip_spend { when sum(amount, ip, 1h) > 5000.00  score 20 }
-rule merchant_spread { when distinct(account, merchant, 1h) >= 50  score 10 }
-RULES
-cat > "$work/account.rules" <<RULES
-$common
-rule device_burst { when count(account, 10m) >= 5  score 30 }
-rule ip_spend { when sum(amount, account, 1h) > 5000.00  score 20 }
-rule merchant_spread { when distinct(merchant, account, 1h) >= 50  score 10 }
-RULES
+write_velocity_rules "$work"
 # Extra topology lines (e.g. EXTRA_TOML=$'[runtime]\nspin_before_park_us = 50').
 printf '%s\n' "${EXTRA_TOML:-}" >> "$shards_file"
 # One measurement: "req/s p50 p99" with rules $1 (account|multikey), engine and client $2

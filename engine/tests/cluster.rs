@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, tempdir, text, topology, verdict};
+use common::{Server, essence, tempdir, text, topology, verdict};
 use verdict_engine::cluster::broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats};
 use verdict_engine::cluster::table::{self, PartitionMap};
 use verdict_engine::cluster::{self, Change, ship};
@@ -535,33 +535,6 @@ fn wait_log(server: &Server, line: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// What must be identical on any node and path (not the shard, timing or epoch).
-fn essence(
-    d: &Decision,
-) -> (
-    String,
-    verdict_net::Action,
-    i32,
-    Vec<String>,
-    Vec<String>,
-    String,
-) {
-    let models = d
-        .models
-        .iter()
-        .map(|m| format!("{}={}/{}", m.name, m.score.to_bits(), m.error))
-        .collect::<Vec<_>>()
-        .join(",");
-    (
-        d.event_id.clone(),
-        d.action,
-        d.score,
-        d.rules.clone(),
-        d.shadow_rules.clone(),
-        models,
-    )
 }
 
 #[test]

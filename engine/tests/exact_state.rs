@@ -20,34 +20,7 @@ use common::{Server, topology};
 use verdict_net::routing::{PARTITIONS_DEFAULT, PartitionTable};
 use verdict_net::{Client, ClientError, Decision, ErrorCode, Event, Kind, ShardedClient};
 
-use common::{RULES, T0, velocity_stream as stream};
-
-/// What must be identical however the event travelled (not the shard, timing or epoch).
-fn essence(
-    d: &Decision,
-) -> (
-    String,
-    verdict_net::Action,
-    i32,
-    Vec<String>,
-    Vec<String>,
-    String,
-) {
-    let models = d
-        .models
-        .iter()
-        .map(|m| format!("{}={}/{}", m.name, m.score.to_bits(), m.error))
-        .collect::<Vec<_>>()
-        .join(",");
-    (
-        d.event_id.clone(),
-        d.action,
-        d.score,
-        d.rules.clone(),
-        d.shadow_rules.clone(),
-        models,
-    )
-}
+use common::{RULES, T0, essence, velocity_stream as stream};
 
 fn two_shards() -> Server {
     Server::with_patient_rules(&topology(&[0, 1], ""), &[("exact.rules", RULES)])

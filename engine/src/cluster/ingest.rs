@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
-use log::{info, warn};
+use log::info;
 use verdict_net::routing::partition_of;
 use verdict_net::{Client, ClientError, Decision, Kind};
 
@@ -69,18 +69,7 @@ pub fn start(
     config: IngestConfig,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("verdict-ingest".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => return warn!("ingest: no runtime: {e}"),
-            };
-            runtime.block_on(run(config, stop));
-        })
+    super::spawn_runtime("verdict-ingest", run(config, stop))
 }
 
 async fn run(config: IngestConfig, stop: Arc<AtomicBool>) {

@@ -50,6 +50,26 @@ use table::{NodeInfo, PartitionMap, TableError};
 /// (written by the shipper, read by answers that wait for their append).
 pub type Appended = Arc<Vec<std::sync::atomic::AtomicU64>>;
 
+/// Starts a thread named `name` that runs `work` on a tokio runtime of its own (the
+/// cluster's threads: never a shard core).
+pub fn spawn_runtime<F>(name: &str, work: F) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work),
+                Err(e) => warn!("{label}: no runtime: {e}"),
+            }
+        })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -231,23 +251,15 @@ impl Member {
             None
         };
         let (config, flag, seen) = (config.clone(), stop.clone(), view.clone());
-        let thread = std::thread::Builder::new()
-            .name("verdict-cluster".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => return warn!("cluster: no runtime: {e}"),
-                };
-                let shipping = Shipping {
-                    log_dir,
-                    appended,
-                    rules,
-                };
-                runtime.block_on(run(config, me, partitions, shipping, flag, seen, cell));
-            })?;
+        let shipping = Shipping {
+            log_dir,
+            appended,
+            rules,
+        };
+        let thread = spawn_runtime(
+            "verdict-cluster",
+            run(config, me, partitions, shipping, flag, seen, cell),
+        )?;
         Ok(Member {
             stop,
             thread: Some(thread),

@@ -79,16 +79,7 @@ impl Evaluator {
         let result = if events.is_empty() {
             Err(explain_event(recv.payload(first), out))
         } else {
-            let published = shard.rules.borrow().clone();
-            aggregator::decide_all(
-                shard,
-                published,
-                &events,
-                &origins,
-                Forward::Nodes,
-                &mut self.batch,
-            )
-            .await;
+            self.decide(shard, &events, &origins).await;
             let server_ns = shard.clock.delta_as_nanos(read_at, shard.clock.raw());
             for (k, (at, event)) in frames.iter().zip(&events).enumerate() {
                 self.respond(shard, k, event, at.header.id, server_ns, out);
@@ -100,6 +91,21 @@ impl Evaluator {
         self.run_events = recycle(events);
         self.origins = recycle(origins);
         result
+    }
+
+    /// Decides a client's events under the shard's current epoch, each by its owner
+    /// (another shard or node, as needed), into `self.batch`.
+    async fn decide(&mut self, shard: &Shard, events: &[&ArchivedEvent], origins: &[Origin<'_>]) {
+        let published = shard.rules.borrow().clone();
+        aggregator::decide_all(
+            shard,
+            published,
+            events,
+            origins,
+            Forward::Nodes,
+            &mut self.batch,
+        )
+        .await;
     }
 
     /// Appends event `k`'s answer: its decision, or why it has none.
@@ -146,38 +152,13 @@ impl Evaluator {
         read_at: u64,
     ) -> Result<(), ErrorCode> {
         let max = shard.limits.batch_events_max as usize;
-        let Ok(batch) = rkyv::access::<ArchivedEvaluateBatch, rancor::Failure>(payload) else {
-            return Err(explain_invalid::<ArchivedEvaluateBatch>(
-                payload,
-                out,
-                "EvaluateBatch",
-            ));
-        };
+        let batch = checked_batch(payload, max, out)?;
         let n = batch.events.len();
-        if n == 0 || n > max {
-            out.message = batch_size_message(n, max);
-            return Err(ErrorCode::BatchTooLarge);
-        }
-        for (i, event) in batch.events.iter().enumerate() {
-            if let Err(e) = validate_event(event) {
-                out.say(format_args!("event {i}: {e}"));
-                return Err(ErrorCode::BadField);
-            }
-        }
         let mut events: Vec<&ArchivedEvent> = recycle(std::mem::take(&mut self.run_events));
         let mut origins: Vec<Origin<'_>> = recycle(std::mem::take(&mut self.origins));
         events.extend(batch.events.iter());
         origins.extend((0..n as u32).map(|i| Origin::Batch(payload, i)));
-        let published = shard.rules.borrow().clone();
-        aggregator::decide_all(
-            shard,
-            published,
-            &events,
-            &origins,
-            Forward::Nodes,
-            &mut self.batch,
-        )
-        .await;
+        self.decide(shard, &events, &origins).await;
         let result = self.reply_batch(shard, &events, id, out, read_at);
         self.batch.release();
         self.run_events = recycle(events);
@@ -239,6 +220,34 @@ impl Evaluator {
         self.names = names.recycle();
         pushed
     }
+}
+
+/// `payload` as an evaluate-batch of 1..=`max` valid events, or why not (the message in
+/// `out`).
+pub fn checked_batch<'p>(
+    payload: &'p [u8],
+    max: usize,
+    out: &mut Responder,
+) -> Result<&'p ArchivedEvaluateBatch, ErrorCode> {
+    let Ok(batch) = rkyv::access::<ArchivedEvaluateBatch, rancor::Failure>(payload) else {
+        return Err(explain_invalid::<ArchivedEvaluateBatch>(
+            payload,
+            out,
+            "EvaluateBatch",
+        ));
+    };
+    let n = batch.events.len();
+    if n == 0 || n > max {
+        out.message = batch_size_message(n, max);
+        return Err(ErrorCode::BatchTooLarge);
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        if let Err(e) = validate_event(event) {
+            out.say(format_args!("event {i}: {e}"));
+            return Err(ErrorCode::BadField);
+        }
+    }
+    Ok(batch)
 }
 
 /// Why a batch of `n` events is refused under a limit of `max` (error 7; allocates).

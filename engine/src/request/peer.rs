@@ -12,12 +12,12 @@
 use rkyv::rancor;
 use verdict_net::validate::validate_event;
 use verdict_net::{
-    ArchivedEvaluateBatch, ArchivedEvent, ArchivedPeerRecord, Decision, DecisionView, ErrorCode,
-    ErrorReply, Kind, ModelScore, PeerDecided, PeerOutcome, PeerRecorded,
+    ArchivedEvent, ArchivedPeerRecord, Decision, DecisionView, ErrorCode, ErrorReply, Kind,
+    ModelScore, PeerDecided, PeerOutcome, PeerRecorded,
 };
 use verdict_rules::{Outcome, VelocityKey, key_value};
 
-use super::evaluate::{Evaluator, batch_size_message, place};
+use super::evaluate::{Evaluator, checked_batch, place};
 use super::{Responder, explain_invalid};
 use crate::aggregator::{self, Answer, Forward};
 use crate::cluster::view::Route;
@@ -81,25 +81,8 @@ pub async fn decide(
     if shard.node.is_none() {
         return Err(not_a_node(Kind::PeerDecide, out));
     }
-    let Ok(batch) = rkyv::access::<ArchivedEvaluateBatch, rancor::Failure>(payload) else {
-        return Err(explain_invalid::<ArchivedEvaluateBatch>(
-            payload,
-            out,
-            "EvaluateBatch",
-        ));
-    };
+    let batch = checked_batch(payload, peer_events_max(shard), out)?;
     let n = batch.events.len();
-    let max = peer_events_max(shard);
-    if n == 0 || n > max {
-        out.message = batch_size_message(n, max);
-        return Err(ErrorCode::BatchTooLarge);
-    }
-    for (i, event) in batch.events.iter().enumerate() {
-        if let Err(e) = validate_event(event) {
-            out.say(format_args!("event {i}: {e}"));
-            return Err(ErrorCode::BadField);
-        }
-    }
     open(shard, out)?;
     let events: Vec<&ArchivedEvent> = batch.events.iter().collect();
     let origins: Vec<Origin<'_>> = (0..n as u32).map(|i| Origin::Batch(payload, i)).collect();

@@ -526,6 +526,34 @@ policy { deny when score >= 80; review when score >= 40; otherwise allow }
 
 pub const T0: u64 = 1_700_000_000_000;
 
+/// What must be identical however an event travelled, whichever shard or node decided it
+/// (not the shard, timing or epoch): id, action, score, rules, shadow rules, model scores.
+pub fn essence(
+    d: &verdict_net::Decision,
+) -> (
+    String,
+    verdict_net::Action,
+    i32,
+    Vec<String>,
+    Vec<String>,
+    String,
+) {
+    let models = d
+        .models
+        .iter()
+        .map(|m| format!("{}={}/{}", m.name, m.score.to_bits(), m.error))
+        .collect::<Vec<_>>()
+        .join(",");
+    (
+        d.event_id.clone(),
+        d.action,
+        d.score,
+        d.rules.clone(),
+        d.shadow_rules.clone(),
+        models,
+    )
+}
+
 /// `n` events: many accounts, few devices, IPs and merchants shared across them, time
 /// moving forward by 0.5-3.5 s per event (seeded: the same stream every run).
 pub fn velocity_stream(n: usize) -> Vec<Event> {
