@@ -467,6 +467,17 @@ impl RuleSet {
         &self.windows
     }
 
+    /// The longest window any velocity function counts over, in ms (0: none): how much
+    /// history a cluster node replays into a partition it takes over.
+    pub fn longest_window_ms(&self) -> u64 {
+        self.program
+            .velocity
+            .iter()
+            .map(|v| v.window_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many velocity functions count by each key (`[key as usize]`): what
     /// [`record_key`](Self::record_key) returns for it.
     pub fn functions_by_key(&self) -> [usize; 4] {
@@ -529,7 +540,7 @@ impl RuleSet {
         values: &mut Vec<f64>,
     ) {
         let hash = state.key_hash(value);
-        self.record_hashed(key, hash, ts_ms, samples, state, values);
+        self.record_in(key, hash.map(|h| (h, value)), ts_ms, samples, state, values);
     }
 
     /// [`record_samples`](Self::record_samples) of a key value whose entity hash
@@ -544,10 +555,37 @@ impl RuleSet {
         state: &mut VelocityState,
         values: &mut Vec<f64>,
     ) {
+        self.record_in(
+            key,
+            hash.map(|h| (h, &[][..])),
+            ts_ms,
+            samples,
+            state,
+            values,
+        );
+    }
+
+    /// Both: `entity` is the key's hash and value (its bytes: a new entity's partition tag;
+    /// empty when unknown, tagged 0).
+    fn record_in(
+        &self,
+        key: VelocityKey,
+        entity: Option<(u64, &[u8])>,
+        ts_ms: u64,
+        samples: &[Sample],
+        state: &mut VelocityState,
+        values: &mut Vec<f64>,
+    ) {
         if state.prepared_for() != self.uid {
             state.prepare(self.uid, &self.program.velocity);
         }
-        let entity = hash.map(|h| state.entity(key, h, ts_ms));
+        let entity = entity.map(|(h, value)| {
+            if value.is_empty() {
+                state.entity(key, h, ts_ms)
+            } else {
+                state.entity_of(key, h, value, ts_ms)
+            }
+        });
         let functions = self
             .velocity
             .iter()
@@ -607,7 +645,10 @@ impl RuleSet {
                 bits: &[],
             };
             let entity = *entities[v.key as usize].get_or_insert_with(|| {
-                entity_hash(v.key, event, (ip, ip_v4), state).map(|h| state.entity(v.key, h, ts))
+                let mut bytes = [0u8; 16];
+                let value = key_value(event, v.key, &mut bytes)?;
+                let hash = state.key_hash(value)?;
+                Some(state.entity_of(v.key, hash, value, ts))
             });
             let value = match entity {
                 None => 0.0,

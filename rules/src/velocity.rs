@@ -16,6 +16,10 @@
 //! - an event older than the slot's window is evaluated but not recorded;
 //! - an empty key (no device id, IP `0.0.0.0` / `::`) is not tracked: its values are 0.
 //!
+//! A cluster node tags each entity with the partition of its key (`set_partitions`), so
+//! the windows of partitions it takes back can be forgotten before their history is
+//! replayed ([`VelocityState::forget`]).
+//!
 //! Memory is bounded: at most `entities_max` entities per key. A new entity in a full table
 //! evicts the least recently seen of [`EVICTION_SAMPLE`] random entities (sampled LRU, as
 //! Redis does), and with it the entity's slot in every function of that key, so the hot set
@@ -84,6 +88,8 @@ pub struct VelocityState {
     rng: fastrand::Rng,
     /// The rule set the current layout is for.
     prepared_for: u64,
+    /// The partition count entities are tagged by (`fnv1a64(key) % partitions`); 0: none.
+    partitions: u32,
 }
 
 /// Which store each velocity function of one rule set uses.
@@ -107,7 +113,36 @@ impl VelocityState {
             hasher: RandomState::default(),
             rng: fastrand::Rng::with_seed(0x5EED_7E10),
             prepared_for: u64::MAX,
+            partitions: 0,
         }
+    }
+
+    /// Tags every entity made from now on with its key's partition of `partitions`.
+    pub fn set_partitions(&mut self, partitions: u32) {
+        self.partitions = partitions;
+    }
+
+    /// Empties every window of the entities whose partition `forget` names: their slots
+    /// are cleared (the next event starts them over) and they are the first evicted.
+    /// Returns how many were forgotten. Not for a hot path: it visits every entity.
+    pub fn forget(&mut self, forget: impl Fn(u32) -> bool) -> usize {
+        let mut n = 0;
+        for (k, table) in self.tables.iter_mut().enumerate() {
+            let Some(table) = table else {
+                continue;
+            };
+            for (i, m) in table.meta.iter_mut().enumerate() {
+                if !forget(m.partition) {
+                    continue;
+                }
+                m.last_seen_ms = 0;
+                for store in self.stores.iter_mut().filter(|s| s.key as usize == k) {
+                    store.slots.clear(i, false);
+                }
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The rule set (by its `uid`) the stores are laid out for.
@@ -213,7 +248,7 @@ impl VelocityState {
         match self.key_hash(key) {
             Some(hash) => {
                 let store = self.layouts[self.current].stores[spec];
-                let entity = self.entity(self.stores[store].key, hash, ts_ms);
+                let entity = self.entity_of(self.stores[store].key, hash, key, ts_ms);
                 self.record_at(spec, entity, ts_ms, sample)
             }
             None => 0.0,
@@ -242,6 +277,31 @@ impl VelocityState {
     /// [`record_at`](Self::record_at) each function.
     #[inline]
     pub fn entity(&mut self, key: VelocityKey, hash: u64, ts_ms: u64) -> u32 {
+        self.entity_in(key, hash, ts_ms, || 0)
+    }
+
+    /// [`entity`](Self::entity) of the key value `value` (its bytes, whose hash `hash` is):
+    /// a new entity is tagged with its partition (see [`set_partitions`](Self::set_partitions)).
+    #[inline]
+    pub fn entity_of(&mut self, key: VelocityKey, hash: u64, value: &[u8], ts_ms: u64) -> u32 {
+        let partitions = self.partitions;
+        self.entity_in(key, hash, ts_ms, || {
+            if partitions == 0 {
+                0
+            } else {
+                verdict_net::routing::partition_of(value, partitions)
+            }
+        })
+    }
+
+    #[inline]
+    fn entity_in(
+        &mut self,
+        key: VelocityKey,
+        hash: u64,
+        ts_ms: u64,
+        partition: impl FnOnce() -> u32,
+    ) -> u32 {
         let table = self.tables[key as usize]
             .as_mut()
             .expect("prepared for a rule set counting by this key");
@@ -253,6 +313,7 @@ impl VelocityState {
         let meta = Meta {
             key: hash,
             last_seen_ms: ts_ms,
+            partition: partition(),
         };
         let (i, new) = if table.meta.len() < self.entities_max {
             table.meta.push(meta);
@@ -323,6 +384,8 @@ impl VelocityState {
 struct Meta {
     key: u64,
     last_seen_ms: u64,
+    /// Its key's partition (0 unless the state tags them).
+    partition: u32,
 }
 
 /// The entities of one key: hash -> index, and when each was last seen.
@@ -585,6 +648,52 @@ mod tests {
         let mut s = VelocityState::new(entities_max);
         s.prepare(1, specs);
         s
+    }
+
+    #[test]
+    fn forgetting_partitions_empties_only_their_entities() {
+        let count = spec(Agg::Count, 3_600_000);
+        let sum = spec(Agg::Sum, 3_600_000);
+        let mut s = state(&[count, sum], 64);
+        s.set_partitions(16);
+        let keys: Vec<String> = (0..40).map(|i| format!("acct-{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            s.record(0, k.as_bytes(), i as u64, Sample::Count);
+            s.record(1, k.as_bytes(), i as u64, Sample::Sum(2.0));
+        }
+        let part = |k: &str| verdict_net::routing::partition_of(k.as_bytes(), 16);
+        let gone = |p: u32| p.is_multiple_of(2);
+        let forgotten = s.forget(gone);
+        assert_eq!(
+            forgotten,
+            keys.iter().filter(|k| gone(part(k))).count(),
+            "one per entity of those partitions"
+        );
+        assert!(forgotten > 0 && forgotten < keys.len());
+        for k in &keys {
+            // The next event counts itself only where its partition was forgotten, in every
+            // function of the key.
+            let (want_count, want_sum) = if gone(part(k)) {
+                (1.0, 2.0)
+            } else {
+                (2.0, 4.0)
+            };
+            assert_eq!(
+                s.record(0, k.as_bytes(), 100, Sample::Count),
+                want_count,
+                "{k}"
+            );
+            assert_eq!(
+                s.record(1, k.as_bytes(), 100, Sample::Sum(2.0)),
+                want_sum,
+                "{k}"
+            );
+        }
+        // Untagged (no partitions set), every entity is partition 0.
+        let mut plain = state(&[spec(Agg::Count, 3_600_000)], 8);
+        plain.record(0, b"a", 0, Sample::Count);
+        assert_eq!(plain.forget(|p| p == 1), 0);
+        assert_eq!(plain.forget(|p| p == 0), 1);
     }
 
     #[test]
