@@ -68,6 +68,11 @@ const MOVED: Refused = Refused {
     why: "this event's account is no longer this node's (the partition map moved); \
           retry on its owner",
 };
+const CATCHING_UP: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "a partition of this event's keys has just come to this node, which is replaying its \
+          history from VERDICT_EVENTS before deciding on it; retry shortly",
+};
 const NO_MAP: Refused = Refused {
     code: ErrorCode::Unavailable,
     why: "this cluster node has no partition map yet (starting, or NATS unreachable); retry",
@@ -662,6 +667,10 @@ fn plan(
     let regs = &mut batch.regs;
     for (i, event) in events.iter().enumerate() {
         let account = event.account_id.as_str();
+        if view.is_some_and(|v| catching_up(v, event, &per_key, &mut ip)) {
+            batch.answers[i] = Answer::Refused(CATCHING_UP);
+            continue;
+        }
         if let Some(Route::There { node, shard: s }) = view.map(|v| v.route(account.as_bytes())) {
             if forward == Forward::Nodes {
                 remote_plan(&mut batch.remotes, node, s).decide.push(i);
@@ -721,6 +730,24 @@ fn plan(
                 .push((i, keys));
         }
     }
+}
+
+/// Whether this node decides or keeps any of `event`'s keys (its account, or a key the rules
+/// count by) in a partition it is still replaying: then the event waits (error 9) rather
+/// than be decided on incomplete windows.
+fn catching_up(
+    view: &ClusterView,
+    event: &ArchivedEvent,
+    per_key: &[usize; 4],
+    ip: &mut [u8; 16],
+) -> bool {
+    if !view.any_cold() {
+        return false;
+    }
+    view.cold(event.account_id.as_bytes())
+        || KEYS.iter().any(|&key| {
+            per_key[key as usize] > 0 && key_value(event, key, ip).is_some_and(|v| view.cold(v))
+        })
 }
 
 /// Takes each peer's budget for its events; where a peer's is spent, its events are

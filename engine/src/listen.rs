@@ -49,6 +49,9 @@ pub struct ShardContext {
     pub view: Option<crate::cluster::view::ViewCell>,
     /// With `cluster.wait_for_append`: what the shipper has appended, per shard.
     pub appended: Option<crate::cluster::Appended>,
+    /// As a cluster node: this shard's share of the history replayed into partitions the
+    /// node takes over.
+    pub replay: Option<flume::Receiver<crate::cluster::replay::Job>>,
     /// When each shard took which epoch (written once per swap, never per request).
     pub taken: Arc<Takeover>,
     /// Where this shard's stats snapshots go (the control thread's metrics plane).
@@ -78,7 +81,7 @@ async fn shutdown_requested(flag: &AtomicBool, tick: Duration) {
 }
 
 /// The shard thread's main future.
-pub async fn run(ctx: ShardContext) {
+pub async fn run(mut ctx: ShardContext) {
     let config = ctx.config.clone();
     let tick = Duration::from_millis(config.runtime.tick_ms);
     if config.runtime.bind_memory
@@ -180,6 +183,10 @@ pub async fn run(ctx: ShardContext) {
     };
     let rules = ctx.rules.load();
     let mut velocity = VelocityState::new(config.limits.velocity_entities_max as usize);
+    if ctx.view.is_some() {
+        // A cluster node forgets the windows of a partition it takes back before replaying it.
+        velocity.set_partitions(config.routing.partitions);
+    }
     velocity.prepare(rules.rules.uid(), &rules.rules.program().velocity);
     ctx.taken.took(ctx.index, rules.rules.epoch);
     let mut stats = CoreStats::new();
@@ -234,6 +241,9 @@ pub async fn run(ctx: ShardContext) {
     watch::spawn(&shard, accept_loop(shard.clone(), own, Protocol::Frames));
     if let Some(http) = http {
         watch::spawn(&shard, accept_loop(shard.clone(), http, Protocol::Http));
+    }
+    if let Some(jobs) = ctx.replay.take() {
+        watch::spawn(&shard, crate::cluster::replay::serve(shard.clone(), jobs));
     }
 
     // Idle or not, a shard takes a new epoch within a tick, so stats show it everywhere; and

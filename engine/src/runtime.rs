@@ -247,6 +247,13 @@ pub fn serve(
         )
     });
     let (events_tx, events) = mpsc::channel();
+    // A cluster node's catch-ups hand each shard its share of a partition's history.
+    let (feeds, mut replays) = if config.cluster.enabled() {
+        let (tx, rx) = crate::cluster::replay::feeds(shard_count);
+        (tx, rx.into_iter().map(Some).collect())
+    } else {
+        (Vec::new(), vec![None; shard_count])
+    };
 
     let mut handles = Vec::with_capacity(shard_count);
     for (i, spec) in config.shards.iter().enumerate() {
@@ -263,6 +270,7 @@ pub fn serve(
             rules: rules.clone(),
             view: view.clone(),
             appended: appended.clone(),
+            replay: replays[i].take(),
             taken: taken.clone(),
             reports: reports_tx.clone(),
             reloads: reloads.clone(),
@@ -376,6 +384,8 @@ pub fn serve(
             started_ms: crate::cluster::now_ms(),
             heartbeat_ms: 0,
             decisions_unshipped: 0,
+            shipped_epoch: 0,
+            cold_partitions: 0,
             windows: String::new(),
         };
         let log_dir = (c.decision_stream && config.log.enabled())
@@ -388,15 +398,14 @@ pub fn serve(
         let view = view.clone().expect("made for a cluster node");
         let cell = view.clone();
         let partitions = config.routing.partitions;
-        let member = crate::cluster::Member::start(
-            c,
-            me,
-            partitions,
+        let shipping = crate::cluster::Shipping {
             log_dir,
-            view,
             appended,
-            rules.clone(),
-        );
+            rules: rules.clone(),
+            feeds,
+            settle: Duration::from_millis(c.peer_reply_timeout_ms + config.log.sync_interval_ms),
+        };
+        let member = crate::cluster::Member::start(c, me, partitions, view, shipping);
         match member {
             Ok(m) => {
                 let bound = Duration::from_millis(c.request_timeout_ms + c.heartbeat_ms);

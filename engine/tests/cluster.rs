@@ -443,6 +443,7 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
     let args = ["--no-probes", "--log-dir", logs.0.to_str().unwrap()];
     let mut server = Server::launch_with(&[], &toml, &[], &args);
     wait_for(&nats, "the node", |m, _| m.nodes == ["d1"]);
+    wait_log(&server, "caught up on");
     send(&server, 0..300);
     expect_rows(&nats, 300, "300 events");
 
@@ -468,6 +469,8 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
     drop(server);
     let server = Server::launch_with(&[], &toml, &[], &args);
+    // Restarted, it replays its own history before serving.
+    wait_log(&server, "caught up on");
     send(&server, 600..610);
     let rows = expect_rows(&nats, 610, "610 events, across a restart");
     // Each row names its record; the log's sequence numbers go on across the restart.
@@ -476,7 +479,7 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
     records.dedup();
     assert_eq!(records.len(), 610);
 
-    // The same rows by partition: each under its account's partition subject, once.
+    // The same rows by partition: each under the partition of each of its keys, once.
     let events = with_broker(&nats, async |broker| {
         let js = async_nats::jetstream::new(broker.client());
         let mut stream = js.get_stream(ship::EVENTS).await.unwrap();
@@ -489,18 +492,36 @@ fn the_decision_log_ships_to_a_replicated_stream_once() {
         }
         out
     });
-    assert_eq!(events.len(), 610);
-    let mut ids: Vec<&str> = events
-        .iter()
-        .map(|(_, v)| v["event_id"].as_str().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 610, "an event was appended twice");
+    let mut by_event: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (subject, v) in &events {
-        let account = v["account_id"].as_str().unwrap();
-        let partition = verdict_net::routing::partition_of(account.as_bytes(), 4096);
-        assert_eq!(subject, &format!("verdict.events.{partition}"));
+        by_event
+            .entry(v["event_id"].as_str().unwrap())
+            .or_default()
+            .push(subject);
+    }
+    assert_eq!(by_event.len(), 610);
+    for (subject, v) in &events {
+        let mut subjects = by_event[v["event_id"].as_str().unwrap()].clone();
+        let n = subjects.len();
+        subjects.sort();
+        subjects.dedup();
+        assert_eq!(
+            subjects.len(),
+            n,
+            "an event was appended twice: {subjects:?}"
+        );
+        let of = |field: &str| {
+            let key = v[field].as_str().unwrap();
+            format!(
+                "verdict.events.{}",
+                verdict_net::routing::partition_of(key.as_bytes(), 4096)
+            )
+        };
+        // Its account's, device's and merchant's partitions (and its IP's: 1 to 4 in all).
+        for field in ["account_id", "device_id", "merchant_id"] {
+            assert!(subjects.contains(&of(field).as_str()), "{field} of {v}");
+        }
+        assert!(n <= 4 && subject.starts_with("verdict.events."));
     }
 }
 
@@ -511,6 +532,22 @@ fn rules_node(nats: &NatsCluster, name: &str, cpus: &[u32]) -> Server {
 
 /// [`rules_node`] with more `[cluster]` lines.
 fn rules_node_with(nats: &NatsCluster, name: &str, cpus: &[u32], extra: &str) -> Server {
+    rules_node_logged(nats, name, cpus, extra, None)
+}
+
+/// [`rules_node`] whose decision log (in `log`) ships to both streams: its partitions'
+/// windows move with them.
+fn shipping_node(nats: &NatsCluster, name: &str, cpus: &[u32], log: &tempdir::Dir) -> Server {
+    rules_node_logged(nats, name, cpus, "", Some(&log.0))
+}
+
+fn rules_node_logged(
+    nats: &NatsCluster,
+    name: &str,
+    cpus: &[u32],
+    extra: &str,
+    log: Option<&std::path::Path>,
+) -> Server {
     let toml = format!(
         "{}\n[cluster]\nurls = {:?}\nnode = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n{extra}",
         topology(cpus, ""),
@@ -518,16 +555,59 @@ fn rules_node_with(nats: &NatsCluster, name: &str, cpus: &[u32], extra: &str) ->
     );
     let models = tempdir::Dir::new("models");
     let dir = common::patient_models(&models.0);
-    let args = ["--no-probes", "--models", dir.to_str().unwrap()];
+    let mut args = vec!["--no-probes", "--models", dir.to_str().unwrap()];
+    if let Some(log) = log {
+        args.extend(["--log-dir", log.to_str().unwrap()]);
+    }
     let mut server = Server::launch_with(&[], &toml, &[("exact.rules", common::RULES)], &args);
     server.kept = Some(models);
     server
 }
 
+/// A client on every port of `nodes` (shared ports and shard ports).
+fn every_port(nodes: &[&Server]) -> Vec<Client> {
+    nodes
+        .iter()
+        .flat_map(|n| {
+            std::iter::once(n.addr())
+                .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
+                .collect::<Vec<_>>()
+        })
+        .map(|addr| common::client(&addr))
+        .collect()
+}
+
+/// Sends each event through a random port of `nodes` (shared and shard ports) and checks
+/// its decision is the reference's (`want`, in order).
+fn decide_like(nodes: &[&Server], events: &[verdict_net::Event], want: &[Decision], seed: u64) {
+    let mut ports = every_port(nodes);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for (e, want) in events.iter().zip(want) {
+        let port = rng.usize(..ports.len());
+        let got = ports[port].evaluate(e).unwrap_or_else(|err| {
+            for n in nodes {
+                eprintln!("NODE {}", n.stderr.lock().unwrap());
+            }
+            panic!("event {} via port {port}: {err}", e.event_id)
+        });
+        assert_eq!(
+            essence(&got),
+            essence(want),
+            "event {} via port {port}",
+            e.event_id
+        );
+    }
+}
+
 /// Waits (at most 30 s) for `server`'s log to say `line`.
 fn wait_log(server: &Server, line: &str) {
+    wait_log_times(server, line, 1);
+}
+
+/// Waits (at most 30 s) for `server`'s log to say `line` `n` times.
+fn wait_log_times(server: &Server, line: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.stderr.lock().unwrap().contains(line) {
+    while server.stderr.lock().unwrap().matches(line).count() < n {
         assert!(
             Instant::now() < deadline,
             "no {line:?} in: {}",
@@ -574,32 +654,8 @@ fn three_nodes_decide_exactly_like_one_engine() {
         wait_log(n, "routes by map epoch 2");
     }
     // Every port of every node: shared ports and shard ports.
-    let mut ports: Vec<Client> = nodes
-        .iter()
-        .flat_map(|n| {
-            std::iter::once(n.addr())
-                .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
-                .collect::<Vec<_>>()
-        })
-        .map(|addr| common::client(&addr))
-        .collect();
-    let mut rng = fastrand::Rng::with_seed(21);
     let (naive, aware) = stream.split_at(600);
-    for (e, want) in naive.iter().zip(&reference) {
-        let port = rng.usize(..ports.len());
-        let got = ports[port].evaluate(e).unwrap_or_else(|err| {
-            for n in &nodes {
-                eprintln!("NODE {}", n.stderr.lock().unwrap());
-            }
-            panic!("{err}")
-        });
-        assert_eq!(
-            essence(&got),
-            essence(want),
-            "event {} via port {port}",
-            e.event_id
-        );
-    }
+    decide_like(&nodes.iter().collect::<Vec<_>>(), naive, &reference, 21);
     // Events crossed nodes both ways: each node decided others' events and kept windows
     // for others' decisions.
     for n in &nodes {
@@ -927,6 +983,7 @@ fn answers_wait_for_their_append_when_asked() {
     let args = ["--no-probes", "--log-dir", logs.0.to_str().unwrap()];
     let server = Server::launch_with(&[], &toml, &[], &args);
     wait_for(&nats, "the node", |m, _| m.nodes == ["w1"]);
+    wait_log(&server, "caught up on");
     // Every answer comes after its decision is in the decision stream: the stream holds
     // at least as many decisions as were answered, at every answer.
     let mut c = server.client();
@@ -963,4 +1020,90 @@ fn answers_wait_for_their_append_when_asked() {
         .err()
         .unwrap();
     assert!(err.contains("cluster.wait_for_append"), "{err}");
+}
+
+/// The events the log line "caught up on N partitions: M events replayed" counts, summed
+/// over every catch-up `server` logged.
+fn replayed(server: &Server) -> u64 {
+    server
+        .stderr
+        .lock()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split("events replayed")
+                .next()?
+                .rsplit(": ")
+                .next()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn partitions_move_with_their_history() {
+    let _serial = serial();
+    let events = common::velocity_stream(900);
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", common::RULES)]);
+    let mut c = single.client();
+    let reference: Vec<Decision> = events.iter().map(|e| c.evaluate(e).unwrap()).collect();
+    drop(single);
+
+    let nats = NatsCluster::start();
+    let logs: Vec<tempdir::Dir> = (0..4).map(|_| tempdir::Dir::new("moving-log")).collect();
+    let v1 = shipping_node(&nats, "v1", &[0, 1], &logs[0]);
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    wait_log(&v1, "caught up on");
+    let v2 = shipping_node(&nats, "v2", &[1], &logs[1]);
+    let mut v3 = shipping_node(&nats, "v3", &[0], &logs[2]);
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+    cluster_cli(&nats, &["rebalance"]);
+    // v2 and v3 replay what v1 decided for their partitions (nothing yet) before serving.
+    for n in [&v2, &v3] {
+        wait_log(n, "caught up on");
+    }
+    wait_log(&v1, "routes by map epoch 2");
+    decide_like(&[&v1, &v2, &v3], &events[..300], &reference[..300], 31);
+    // Everything decided is in the streams (nothing in the loss window) when v3 dies.
+    expect_rows(&nats, 300, "the first 300 decisions");
+
+    // kill -9 of v3: its partitions go to v1 and v2, which replay their history from
+    // VERDICT_EVENTS; the next events decide exactly as on one engine that saw them all.
+    v3.signal(libc::SIGKILL);
+    v3.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    wait_for(&nats, "v3's partitions moving", |m, _| {
+        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
+    });
+    for n in [&v1, &v2] {
+        wait_log_times(n, "caught up on", 2);
+    }
+    eprintln!(
+        "failover with state: v1 and v2 caught up {:?} after the kill, replaying {} events",
+        killed.elapsed(),
+        replayed(&v1) + replayed(&v2)
+    );
+    assert!(
+        replayed(&v1) + replayed(&v2) > 0,
+        "v3's partitions came with their history"
+    );
+
+    decide_like(&[&v1, &v2], &events[300..600], &reference[300..600], 32);
+
+    // A rebalance onto a new node while the old owners live: v4 waits until they have
+    // shipped what they decided before the new map, replays, then serves.
+    let v4 = shipping_node(&nats, "v4", &[0], &logs[3]);
+    wait_for(&nats, "v4 live", |_, live| live.len() == 3);
+    let out = cluster_cli(&nats, &["rebalance"]);
+    assert!(out.starts_with("epoch 4:"), "{out}");
+    wait_log(&v4, "caught up on");
+    for n in [&v1, &v2] {
+        wait_log(n, "routes by map epoch 4");
+    }
+    assert!(replayed(&v4) > 0, "v4's partitions came with their history");
+    decide_like(&[&v1, &v2, &v4], &events[600..], &reference[600..], 33);
 }

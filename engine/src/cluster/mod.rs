@@ -25,12 +25,14 @@
 //! is decided on the node that owns its account's partition, and each key's windows are
 //! kept by the node that owns that key's partition.
 //!
-//! What this does not do yet: no state moves with a partition (a node taking one over
-//! starts it empty).
+//! State moves with partitions ([`replay`]): a partition this node comes to own is cold
+//! (its events refused, error 9) until the node has replayed its history from the event
+//! stream; the node marks it warm and routes it then.
 
 pub mod broker;
 pub mod ingest;
 pub mod peer;
+pub mod replay;
 pub mod ship;
 pub mod table;
 pub mod view;
@@ -221,15 +223,13 @@ pub struct Member {
 
 impl Member {
     /// Starts the cluster thread for `me` (its record) with `partitions` partitions,
-    /// shipping the decision log in `log_dir` when given.
+    /// publishing views in `cell`, shipping and replaying as `shipping` says.
     pub fn start(
         config: &ClusterConfig,
         me: NodeInfo,
         partitions: u32,
-        log_dir: Option<std::path::PathBuf>,
         cell: view::ViewCell,
-        appended: Option<Appended>,
-        rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
+        shipping: Shipping,
     ) -> std::io::Result<Member> {
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(Mutex::new(View::default()));
@@ -251,11 +251,6 @@ impl Member {
             None
         };
         let (config, flag, seen) = (config.clone(), stop.clone(), view.clone());
-        let shipping = Shipping {
-            log_dir,
-            appended,
-            rules,
-        };
         let thread = spawn_runtime(
             "verdict-cluster",
             run(config, me, partitions, shipping, flag, seen, cell),
@@ -285,13 +280,181 @@ const SHIP_TICK: Duration = Duration::from_millis(50);
 /// How often when answers wait for their append (`cluster.wait_for_append`).
 const SHIP_TICK_WAITED: Duration = Duration::from_millis(1);
 
-/// What the cluster thread ships: the decision log in `log_dir`, telling waiting answers
-/// in `appended`.
-struct Shipping {
-    log_dir: Option<std::path::PathBuf>,
-    appended: Option<Appended>,
+/// What the cluster thread ships and replays: the decision log in `log_dir` (none: nothing
+/// shipped, and partitions move without their history), telling waiting answers in
+/// `appended`; history goes to the shards through `feeds`.
+pub struct Shipping {
+    pub log_dir: Option<std::path::PathBuf>,
+    pub appended: Option<Appended>,
     /// The rule epoch (its velocity functions' digest goes in this node's record).
-    rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
+    pub rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
+    /// Each shard's queue for the history replayed into partitions this node takes over.
+    pub feeds: Vec<flume::Sender<replay::Job>>,
+    /// How long after this node routes by a new map its shards may still decide (and log)
+    /// by the one before: a batch's calls to peers, then the log's write.
+    pub settle: Duration,
+}
+
+/// A catch-up running on the cluster thread.
+type CatchUpTask = tokio::task::JoinHandle<Result<replay::CaughtUp, String>>;
+
+/// When this node's shards began routing by each recent map epoch: what the node may claim
+/// as shipped ([`NodeInfo::shipped_epoch`]) once `settle` has passed.
+#[derive(Default)]
+struct Routed {
+    since: Vec<(u64, Instant)>,
+}
+
+impl Routed {
+    fn began(&mut self, epoch: u64) {
+        if self.since.last().is_none_or(|&(e, _)| e < epoch) {
+            self.since.push((epoch, Instant::now()));
+            if self.since.len() > 8 {
+                self.since.remove(0);
+            }
+        }
+    }
+
+    /// The latest epoch routed by for at least `settle` (0: none yet).
+    fn settled(&self, settle: Duration) -> u64 {
+        self.since
+            .iter()
+            .rev()
+            .find(|(_, at)| at.elapsed() >= settle)
+            .map_or(0, |&(e, _)| e)
+    }
+}
+
+/// Where this node stands with each partition's history (state that moves, [`replay`]).
+struct Warmth {
+    /// Per partition: this node owns it and its windows here are complete.
+    warm: Vec<bool>,
+    /// The catch-up running, and the partitions it replays.
+    task: Option<(CatchUpTask, Vec<u32>)>,
+    /// Since when the node has waited for others to ship, and for which map epoch.
+    waiting: Option<(u64, Instant)>,
+    /// Whether there is history to replay (this node ships the event stream); without it a
+    /// partition is served from empty windows at once.
+    replays: bool,
+}
+
+impl Warmth {
+    fn new(partitions: u32, replays: bool) -> Warmth {
+        Warmth {
+            warm: vec![false; partitions as usize],
+            task: None,
+            waiting: None,
+            replays,
+        }
+    }
+
+    /// Forgets partitions `view` no longer gives this node.
+    fn follow(&mut self, view: &view::ClusterView) {
+        for p in 0..self.warm.len() {
+            if !view.owns(p as u32) {
+                self.warm[p] = false;
+            }
+        }
+    }
+
+    /// Takes a finished catch-up's result: what it did, if partitions turned warm (say so
+    /// once the view that serves them is published).
+    fn finished(&mut self, view: Option<&view::ClusterView>) -> Option<replay::CaughtUp> {
+        if !self.task.as_ref().is_some_and(|(t, _)| t.is_finished()) {
+            return None;
+        }
+        let (task, partitions) = self.task.take().expect("checked");
+        match futures_util::FutureExt::now_or_never(task) {
+            Some(Ok(Ok(done))) => {
+                for &p in &partitions {
+                    // Given away meanwhile: it stays cold.
+                    if view.is_some_and(|v| v.owns(p)) {
+                        self.warm[p as usize] = true;
+                    }
+                }
+                Some(done)
+            }
+            Some(Ok(Err(e))) => {
+                warn!("cluster: catching up: {e}; retrying");
+                None
+            }
+            _ => {
+                warn!("cluster: the catch-up task ended abnormally; retrying");
+                None
+            }
+        }
+    }
+
+    /// Starts catching up on the partitions `view` gives this node that are not warm, once
+    /// every other live node of the map has shipped what it decided under older maps (or
+    /// `wait_max` has passed: then what it has not shipped is not replayed).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        me: &str,
+        view: &view::ClusterView,
+        live: &[NodeInfo],
+        broker: &Nats,
+        shipping: &Shipping,
+        timeout: Duration,
+        wait_max: Duration,
+    ) {
+        if self.task.is_some() || view.closed.is_some() {
+            return;
+        }
+        let cold: Vec<u32> = (0..self.warm.len() as u32)
+            .filter(|&p| view.owns(p) && !self.warm[p as usize])
+            .collect();
+        if cold.is_empty() {
+            self.waiting = None;
+            return;
+        }
+        if !self.replays {
+            for &p in &cold {
+                self.warm[p as usize] = true;
+            }
+            return;
+        }
+        let behind: Vec<&str> = live
+            .iter()
+            .filter(|n| n.node != me && n.shipped_epoch < view.map_epoch)
+            .filter(|n| view.nodes.iter().any(|p| p.name == n.node))
+            .map(|n| n.node.as_str())
+            .collect();
+        let since = match self.waiting {
+            Some((epoch, at)) if epoch == view.map_epoch => at,
+            _ => {
+                let now = Instant::now();
+                self.waiting = Some((view.map_epoch, now));
+                now
+            }
+        };
+        if !behind.is_empty() {
+            if since.elapsed() < wait_max {
+                return;
+            }
+            warn!(
+                "cluster: nodes {behind:?} have not shipped what they decided before map \
+                 epoch {} within {} ms: replaying without it",
+                view.map_epoch,
+                wait_max.as_millis()
+            );
+        }
+        self.waiting = None;
+        let js = async_nats::jetstream::new(broker.client());
+        let feeds = shipping.feeds.clone();
+        let window = Duration::from_millis(shipping.rules.load().rules.longest_window_ms());
+        let (seen, replayed) = (view.clone(), cold.clone());
+        let task = tokio::spawn(async move {
+            replay::catch_up(&js, &feeds, &seen, &replayed, window, timeout).await
+        });
+        info!(
+            "cluster: node {me} catching up on {} partitions of map epoch {}",
+            cold.len(),
+            view.map_epoch
+        );
+        self.task = Some((task, cold));
+    }
 }
 
 async fn run(
@@ -316,6 +479,18 @@ async fn run(
     let mut broker = None;
     let mut shipping = None;
     let unshipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The latest map epoch routed by for `settle`, and the latest the shipper has shipped
+    // everything before (what this node's record says as `shipped_epoch`).
+    let settled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Whether the shipper has reached the end of the log once: what an earlier run of this
+    // node logged and did not ship is in the streams before this node replays anything.
+    let drained = Arc::new(AtomicBool::new(false));
+    let mut routed = Routed::default();
+    let mut warmth = Warmth::new(partitions, shipping_of.log_dir.is_some());
+    // The last map and live records read, for publishing a view between beats.
+    let mut last: Option<(PartitionMap, Vec<NodeInfo>)> = None;
+    let mut caught = None;
     let mut next_try = Instant::now();
     let mut next_beat = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -344,6 +519,7 @@ async fn run(
                             shipper,
                             stop.clone(),
                             unshipped.clone(),
+                            (settled.clone(), shipped.clone(), drained.clone()),
                             options.request_timeout,
                             tick,
                         )));
@@ -363,10 +539,39 @@ async fn run(
             me.heartbeat_ms = now_ms();
             me.decisions_unshipped = unshipped.load(Ordering::Relaxed);
             me.windows = shipping_of.rules.load().rules.windows_digest().to_string();
+            me.cold_partitions = cell.load().cold_partitions().len() as u32;
+            me.shipped_epoch = if shipping.is_some() {
+                shipped.load(Ordering::Relaxed)
+            } else {
+                // Nothing to ship: settled is shipped.
+                settled.load(Ordering::Relaxed)
+            };
             let bound = beat + options.request_timeout;
-            let beaten = beat_once(b, &me, partitions, &view, &cell, &mut last_put);
+            let beaten = beat_once(b, &me, partitions, &view, &mut last_put);
             match tokio::time::timeout(bound, beaten).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(read)) => {
+                    if let Some((map, records)) = read {
+                        let next = view::ClusterView::of(&me.node, &map, &records);
+                        warmth.follow(&next);
+                        caught = warmth.finished(Some(&next));
+                        if shipping.is_none() || drained.load(Ordering::Relaxed) {
+                            warmth.start(
+                                &me.node,
+                                &next,
+                                &records,
+                                b,
+                                &shipping_of,
+                                options.request_timeout,
+                                ttl,
+                            );
+                        }
+                        last = Some((map, records));
+                    }
+                    publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
+                    if let Some(done) = caught.take() {
+                        caught_up(&me.node, &done);
+                    }
+                }
                 Ok(Err(e)) => {
                     warn!("cluster: {e}");
                     note_error(&view, &e.to_string());
@@ -389,6 +594,17 @@ async fn run(
             }
             next_beat = Instant::now() + beat;
         }
+        // A catch-up that ends between beats is served at once.
+        if let Some((map, records)) = &last
+            && warmth.task.is_some()
+        {
+            let current = view::ClusterView::of(&me.node, map, records);
+            if let Some(done) = warmth.finished(Some(&current)) {
+                publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
+                caught_up(&me.node, &done);
+            }
+        }
+        settled.store(routed.settled(shipping_of.settle), Ordering::Relaxed);
         tokio::time::sleep(beat.min(Duration::from_millis(50))).await;
     }
     // The shipper sends what was logged before the stop (bounded), then ends.
@@ -410,12 +626,20 @@ async fn ship_loop(
     mut shipper: ship::Shipper,
     stop: Arc<AtomicBool>,
     unshipped: Arc<std::sync::atomic::AtomicU64>,
+    (settled, shipped_epoch, drained): (
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<AtomicBool>,
+    ),
     timeout: Duration,
     tick: Duration,
 ) {
     let mut warned = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        // A pass that starts after the shards settled on an epoch and reaches the end of
+        // every log has shipped all they decided before it.
+        let epoch = settled.load(Ordering::Relaxed);
         let shipped = if stopping {
             tokio::time::timeout(timeout, shipper.ship())
                 .await
@@ -423,8 +647,13 @@ async fn ship_loop(
         } else {
             shipper.ship().await
         };
-        if let Err(e) = shipped {
-            ship::warn_now_and_then(&mut warned, Duration::from_secs(10), &e);
+        match shipped {
+            Ok(true) => {
+                shipped_epoch.fetch_max(epoch, Ordering::Relaxed);
+                drained.store(true, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => ship::warn_now_and_then(&mut warned, Duration::from_secs(10), &e),
         }
         unshipped.store(shipper.unshipped(), Ordering::Relaxed);
         if stopping {
@@ -439,15 +668,15 @@ fn note_error(view: &Mutex<View>, message: &str) {
     v.last_error = Some(message.to_string());
 }
 
-/// One heartbeat: the record, then the map (created, or taken from lost nodes).
+/// One heartbeat: the record, then the map (created, or taken from lost nodes). Returns the
+/// map and the live nodes' records, if there is a map.
 async fn beat_once(
     broker: &Nats,
     me: &NodeInfo,
     partitions: u32,
     view: &Mutex<View>,
-    cell: &view::ViewCell,
     last_put: &mut Option<Instant>,
-) -> Result<(), ClusterError> {
+) -> Result<Option<(PartitionMap, Vec<NodeInfo>)>, ClusterError> {
     let record = serde_json::to_vec(me).expect("a record serializes");
     let putting = Instant::now();
     if let Err(e) = broker.put(Bucket::Nodes, &me.node, record).await {
@@ -532,22 +761,55 @@ async fn beat_once(
             }
         }
     };
-    if let Some(map) = &map {
-        let records: Vec<NodeInfo> = live.values().cloned().collect();
-        let next = view::ClusterView::of(&me.node, map, &records);
-        if !cell.load().same_as(&next) {
-            info!(
-                "cluster: node {} routes by map epoch {} ({} live nodes)",
-                me.node,
-                map.epoch,
-                records.len()
-            );
-            cell.publish(next);
-        }
-    }
+    let records: Vec<NodeInfo> = live.values().cloned().collect();
     let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
-    v.map = map;
+    v.map = map.clone();
     v.live = live.into_keys().collect();
     v.last_error = None;
-    Ok(())
+    Ok(map.map(|m| (m, records)))
+}
+
+/// Says a catch-up is done (once the view serving its partitions is published).
+fn caught_up(me: &str, done: &replay::CaughtUp) {
+    info!(
+        "cluster: node {me} caught up on {} partitions: {} events replayed ({} messages, {} \
+         skipped) in {} ms",
+        done.partitions,
+        done.recorded,
+        done.messages,
+        done.skipped,
+        done.took.as_millis()
+    );
+}
+
+/// Publishes the view of `last` (map and live records) for this node's shards, its cold
+/// partitions marked, if it differs from theirs.
+fn publish(
+    cell: &view::ViewCell,
+    me: &str,
+    last: Option<&(PartitionMap, Vec<NodeInfo>)>,
+    warmth: &Warmth,
+    routed: &mut Routed,
+) {
+    let Some((map, records)) = last else {
+        return;
+    };
+    let next = view::ClusterView::of(me, map, records).with_warm(&warmth.warm);
+    let current = cell.load();
+    if current.same_as(&next) {
+        return;
+    }
+    if current.map_epoch != next.map_epoch || current.closed.is_some() {
+        info!(
+            "cluster: node {me} routes by map epoch {} ({} live nodes)",
+            map.epoch,
+            records.len()
+        );
+    }
+    let cold = next.cold_partitions().len();
+    if cold > 0 {
+        info!("cluster: node {me} holds {cold} partitions cold until it has caught up");
+    }
+    cell.publish(next);
+    routed.began(map.epoch);
 }

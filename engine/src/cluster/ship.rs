@@ -7,13 +7,14 @@
 //!
 //! - Stream `VERDICT_DECISIONS`, subjects `verdict.decisions.<node>.<shard>`, replicated
 //!   like the buckets.
-//! - Stream `VERDICT_EVENTS`: the same rows under `verdict.events.<partition>` (the
-//!   partition of the event's account), so the node that takes a partition over can read
-//!   its history (not done yet: see [`super`]).
+//! - Stream `VERDICT_EVENTS`: the same rows under `verdict.events.<partition>`, once for
+//!   each distinct partition of the event's keys (account, device, IP, merchant, whether or
+//!   not the rules count by them today), so the node that takes a partition over reads
+//!   every event that touched a window it keeps in that one subject ([`super::replay`]).
 //! - Each message's id is `<node>.<shard>.<seq>` (the record's sequence number, which a
-//!   shard never reuses, across restarts too): the stream drops a message it has seen
-//!   within its duplicate window, so a publish retried after a lost ack or a leader change
-//!   is never a second copy.
+//!   shard never reuses, across restarts too; in `VERDICT_EVENTS` followed by `.<partition>`):
+//!   the stream drops a message it has seen within its duplicate window, so a publish
+//!   retried after a lost ack or a leader change is never a second copy.
 //! - A node resumes after the last message of its subjects, so a restart ships the rest
 //!   and nothing twice.
 //! - What is logged but not yet acknowledged by the stream is the lag (`unshipped`); a slow
@@ -25,8 +26,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use log::warn;
-
-use verdict_net::routing::partition_of;
 
 use crate::log::format::{self, At, Segment};
 use crate::log::read::Rows;
@@ -200,23 +199,29 @@ impl Shipper {
         Ok(())
     }
 
-    /// Ships what the shards logged since the last call. After any failure the next call
+    /// Ships what the shards logged since the last call; true if it reached the end of
+    /// every shard's log (false: a slice ran out first). After any failure the next call
     /// first reads again where the stream stopped (acknowledgements lost in an outage must
     /// not become second copies once it is older than the duplicate window).
-    pub async fn ship(&mut self) -> Result<(), String> {
+    pub async fn ship(&mut self) -> Result<bool, String> {
         if !self.ready {
             self.prepare().await?;
         }
+        let mut at_end = true;
         for shard in 0..self.shards {
-            if let Err(e) = self.ship_shard(shard).await {
-                self.ready = false;
-                return Err(e);
+            match self.ship_shard(shard).await {
+                Ok(end) => at_end &= end,
+                Err(e) => {
+                    self.ready = false;
+                    return Err(e);
+                }
             }
         }
-        Ok(())
+        Ok(at_end)
     }
 
-    async fn ship_shard(&mut self, shard: u32) -> Result<(), String> {
+    /// One shard's part of [`ship`](Self::ship): true at the end of its log.
+    async fn ship_shard(&mut self, shard: u32) -> Result<bool, String> {
         let segments = crate::log::segments(&self.dir, Some(shard))
             .map_err(|e| format!("listing {}: {e}", self.dir.display()))?;
         let subject = self.subject(shard);
@@ -224,6 +229,7 @@ impl Shipper {
         let partitions = self.partitions;
         let appended = self.appended.clone();
         let place = self.places.get_mut(&shard).expect("prepared");
+        let mut key_partitions = Vec::with_capacity(4);
         let started = std::time::Instant::now();
         let mut read_len = READ_BYTES;
         if place.segment.is_none() {
@@ -235,7 +241,7 @@ impl Shipper {
                 .find(|(_, first, _)| *first <= after)
                 .or(segments.first());
             let Some((_, first, path)) = start else {
-                return Ok(());
+                return Ok(true);
             };
             place.segment = Some((*first, path.clone()));
             place.offset = format::HEADER_LEN;
@@ -246,7 +252,7 @@ impl Shipper {
             let later = segments.iter().find(|(_, f, _)| *f > first).cloned();
             if started.elapsed() >= SHIP_SLICE {
                 // The rest next call: a backlog is shipped in slices.
-                return Ok(());
+                return Ok(false);
             }
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -261,7 +267,7 @@ impl Shipper {
                         place.rows = Rows::default();
                         continue;
                     }
-                    None => return Ok(()),
+                    None => return Ok(true),
                 },
             };
             // The unread tail, copied (not mapped: the writer truncates a segment's padding
@@ -299,24 +305,31 @@ impl Shipper {
                         let mut headers = async_nats::HeaderMap::new();
                         let id = format!("{node}.{shard}.{}", r.seq);
                         headers.insert("Nats-Msg-Id", id.as_str());
-                        let body = serde_json::to_vec(&row).expect("a row serializes");
-                        // The event's partition subject first, then the decision's: a record
-                        // counts as shipped once both are acknowledged.
-                        let account = row["account_id"].as_str().unwrap_or("");
-                        let partition = partition_of(account.as_bytes(), partitions);
-                        let event_ack = self
-                            .js
-                            .publish_with_headers(
-                                format!("verdict.events.{partition}"),
-                                headers.clone(),
-                                body.clone().into(),
-                            )
-                            .await
-                            .map_err(|e| format!("publishing an event: {e}"))?;
-                        pending.push((r.seq, false, event_ack));
+                        let body =
+                            bytes::Bytes::from(serde_json::to_vec(&row).expect("a row serializes"));
+                        // The event's partition subjects first, then the decision's: a record
+                        // counts as shipped once all are acknowledged.
+                        place
+                            .rows
+                            .key_partitions(&r, partitions, &mut key_partitions);
+                        for &partition in &key_partitions {
+                            let mut headers = async_nats::HeaderMap::new();
+                            let id = format!("{id}.{partition}");
+                            headers.insert("Nats-Msg-Id", id.as_str());
+                            let event_ack = self
+                                .js
+                                .publish_with_headers(
+                                    format!("verdict.events.{partition}"),
+                                    headers,
+                                    body.clone(),
+                                )
+                                .await
+                                .map_err(|e| format!("publishing an event: {e}"))?;
+                            pending.push((r.seq, false, event_ack));
+                        }
                         let ack = self
                             .js
-                            .publish_with_headers(subject.clone(), headers, body.into())
+                            .publish_with_headers(subject.clone(), headers, body)
                             .await
                             .map_err(|e| format!("publishing a decision: {e}"))?;
                         pending.push((r.seq, true, ack));
@@ -373,7 +386,7 @@ impl Shipper {
                     place.offset = format::HEADER_LEN;
                     place.rows = Rows::default();
                 }
-                (Stop::End, None) => return Ok(()),
+                (Stop::End, None) => return Ok(true),
             }
         }
     }

@@ -50,6 +50,14 @@ pub struct NodeInfo {
     /// other nodes send it keys to record only under the same one.
     #[serde(default)]
     pub windows: String,
+    /// Everything this node decided while it routed by a map older than this epoch is in
+    /// the event stream: a node taking partitions over at this epoch waits for it before
+    /// replaying them ([`super::replay`]).
+    #[serde(default)]
+    pub shipped_epoch: u64,
+    /// Partitions it owns and is still replaying (a move in progress).
+    #[serde(default)]
+    pub cold_partitions: u32,
 }
 
 impl NodeInfo {

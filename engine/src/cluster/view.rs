@@ -60,6 +60,11 @@ pub struct ClusterView {
     /// Per partition: index in `nodes`, and shard.
     owner: Vec<u16>,
     shard: Vec<u16>,
+    /// Per partition: this node owns it and has not yet replayed its history (its windows
+    /// here are incomplete): its events and keys are refused (error 9) until it has.
+    cold: Vec<bool>,
+    /// Whether any partition is cold (the per-key check is skipped when none is).
+    any_cold: bool,
     pub nodes: Vec<PeerNode>,
 }
 
@@ -84,6 +89,8 @@ impl ClusterView {
             here: None,
             owner: Vec::new(),
             shard: Vec::new(),
+            cold: Vec::new(),
+            any_cold: false,
             nodes: Vec::new(),
         }
     }
@@ -121,8 +128,50 @@ impl ClusterView {
             here: map.nodes.iter().position(|n| n == me).map(|i| i as u16),
             owner: map.owner.clone(),
             shard: map.shard.clone(),
+            cold: vec![false; map.partitions as usize],
+            any_cold: false,
             nodes,
         }
+    }
+
+    /// This view with the partitions this node owns and has not replayed (`warm[p]` false)
+    /// marked cold.
+    pub fn with_warm(mut self, warm: &[bool]) -> ClusterView {
+        for p in 0..self.owner.len() {
+            self.cold[p] =
+                self.here == Some(self.owner[p]) && !warm.get(p).copied().unwrap_or(false);
+        }
+        self.any_cold = self.cold.iter().any(|&c| c);
+        self
+    }
+
+    /// Whether this node owns partition `p`.
+    pub fn owns(&self, p: u32) -> bool {
+        self.here.is_some() && self.owner.get(p as usize).copied() == self.here
+    }
+
+    /// The shard of this node (or of its owner) that keeps partition `p`.
+    pub fn shard_of(&self, p: u32) -> u16 {
+        self.shard[p as usize]
+    }
+
+    /// Whether the partition of key value `value` is this node's and still catching up.
+    #[inline]
+    pub fn cold(&self, value: &[u8]) -> bool {
+        self.any_cold && self.cold[partition_of(value, self.partitions) as usize]
+    }
+
+    /// Whether any partition is cold.
+    #[inline]
+    pub fn any_cold(&self) -> bool {
+        self.any_cold
+    }
+
+    /// The partitions this node owns and is still catching up on.
+    pub fn cold_partitions(&self) -> Vec<u32> {
+        (0..self.cold.len() as u32)
+            .filter(|&p| self.cold[p as usize])
+            .collect()
     }
 
     /// Where the partition of key value `value` (its bytes) is decided and kept.
@@ -206,6 +255,8 @@ mod tests {
             started_ms: 0,
             heartbeat_ms: 0,
             decisions_unshipped: 0,
+            shipped_epoch: 0,
+            cold_partitions: 0,
             windows: String::new(),
         }
     }

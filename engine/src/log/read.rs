@@ -181,24 +181,59 @@ impl Rows {
         Value::Object(row)
     }
 
-    /// The decision's event: its own bytes (copied: a segment read into memory need not be
-    /// 16-aligned), or its place in a batch payload record.
+    /// The decision's event.
     fn event(&self, d: &DecisionRecord<'_>) -> Option<Event> {
+        self.with_event(d, |archived| {
+            rkyv::deserialize::<Event, rkyv::rancor::Error>(archived).ok()
+        })?
+    }
+
+    /// `f` of the decision's archived event: its own bytes (copied: a segment read into
+    /// memory need not be 16-aligned), or its place in a batch payload record.
+    fn with_event<T>(
+        &self,
+        d: &DecisionRecord<'_>,
+        f: impl FnOnce(&ArchivedEvent) -> T,
+    ) -> Option<T> {
         use rkyv::rancor::Error;
         match d.event()? {
             EventBytes::InRecord(bytes) => {
                 let mut copy = AlignedVec::<16>::new();
                 copy.extend_from_slice(bytes);
                 let archived = rkyv::access::<ArchivedEvent, Error>(&copy).ok()?;
-                rkyv::deserialize::<Event, Error>(archived).ok()
+                Some(f(archived))
             }
             EventBytes::InPayload { payload_seq, index } => {
                 let payload = self.payloads.get(&payload_seq)?;
                 let batch = rkyv::access::<ArchivedEvaluateBatch, Error>(payload).ok()?;
-                let archived = batch.events.get(index as usize)?;
-                rkyv::deserialize::<Event, Error>(archived).ok()
+                Some(f(batch.events.get(index as usize)?))
             }
         }
+    }
+
+    /// The distinct partitions (of `partitions`) of a decision record's event's keys
+    /// (account, device, IP, merchant; empty ones have none), in that order, into `out`;
+    /// nothing for another record or an event that cannot be read.
+    pub fn key_partitions(&self, r: &Record<'_>, partitions: u32, out: &mut Vec<u32>) {
+        use verdict_rules::VelocityKey::{Account, Device, Ip, Merchant};
+        out.clear();
+        if r.kind != format::KIND_DECISION {
+            return;
+        }
+        let Some(d) = DecisionRecord::parse(r.body) else {
+            return;
+        };
+        self.with_event(&d, |event| {
+            let mut ip = [0u8; 16];
+            for key in [Account, Device, Ip, Merchant] {
+                if let Some(value) = verdict_rules::key_value(event, key, &mut ip) {
+                    let p = verdict_net::routing::partition_of(value, partitions);
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -124,6 +124,44 @@ pub async fn decide(
     out.push(Kind::PeerDecide.response_byte(), id, &reply, "peer decided")
 }
 
+/// What [`record_keys`] reuses from one event to the next.
+#[derive(Default)]
+pub struct Scratch {
+    regs: Outcome,
+    samples: Vec<verdict_rules::Sample>,
+    ip: [u8; 16],
+}
+
+/// Records `event` in `rules`' velocity functions of the keys in `keys` (a mask of
+/// [`key_bit`]s; an empty key, or one the rules count nothing by, is skipped), appending each function's window value to
+/// `values`: for another node's event (peer-record) and for an event replayed into a
+/// partition this node has just taken over ([`crate::cluster::replay`]).
+pub fn record_keys(
+    rules: &verdict_rules::RuleSet,
+    event: &ArchivedEvent,
+    keys: crate::mesh::KeyMask,
+    state: &mut verdict_rules::VelocityState,
+    scratch: &mut Scratch,
+    values: &mut Vec<f64>,
+) {
+    rules.load(event, &mut scratch.regs);
+    let per_key = rules.functions_by_key();
+    for key in KEYS {
+        // A key these rules keep no window by (the rules changed since it was asked) has
+        // nothing to record.
+        if keys & key_bit(key) == 0 || per_key[key as usize] == 0 {
+            continue;
+        }
+        let Some(value) = key_value(event, key, &mut scratch.ip) else {
+            continue;
+        };
+        scratch.samples.clear();
+        rules.key_samples(event, key, &scratch.regs, &mut scratch.samples);
+        let ts = event.timestamp_ms.to_native();
+        rules.record_samples(key, value, ts, &scratch.samples, state, values);
+    }
+}
+
 fn recycle_names<'b>(names: &mut Names<'static>) -> Names<'b> {
     std::mem::take(names).recycle()
 }
@@ -228,6 +266,14 @@ pub fn record(
                 return Err(ErrorCode::BadField);
             }
             let mine = view.route(value) == Route::Here && shard.table.owner(value) == shard.index;
+            if mine && view.cold(value) {
+                out.say(format_args!(
+                    "event {i}: its {key:?}'s partition has just come to node {:?}, which is \
+                     replaying its history before keeping it; retry shortly",
+                    view.me
+                ));
+                return Err(ErrorCode::Unavailable);
+            }
             if !mine {
                 out.say(format_args!(
                     "event {i}: its {key:?} is not this shard's (node {:?}, map epoch {} here, \
@@ -238,23 +284,12 @@ pub fn record(
             }
         }
     }
-    let mut regs = Outcome::default();
-    let mut samples = Vec::new();
     let mut values = Vec::new();
     {
         let mut state = shard.velocity.borrow_mut();
+        let mut scratch = Scratch::default();
         for (event, &keys) in request.events.iter().zip(request.keys.iter()) {
-            rules.load(event, &mut regs);
-            for key in KEYS {
-                if keys & key_bit(key) == 0 {
-                    continue;
-                }
-                let value = key_value(event, key, &mut ip).expect("checked");
-                samples.clear();
-                rules.key_samples(event, key, &regs, &mut samples);
-                let ts = event.timestamp_ms.to_native();
-                rules.record_samples(key, value, ts, &samples, &mut state, &mut values);
-            }
+            record_keys(rules, event, keys, &mut state, &mut scratch, &mut values);
         }
     }
     shard.stats.borrow_mut().mesh_events_recorded += n as u64;
