@@ -386,6 +386,7 @@ pub fn serve(
             decisions_unshipped: 0,
             shipped_epoch: 0,
             cold_partitions: 0,
+            routes_epoch: 0,
             windows: String::new(),
         };
         let log_dir = (c.decision_stream && config.log.enabled())

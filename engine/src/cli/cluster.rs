@@ -56,8 +56,29 @@ pub fn run(config: &ClusterConfig, action: &Action) -> anyhow::Result<ExitCode> 
     })
 }
 
+/// The replicated streams verdict writes, and the messages each holds (absent: not made
+/// yet). Read straight from JetStream: what consumers off the nodes can read now.
+async fn stream_counts(broker: &Nats) -> Vec<(&'static str, Option<u64>)> {
+    let js = async_nats::jetstream::new(broker.client());
+    let mut out = Vec::new();
+    for name in [
+        cluster::ship::STREAM,
+        cluster::ship::EVENTS,
+        cluster::ingest::INPUT,
+        cluster::ingest::OUTPUT,
+    ] {
+        let messages = match js.get_stream(name).await {
+            Ok(mut s) => s.info().await.ok().map(|i| i.state.messages),
+            Err(_) => None,
+        };
+        out.push((name, messages));
+    }
+    out
+}
+
 async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
     let live = cluster::live_nodes(broker).await?;
+    let streams = stream_counts(broker).await;
     let map = cluster::read_map(broker).await?;
     let now = cluster::now_ms();
     if as_json {
@@ -72,6 +93,10 @@ async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
                 "owned": m.counts(),
                 "lost": m.nodes.iter().filter(|n| !live.contains_key(*n)).collect::<Vec<_>>(),
             })),
+            "streams": streams
+                .iter()
+                .filter_map(|(name, n)| n.map(|n| (name.to_string(), json!(n))))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
         println!("{out:#}");
         return Ok(ExitCode::SUCCESS);
@@ -87,21 +112,22 @@ async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut names: Vec<&str> = live.keys().map(String::as_str).collect();
     names.extend(counts.keys().filter(|n| !live.contains_key(**n)));
     println!(
-        "{:<20} {:<5} {:<22} {:>6} {:>10} {:>10} {:>10}",
-        "node", "live", "address", "shards", "partitions", "heartbeat", "unshipped"
+        "{:<20} {:<5} {:<22} {:>6} {:>10} {:>10} {:>10} {:>8}",
+        "node", "live", "address", "shards", "partitions", "heartbeat", "unshipped", "cold"
     );
     for name in names {
         let owned = counts.get(name).copied().unwrap_or(0);
         match live.get(name) {
             Some(info) => println!(
-                "{:<20} {:<5} {:<22} {:>6} {:>10} {:>8.1} s {:>10}",
+                "{:<20} {:<5} {:<22} {:>6} {:>10} {:>8.1} s {:>10} {:>8}",
                 name,
                 "yes",
                 format!("{}:{}", info.address, info.port),
                 info.shards(),
                 owned,
                 now.saturating_sub(info.heartbeat_ms) as f64 / 1000.0,
-                info.decisions_unshipped
+                info.decisions_unshipped,
+                info.cold_partitions
             ),
             None => println!(
                 "{name:<20} {:<5} {:<22} {:>6} {owned:>10} {:>10}   lost: its partitions move at a live node's next heartbeat",
@@ -113,6 +139,32 @@ async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
         && !m.draining.is_empty()
     {
         println!("draining: {}", m.draining.join(", "));
+    }
+    let held: Vec<String> = streams
+        .iter()
+        .filter_map(|(name, n)| n.map(|n| format!("{name} {n}")))
+        .collect();
+    if !held.is_empty() {
+        println!("streams (messages): {}", held.join(", "));
+    }
+    let moving: u32 = live.values().map(|n| n.cold_partitions).sum();
+    let epoch = map.as_ref().map_or(0, |(m, _)| m.epoch);
+    let behind: Vec<&str> = live
+        .values()
+        .filter(|n| n.routes_epoch < epoch)
+        .map(|n| n.node.as_str())
+        .collect();
+    if moving > 0 || !behind.is_empty() {
+        println!(
+            "moves in progress: {moving} partitions cold (their new owners replay their history \
+             before serving them; their events are refused with error 9 meanwhile); not yet \
+             routing by epoch {epoch}: {}",
+            if behind.is_empty() {
+                "none".to_string()
+            } else {
+                behind.join(", ")
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

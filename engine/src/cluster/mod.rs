@@ -539,7 +539,9 @@ async fn run(
             me.heartbeat_ms = now_ms();
             me.decisions_unshipped = unshipped.load(Ordering::Relaxed);
             me.windows = shipping_of.rules.load().rules.windows_digest().to_string();
-            me.cold_partitions = cell.load().cold_partitions().len() as u32;
+            let routing = cell.load();
+            me.cold_partitions = routing.cold_partitions().len() as u32;
+            me.routes_epoch = routing.map_epoch;
             me.shipped_epoch = if shipping.is_some() {
                 shipped.load(Ordering::Relaxed)
             } else {

@@ -58,6 +58,9 @@ pub struct NodeInfo {
     /// Partitions it owns and is still replaying (a move in progress).
     #[serde(default)]
     pub cold_partitions: u32,
+    /// The map epoch its shards route by (0: none yet).
+    #[serde(default)]
+    pub routes_epoch: u64,
 }
 
 impl NodeInfo {

@@ -257,6 +257,7 @@ mod tests {
             decisions_unshipped: 0,
             shipped_epoch: 0,
             cold_partitions: 0,
+            routes_epoch: 0,
             windows: String::new(),
         }
     }
