@@ -37,8 +37,8 @@ pub const STREAM: &str = "VERDICT_DECISIONS";
 /// (`verdict.events.<partition>`), for rebuilding a partition's state where it moves.
 pub const EVENTS: &str = "VERDICT_EVENTS";
 
-/// Messages (two per record: its event, its decision) published before their
-/// acknowledgements are awaited.
+/// Messages (up to five per record: its event under each key's partition, its decision)
+/// published before their acknowledgements are awaited.
 const IN_FLIGHT_MAX: usize = 512;
 
 /// Bytes of a segment read per pass (doubled for a record larger than this).
@@ -289,98 +289,113 @@ impl Shipper {
             }
             let capped = tail.len() < available;
             let segment = Segment { bytes: &tail };
-            let mut pending = Vec::new();
+            // Where `tail` starts in the file; `offset` is in `tail`.
+            let base = place.offset;
             let mut offset = 0;
+            // One read serves many windows of messages in flight: a window's acknowledgements
+            // are awaited, then the next is published from the same bytes.
             let stop = loop {
-                match segment.at(offset) {
-                    At::Record(r) => {
-                        offset = Segment::after(&r);
-                        let Some(row) = place.rows.row(&r) else {
-                            continue;
-                        };
-                        place.logged = Some(place.logged.map_or(r.seq, |l| l.max(r.seq)));
-                        if place.shipped.is_some_and(|s| r.seq <= s) {
-                            continue;
-                        }
-                        let mut headers = async_nats::HeaderMap::new();
-                        let id = format!("{node}.{shard}.{}", r.seq);
-                        headers.insert("Nats-Msg-Id", id.as_str());
-                        let body =
-                            bytes::Bytes::from(serde_json::to_vec(&row).expect("a row serializes"));
-                        // The event's partition subjects first, then the decision's: a record
-                        // counts as shipped once all are acknowledged.
-                        place
-                            .rows
-                            .key_partitions(&r, partitions, &mut key_partitions);
-                        for &partition in &key_partitions {
+                let mut pending = Vec::new();
+                let stop = loop {
+                    match segment.at(offset) {
+                        At::Record(r) => {
+                            offset = Segment::after(&r);
+                            let Some(row) = place.rows.row(&r) else {
+                                continue;
+                            };
+                            place.logged = Some(place.logged.map_or(r.seq, |l| l.max(r.seq)));
+                            if place.shipped.is_some_and(|s| r.seq <= s) {
+                                continue;
+                            }
                             let mut headers = async_nats::HeaderMap::new();
-                            let id = format!("{id}.{partition}");
+                            let id = format!("{node}.{shard}.{}", r.seq);
                             headers.insert("Nats-Msg-Id", id.as_str());
-                            let event_ack = self
+                            let body = bytes::Bytes::from(
+                                serde_json::to_vec(&row).expect("a row serializes"),
+                            );
+                            // The event's partition subjects first, then the decision's: a
+                            // record counts as shipped once all are acknowledged.
+                            place
+                                .rows
+                                .key_partitions(&r, partitions, &mut key_partitions);
+                            for &partition in &key_partitions {
+                                let mut headers = async_nats::HeaderMap::new();
+                                let id = format!("{id}.{partition}");
+                                headers.insert("Nats-Msg-Id", id.as_str());
+                                let event_ack = self
+                                    .js
+                                    .publish_with_headers(
+                                        format!("verdict.events.{partition}"),
+                                        headers,
+                                        body.clone(),
+                                    )
+                                    .await
+                                    .map_err(|e| format!("publishing an event: {e}"))?;
+                                pending.push((r.seq, false, event_ack));
+                            }
+                            let ack = self
                                 .js
-                                .publish_with_headers(
-                                    format!("verdict.events.{partition}"),
-                                    headers,
-                                    body.clone(),
-                                )
+                                .publish_with_headers(subject.clone(), headers, body)
                                 .await
-                                .map_err(|e| format!("publishing an event: {e}"))?;
-                            pending.push((r.seq, false, event_ack));
+                                .map_err(|e| format!("publishing a decision: {e}"))?;
+                            pending.push((r.seq, true, ack));
+                            if pending.len() >= IN_FLIGHT_MAX {
+                                break Stop::InFlight;
+                            }
                         }
-                        let ack = self
-                            .js
-                            .publish_with_headers(subject.clone(), headers, body)
-                            .await
-                            .map_err(|e| format!("publishing a decision: {e}"))?;
-                        pending.push((r.seq, true, ack));
-                        if pending.len() >= IN_FLIGHT_MAX {
+                        At::End => break Stop::End,
+                        // Once the shard has moved on, bad bytes are corruption (skipped to
+                        // the next intact record) or a torn tail; in the segment being
+                        // written they are the record still arriving: wait for it.
+                        // A record cut by the read's own limit: read on from here (or read
+                        // more).
+                        At::Bad { .. } if capped => {
+                            if offset == 0 {
+                                read_len = read_len.saturating_mul(2);
+                            }
                             break Stop::Full;
                         }
-                    }
-                    At::End => break Stop::End,
-                    // Once the shard has moved on, bad bytes are corruption (skipped to the
-                    // next intact record) or a torn tail; in the segment being written they
-                    // are the record still arriving: wait for it.
-                    // A record cut by the read's own limit: read on from here (or read more).
-                    At::Bad { .. } if capped => {
-                        if offset == 0 {
-                            read_len = read_len.saturating_mul(2);
+                        At::Bad { offset: bad, .. } => {
+                            match segment.next_valid(bad, place.logged) {
+                                Some(r) if later.is_some() => offset = r.offset,
+                                _ => break Stop::End,
+                            }
                         }
-                        break Stop::Full;
                     }
-                    At::Bad { offset: bad, .. } => match segment.next_valid(bad, place.logged) {
-                        Some(r) if later.is_some() => offset = r.offset,
-                        _ => break Stop::End,
-                    },
+                };
+                // Acknowledged in order: the place moves only past what the stream holds.
+                for (seq, decision, ack) in pending {
+                    match tokio::time::timeout(self.timeout, ack.into_future()).await {
+                        // Shipped once its decision (published after its event) is in.
+                        Ok(Ok(_)) if decision => {
+                            place.shipped = Some(seq);
+                            if let Some(a) = appended.as_ref().and_then(|a| a.get(shard as usize)) {
+                                a.fetch_max(seq, std::sync::atomic::Ordering::Release);
+                            }
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            place.segment = None;
+                            return Err(format!("the stream did not take record {seq}: {e}"));
+                        }
+                        Err(_) => {
+                            place.segment = None;
+                            return Err(format!(
+                                "no acknowledgement for record {seq} within {:?}",
+                                self.timeout
+                            ));
+                        }
+                    }
+                }
+                place.offset = base + offset;
+                match stop {
+                    Stop::InFlight if started.elapsed() >= SHIP_SLICE => return Ok(false),
+                    Stop::InFlight => {}
+                    other => break other,
                 }
             };
-            // Acknowledged in order: the place moves only past what the stream holds.
-            for (seq, decision, ack) in pending {
-                match tokio::time::timeout(self.timeout, ack.into_future()).await {
-                    // Shipped once its decision (published after its event) is in.
-                    Ok(Ok(_)) if decision => {
-                        place.shipped = Some(seq);
-                        if let Some(a) = appended.as_ref().and_then(|a| a.get(shard as usize)) {
-                            a.fetch_max(seq, std::sync::atomic::Ordering::Release);
-                        }
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        place.segment = None;
-                        return Err(format!("the stream did not take record {seq}: {e}"));
-                    }
-                    Err(_) => {
-                        place.segment = None;
-                        return Err(format!(
-                            "no acknowledgement for record {seq} within {:?}",
-                            self.timeout
-                        ));
-                    }
-                }
-            }
-            place.offset += offset;
             match (stop, later) {
-                (Stop::Full, _) => continue,
+                (Stop::Full | Stop::InFlight, _) => continue,
                 (Stop::End, Some((_, f, p))) => {
                     place.segment = Some((f, p));
                     place.offset = format::HEADER_LEN;
@@ -394,7 +409,10 @@ impl Shipper {
 
 /// Why reading a segment stopped.
 enum Stop {
-    /// [`IN_FLIGHT_MAX`] records published: await them, then read on.
+    /// [`IN_FLIGHT_MAX`] messages published: await them, then go on in the same bytes.
+    InFlight,
+    /// The read's bytes end inside a record: read on from there (more bytes if it was the
+    /// first).
     Full,
     /// The end of what is written (or, in a finished segment, of the segment).
     End,
