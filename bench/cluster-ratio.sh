@@ -95,8 +95,9 @@ start_nats() {
     nats_url=nats://$(grep -o 'client connections on 127.0.0.1:[0-9]*' "$work/nats.log" |
         grep -o '127.0.0.1:[0-9]*')
 }
-# start_node NAME CPU RULES: a single-shard cluster node; waits for its ready line and for
-# it to route by the first map; sets port_NAME.
+# start_node NAME CPU RULES [SERVE ARGS...]: a single-shard cluster node (with the
+# sections in $node_toml before [cluster], the keys in $cluster_toml in it); waits for its
+# ready line and for it to route by the first map; sets port_NAME.
 start_node() {
     cat > "$work/node-$1.toml" <<TOML
 [listen]
@@ -105,16 +106,18 @@ port = 0
 shard_port_base = 0
 [[shard]]
 cpu = $2
+${node_toml:-}
 [cluster]
 urls = ["$nats_url"]
 node = "$1"
 replicas = 1
 heartbeat_ms = 200
 node_ttl_ms = 3000
+${cluster_toml:-}
 TOML
     rm -f "$work/node-$1.ready" "$work/node-$1.log"
     "$verdict" serve --shards "$work/node-$1.toml" --admin-port 0 --no-probes \
-        --rules "$work/$3.rules" > "$work/node-$1.ready" 2> "$work/node-$1.log" &
+        --rules "$work/$3.rules" "${@:4}" > "$work/node-$1.ready" 2> "$work/node-$1.log" &
     node_pids+=($!)
     node_names+=("$1")
     wait_for "$work/node-$1.ready" 100 "verdict ready" || die "node $1 did not start"
@@ -188,6 +191,78 @@ for shape in $shapes; do
     ratio() { awk -v a="$(col "$1" "$3")" -v b="$(col "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
     echo "$conns x $depth, $rounds rounds: scaling 3 nodes/1 node: account-only $(ratio account-aware account-one 2), multi-key $(ratio multikey-aware multikey-one 2); forwarding naive/aware (3 nodes): account-only $(ratio account-naive account-aware 2) (p99 $(ratio account-naive account-aware 4)x), multi-key $(ratio multikey-naive multikey-aware 2) (p99 $(ratio multikey-naive multikey-aware 4)x); gathers multi-key/account-only: 3 nodes $(ratio multikey-aware account-aware 2), 1 node $(ratio multikey-one account-one 2)"
 done
+
+# The decision stream under load (one node, account-only rules, the generator on cpu 1):
+#   stream: [log] dir with the default sync; the lag = events the node has decided
+#           (`verdict stats`) minus messages in VERDICT_DECISIONS (`verdict cluster status
+#           --json`), sampled about every 250 ms during the load, and how long after the
+#           load it takes to reach 0.
+#   sync:   log.sync = "always" (answers wait for the disk);
+#   wait:   the same plus cluster.wait_for_append: answers also wait for both streams.
+#   The cost of the mode: wait / sync (req/s, p50), unpipelined and pipelined.
+# APPEND=0 skips it.
+unshipped() {
+    local decided held
+    decided=$("$verdict" stats --addr "127.0.0.1:$port_a" --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["events"])') || return 0
+    held=$("$verdict" cluster status --cluster "$nats_url" --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["streams"].get("VERDICT_DECISIONS", 0))') ||
+        return 0
+    echo $((decided - held))
+}
+measure_append() {
+    local mode=$1 conns=$2 depth=$3
+    start_nats
+    node_toml= cluster_toml=
+    rm -rf "$work/log-a"
+    case $mode in
+        sync) node_toml=$'[log]\nsync = "always"' ;;
+        wait) node_toml=$'[log]\nsync = "always"' cluster_toml='wait_for_append = true' ;;
+    esac
+    start_node a 0 account --log-dir "$work/log-a"
+    # With a log the node replays its partitions' history (none here) before serving them.
+    wait_for "$work/node-a.log" 300 "caught up on" || die "node a never caught up"
+    node_toml= cluster_toml=
+    : > "$work/lag"
+    (while :; do unshipped >> "$work/lag"; sleep 0.25; done) &
+    local sampler=$!
+    timeout -k 5 $((duration + warmup + 60)) "$verdict_load" run --addr "127.0.0.1:$port_a" \
+        --connections "$conns" --depth "$depth" --duration "$duration" --warmup "$warmup" \
+        --cluster-aware --cpus 1 > "$work/load.out" 2>&1 ||
+        echo "append-$mode $conns x$depth: verdict-load exited $?" >> "$work/errors"
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+    grep -E '^(errors by code|connection failures)' "$work/load.out" |
+        sed "s/^/append-$mode $conns x$depth: /" >> "$work/errors" || true
+    local drained=-1 t0=$SECONDS
+    for _ in $(seq 120); do
+        [ "$(unshipped)" = 0 ] && { drained=$((SECONDS - t0)); break; }
+        sleep 0.25
+    done
+    local max p50
+    max=$(sort -n "$work/lag" | tail -1)
+    p50=$(median < "$work/lag")
+    awk -F'|' -v m="${max:-0}" -v p="${p50:-0}" -v d="$drained" '/closed loop/ {gsub(/ /, "");
+        print $3, $7, $9, m, p, d}' "$work/load.out" > "$work/row"
+    stop_all
+}
+if [ "${APPEND:-1}" = 1 ]; then
+    for shape in 15x1 9x16; do
+        conns=${shape%x*} depth=${shape#*x}
+        : > "$work/results"
+        for _ in $(seq "$rounds"); do
+            for mode in stream sync wait; do
+                measure_append "$mode" "$conns" "$depth"
+                echo "$mode $(cat "$work/row")" | tee -a "$work/results"
+            done
+        done
+        col() { grep "^$1 " "$work/results" | awk -v c="$2" '{print $c}' | median; }
+        for mode in stream sync wait; do
+            echo "append $conns x $depth: $mode median $(col "$mode" 2) req/s, p50 $(col "$mode" 3) us, p99 $(col "$mode" 4) us, unshipped max $(col "$mode" 5) p50 $(col "$mode" 6), drained in $(col "$mode" 7) s"
+        done
+        ratio() { awk -v a="$(col "$1" "$3")" -v b="$(col "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
+        echo "append $conns x $depth, $rounds rounds: wait-for-append / sync always: req/s $(ratio wait sync 2), p50 $(ratio wait sync 3)x, p99 $(ratio wait sync 4)x"
+    done
+fi
 if [ -s "$work/errors" ]; then
     echo "errors:"
     cat "$work/errors"
