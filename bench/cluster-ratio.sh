@@ -204,9 +204,9 @@ done
 unshipped() {
     local decided held
     decided=$("$verdict" stats --addr "127.0.0.1:$port_a" --json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["events"])') || return 0
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["events"])' 2>/dev/null) || return 0
     held=$("$verdict" cluster status --cluster "$nats_url" --json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["streams"].get("VERDICT_DECISIONS", 0))') ||
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["streams"].get("VERDICT_DECISIONS", 0))' 2>/dev/null) ||
         return 0
     echo $((decided - held))
 }
