@@ -441,13 +441,15 @@ impl Warmth {
             );
         }
         self.waiting = None;
-        let js = async_nats::jetstream::new(broker.client());
-        let feeds = shipping.feeds.clone();
-        let window = Duration::from_millis(shipping.rules.load().rules.longest_window_ms());
-        let (seen, replayed) = (view.clone(), cold.clone());
-        let task = tokio::spawn(async move {
-            replay::catch_up(&js, &feeds, &seen, &replayed, window, timeout).await
-        });
+        let plan = replay::Plan {
+            js: async_nats::jetstream::new(broker.client()),
+            feeds: shipping.feeds.clone(),
+            view: view.clone(),
+            cold: cold.clone(),
+            window: Duration::from_millis(shipping.rules.load().rules.longest_window_ms()),
+            timeout,
+        };
+        let task = tokio::spawn(replay::catch_up(plan));
         info!(
             "cluster: node {me} catching up on {} partitions of map epoch {}",
             cold.len(),

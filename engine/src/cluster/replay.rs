@@ -170,18 +170,28 @@ fn keys_in(event: &ArchivedEvent, p: u32, partitions: u32) -> KeyMask {
         .fold(0, |mask, &key| mask | key_bit(key))
 }
 
-/// Replays `cold` (partitions `view` gives this node) from [`super::ship::EVENTS`] into the
-/// shards through `feeds`: first every shard forgets what it kept of them, then every
-/// message from `window + REPLAY_MARGIN` ago to the stream's end at the start; then waits
-/// until every shard has applied its share. Each NATS call is bounded by `timeout`.
-pub async fn catch_up(
-    js: &jetstream::Context,
-    feeds: &[flume::Sender<Job>],
-    view: &ClusterView,
-    cold: &[u32],
-    window: Duration,
-    timeout: Duration,
-) -> Result<CaughtUp, String> {
+/// What one catch-up replays, and where.
+pub struct Plan {
+    pub js: jetstream::Context,
+    /// Each shard's queue.
+    pub feeds: Vec<flume::Sender<Job>>,
+    /// The view that gave this node the partitions.
+    pub view: ClusterView,
+    /// The partitions to replay (`view` gives them to this node).
+    pub cold: Vec<u32>,
+    /// The rules' longest window.
+    pub window: Duration,
+    /// The most any one NATS call may take.
+    pub timeout: Duration,
+}
+
+/// Replays `plan.cold` from [`super::ship::EVENTS`] into the shards: first every shard
+/// forgets what it kept of them, then every message from `window + REPLAY_MARGIN` ago to
+/// the stream's end at the start; then waits until every shard has applied its share.
+pub async fn catch_up(plan: Plan) -> Result<CaughtUp, String> {
+    let Plan {
+        feeds, view, cold, ..
+    } = &plan;
     let started = Instant::now();
     let mut done = CaughtUp {
         partitions: cold.len(),
@@ -198,8 +208,8 @@ pub async fn catch_up(
             .await
             .map_err(|_| closed())?;
     }
-    if !window.is_zero() && !cold.is_empty() {
-        replay_stream(js, feeds, view, cold, window, timeout, &mut done).await?;
+    if !plan.window.is_zero() && !cold.is_empty() {
+        replay_stream(&plan, &mut done).await?;
     }
     for feed in feeds {
         let (tx, rx) = flume::bounded(1);
@@ -210,15 +220,16 @@ pub async fn catch_up(
     Ok(done)
 }
 
-async fn replay_stream(
-    js: &jetstream::Context,
-    feeds: &[flume::Sender<Job>],
-    view: &ClusterView,
-    cold: &[u32],
-    window: Duration,
-    timeout: Duration,
-    done: &mut CaughtUp,
-) -> Result<(), String> {
+async fn replay_stream(plan: &Plan, done: &mut CaughtUp) -> Result<(), String> {
+    let Plan {
+        js,
+        feeds,
+        view,
+        cold,
+        window,
+        timeout,
+    } = plan;
+    let (window, timeout) = (*window, *timeout);
     let bounded = |what: &'static str| move |_| format!("{what} took over {timeout:?}");
     let stream = match tokio::time::timeout(timeout, js.get_stream(super::ship::EVENTS))
         .await
