@@ -49,6 +49,9 @@ pub struct ShardContext {
     pub view: Option<crate::cluster::view::ViewCell>,
     /// With `cluster.wait_for_append`: what the shipper has appended, per shard.
     pub appended: Option<crate::cluster::Appended>,
+    /// As a cluster node with a decision log: the last record each shard's log has written
+    /// (what the shipper is behind by).
+    pub logged: Option<crate::cluster::Appended>,
     /// As a cluster node: this shard's share of the history replayed into partitions the
     /// node takes over.
     pub replay: Option<flume::Receiver<crate::cluster::replay::Job>>,
@@ -171,7 +174,7 @@ pub async fn run(mut ctx: ShardContext) {
             first_seq: 0,
             created_ms: 0,
         };
-        match crate::log::writer::Log::open(&config.log, header).await {
+        match crate::log::writer::Log::open(&config.log, header, ctx.logged.clone()).await {
             Ok(log) => Some(log),
             Err(e) => {
                 let dir = &config.log.dir;

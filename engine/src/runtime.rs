@@ -246,6 +246,15 @@ pub fn serve(
                 .collect(),
         )
     });
+    // What each shard's log has written, for the decision stream's lag.
+    let logged: Option<crate::cluster::Appended> =
+        (config.cluster.enabled() && config.log.enabled()).then(|| {
+            Arc::new(
+                (0..shard_count)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
+            )
+        });
     let (events_tx, events) = mpsc::channel();
     // A cluster node's catch-ups hand each shard its share of a partition's history.
     let (feeds, mut replays) = if config.cluster.enabled() {
@@ -270,6 +279,7 @@ pub fn serve(
             rules: rules.clone(),
             view: view.clone(),
             appended: appended.clone(),
+            logged: logged.clone(),
             replay: replays[i].take(),
             taken: taken.clone(),
             reports: reports_tx.clone(),
@@ -401,6 +411,7 @@ pub fn serve(
         let partitions = config.routing.partitions;
         let shipping = crate::cluster::Shipping {
             log_dir,
+            logged,
             appended,
             rules: rules.clone(),
             feeds,

@@ -1068,8 +1068,24 @@ fn partitions_move_with_their_history() {
     }
     wait_log(&v1, "routes by map epoch 2");
     decide_like(&[&v1, &v2, &v3], &events[..300], &reference[..300], 31);
-    // Everything decided is in the streams (nothing in the loss window) when v3 dies.
+    // Everything decided is in the streams (nothing in the loss window) when v3 dies, and
+    // every node's record says so.
     expect_rows(&nats, 300, "the first 300 decisions");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&cluster_cli(&nats, &["status", "--json"])).unwrap();
+        let nodes = status["nodes"].as_array().unwrap();
+        let waiting: Vec<u64> = nodes
+            .iter()
+            .map(|n| n["decisions_unshipped"].as_u64().unwrap())
+            .collect();
+        if nodes.len() == 3 && waiting.iter().all(|&w| w == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unshipped never 0: {waiting:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // kill -9 of v3: its partitions go to v1 and v2, which replay their history from
     // VERDICT_EVENTS; the next events decide exactly as on one engine that saw them all.

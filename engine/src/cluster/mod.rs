@@ -285,6 +285,8 @@ const SHIP_TICK_WAITED: Duration = Duration::from_millis(1);
 /// `appended`; history goes to the shards through `feeds`.
 pub struct Shipping {
     pub log_dir: Option<std::path::PathBuf>,
+    /// The last record each shard's log has written.
+    pub logged: Option<Appended>,
     pub appended: Option<Appended>,
     /// The rule epoch (its velocity functions' digest goes in this node's record).
     pub rules: Arc<verdict_rules::epoch::EpochCell<crate::scoring::Published>>,
@@ -511,6 +513,7 @@ async fn run(
                             options.replicas,
                             options.request_timeout,
                             shipping_of.appended.clone(),
+                            shipping_of.logged.clone(),
                         );
                         let tick = if shipping_of.appended.is_some() {
                             SHIP_TICK_WAITED

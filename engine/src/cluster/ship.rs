@@ -60,6 +60,8 @@ struct Place {
     shipped: Option<u64>,
     /// The last decision record seen in the log.
     logged: Option<u64>,
+    /// Every record up to this one (of any kind) is read and, if a decision, shipped.
+    through: u64,
 }
 
 /// Follows every shard's log in `dir` and publishes to [`STREAM`].
@@ -78,6 +80,8 @@ pub struct Shipper {
     /// Per shard, the last record both streams hold, for answers that wait for it
     /// (`cluster.wait_for_append`).
     appended: Option<super::Appended>,
+    /// Per shard, the last record its log has written (the shards say).
+    logged: Option<super::Appended>,
 }
 
 impl Shipper {
@@ -91,6 +95,7 @@ impl Shipper {
         replicas: usize,
         timeout: Duration,
         appended: Option<super::Appended>,
+        logged: Option<super::Appended>,
     ) -> Shipper {
         Shipper {
             node: node.to_string(),
@@ -103,6 +108,7 @@ impl Shipper {
             replicas,
             timeout,
             appended,
+            logged,
         }
     }
 
@@ -117,15 +123,23 @@ impl Shipper {
         format!("verdict.decisions.{}.{shard}", self.node)
     }
 
-    /// Decision records logged and not yet acknowledged by the stream.
+    /// Records logged and not yet acknowledged by the stream: by sequence number, from the
+    /// last one each shard's log has written to the last one shipped (records of other kinds
+    /// among them count too, so this bounds the decisions waiting from above; before the
+    /// stream has answered once, all of the log counts).
     pub fn unshipped(&self) -> u64 {
-        self.places
-            .values()
-            .map(|p| match (p.logged, p.shipped) {
-                (Some(l), Some(s)) => l.saturating_sub(s),
-                // Sequence numbers start at 1: about that many are waiting.
-                (Some(l), None) => l,
-                _ => 0,
+        (0..self.shards)
+            .map(|shard| {
+                let place = self.places.get(&shard);
+                let written = self
+                    .logged
+                    .as_ref()
+                    .and_then(|l| l.get(shard as usize))
+                    .map(|w| w.load(std::sync::atomic::Ordering::Relaxed));
+                let logged = written.max(place.and_then(|p| p.logged)).unwrap_or(0);
+                // Sequence numbers start at 1: with nothing shipped, that many are waiting.
+                let done = place.map_or(0, |p| p.shipped.unwrap_or(0).max(p.through));
+                logged.saturating_sub(done)
             })
             .sum()
     }
@@ -296,10 +310,12 @@ impl Shipper {
             // are awaited, then the next is published from the same bytes.
             let stop = loop {
                 let mut pending = Vec::new();
+                let mut read = None;
                 let stop = loop {
                     match segment.at(offset) {
                         At::Record(r) => {
                             offset = Segment::after(&r);
+                            read = Some(r.seq);
                             let Some(row) = place.rows.row(&r) else {
                                 continue;
                             };
@@ -388,6 +404,9 @@ impl Shipper {
                     }
                 }
                 place.offset = base + offset;
+                if let Some(seq) = read {
+                    place.through = place.through.max(seq);
+                }
                 match stop {
                     Stop::InFlight if started.elapsed() >= SHIP_SLICE => return Ok(false),
                     Stop::InFlight => {}

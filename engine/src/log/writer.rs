@@ -85,13 +85,20 @@ pub struct Log {
     /// Told when the writer task has closed its segment (shutdown).
     closed: RefCell<Option<LocalReceiver<()>>>,
     pub stats: RefCell<LogStats>,
+    /// Where the last sequence number written goes for the cluster thread (its decision
+    /// stream's lag): `[shard]` of these, stored once per write.
+    written_to: Option<crate::cluster::Appended>,
 }
 
 impl Log {
     /// Opens shard `header.shard`'s log in `config.dir`: recovers its last segment (a torn
     /// tail is cut) and starts a new segment at the next sequence number; spawns the writer
-    /// task on this executor.
-    pub async fn open(config: &LogConfig, mut header: SegmentHeader) -> std::io::Result<Rc<Log>> {
+    /// task on this executor. `written_to[shard]`, if given, follows the last record written.
+    pub async fn open(
+        config: &LogConfig,
+        mut header: SegmentHeader,
+        written_to: Option<crate::cluster::Appended>,
+    ) -> std::io::Result<Rc<Log>> {
         let dir = PathBuf::from(&config.dir);
         std::fs::create_dir_all(&dir)?;
         let recovered = super::recover::recover(&dir, u32::from(header.shard))?;
@@ -131,11 +138,13 @@ impl Log {
             doorbell,
             closing: Cell::new(false),
             closed: RefCell::new(Some(closed_rx)),
+            written_to,
             stats: RefCell::new(LogStats {
                 segments: 1,
                 ..LogStats::default()
             }),
         });
+        log.tell_written(recovered.next_seq.saturating_sub(1));
         glommio::spawn_local(write_loop(log.clone(), file, rung, closed_tx)).detach();
         Ok(log)
     }
@@ -286,6 +295,19 @@ impl Log {
             OnWriteError::Refuse => s.refused += n,
         }
         s.records -= n.min(s.records);
+    }
+}
+
+impl Log {
+    /// Tells the cluster thread (if it follows this log) that records up to `seq` are written.
+    fn tell_written(&self, seq: u64) {
+        if let Some(w) = self
+            .written_to
+            .as_ref()
+            .and_then(|w| w.get(usize::from(self.header.shard)))
+        {
+            w.store(seq, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -669,6 +691,7 @@ async fn write_part(
             carry.clear();
             log.stats.borrow_mut().bytes_written += len;
             log.state.borrow_mut().written = part.last;
+            log.tell_written(part.last);
         }
         Err(e) => {
             let (decisions, epoch) = lost_records(bytes);
