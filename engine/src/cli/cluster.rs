@@ -59,7 +59,8 @@ pub fn run(config: &ClusterConfig, action: &Action) -> anyhow::Result<ExitCode> 
 /// The replicated streams verdict writes, and the messages each holds (absent: not made
 /// yet). Read straight from JetStream: what consumers off the nodes can read now.
 async fn stream_counts(broker: &Nats) -> Vec<(&'static str, Option<u64>)> {
-    let js = async_nats::jetstream::new(broker.client());
+    use cluster::broker::Streams;
+    let streams = broker.streams();
     let mut out = Vec::new();
     for name in [
         cluster::ship::STREAM,
@@ -67,19 +68,16 @@ async fn stream_counts(broker: &Nats) -> Vec<(&'static str, Option<u64>)> {
         cluster::ingest::INPUT,
         cluster::ingest::OUTPUT,
     ] {
-        let messages = match js.get_stream(name).await {
-            Ok(mut s) => s.info().await.ok().map(|i| i.state.messages),
-            Err(_) => None,
-        };
-        out.push((name, messages));
+        out.push((name, streams.length(name).await.ok().flatten()));
     }
     out
 }
 
 async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
-    let live = cluster::live_nodes(broker).await?;
-    let streams = stream_counts(broker).await;
     let map = cluster::read_map(broker).await?;
+    let expected: Vec<String> = map.as_ref().map_or(Vec::new(), |(m, _)| m.nodes.clone());
+    let live = cluster::live_nodes_expecting(broker, &expected).await?;
+    let streams = stream_counts(broker).await;
     let now = cluster::now_ms();
     if as_json {
         let nodes: Vec<_> = live.values().collect();

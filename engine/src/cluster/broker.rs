@@ -1,7 +1,10 @@
-//! What the cluster needs from a replicated broker, as a small interface ([`Broker`]), and
-//! its NATS JetStream implementation ([`Nats`]). Everything that must agree across machines
-//! goes through it; nothing on a shard core calls it (it runs on the cluster thread, on a
-//! tokio runtime of its own, and in the `verdict cluster` CLI).
+//! What the cluster needs from a replicated broker, as two small interfaces, and their NATS
+//! JetStream implementations: [`Broker`] (key-value buckets with compare-and-set: [`Nats`])
+//! and [`Streams`] (appended streams with deduplication ids, reads from a time, a shared
+//! work queue: [`NatsStreams`]). Everything that must agree across machines goes through
+//! them; a Kafka-protocol adapter would implement both. Nothing on a shard core calls them
+//! (they run on the cluster and ingest threads, on tokio runtimes of their own, and in the
+//! `verdict cluster` CLI).
 //!
 //! Two key-value buckets, replicated (`cluster.replicas`):
 //! - `verdict_nodes`: one record per live node ([`super::table::NodeInfo`]), refreshed
@@ -101,6 +104,7 @@ pub struct Nats {
     nodes: kv::Store,
     cluster: kv::Store,
     timeout: Duration,
+    replicas: usize,
 }
 
 impl Nats {
@@ -156,12 +160,18 @@ impl Nats {
             nodes: open(Bucket::Nodes, 1, options.node_ttl).await?,
             cluster: open(Bucket::Cluster, 16, Duration::ZERO).await?,
             timeout,
+            replicas: options.replicas,
         })
     }
 
     /// The connection (for the decision stream, which publishes on it).
     pub fn client(&self) -> async_nats::Client {
         self.client.clone()
+    }
+
+    /// The streams on this connection.
+    pub fn streams(&self) -> NatsStreams {
+        NatsStreams::new(self.client.clone(), self.replicas, self.timeout)
     }
 
     fn store(&self, bucket: Bucket) -> &kv::Store {
@@ -283,5 +293,308 @@ impl Broker for Nats {
             Ok(out)
         })
         .await
+    }
+}
+
+/// A stream the cluster keeps: its name and the subjects it takes (`prefix.>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: &'static str,
+    pub subjects: &'static str,
+}
+
+/// One message read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: String,
+    pub body: bytes::Bytes,
+    /// Its place in the stream.
+    pub sequence: u64,
+    /// Messages the read it came from has left after it.
+    pub pending: u64,
+}
+
+/// The replicated streams the cluster appends to and reads: the decision and event streams
+/// ([`super::ship`], [`super::replay`]) and ingestion's input and output
+/// ([`super::ingest`]). A Kafka-protocol adapter implements these as it would [`Broker`]:
+/// a topic per stream, the subject as the record's key, an idempotent producer for the
+/// ids, a consumer group for the queue.
+pub trait Streams: Clone + Send + Sync + 'static {
+    /// An append in flight: resolves once the stream holds the message.
+    type Appended: Future<Output = Result<(), BrokerError>> + Send;
+    /// A read in progress ([`read_since`](Self::read_since)).
+    type Reading: Send;
+    /// A work queue ([`queue`](Self::queue)).
+    type Queue: Send + Sync;
+    /// A message taken from a queue and not yet settled.
+    type Taken: Send + Sync;
+
+    /// Makes `stream` if it does not exist: replicated, and dropping a message whose id it
+    /// has seen within two minutes.
+    fn ensure(&self, stream: StreamSpec) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// How many messages `stream` holds; `None` if it does not exist.
+    fn length(&self, stream: &str)
+    -> impl Future<Output = Result<Option<u64>, BrokerError>> + Send;
+    /// The body of the last message on `subject` of `stream`, if there is one.
+    fn last_on(
+        &self,
+        stream: StreamSpec,
+        subject: &str,
+    ) -> impl Future<Output = Result<Option<bytes::Bytes>, BrokerError>> + Send;
+    /// Sends `body` under `subject` with the id `id` (the stream keeps one message per id);
+    /// returns once sent, with the acknowledgement to await.
+    fn append(
+        &self,
+        subject: String,
+        id: &str,
+        body: bytes::Bytes,
+    ) -> impl Future<Output = Result<Self::Appended, BrokerError>> + Send;
+    /// Starts reading the messages of `subjects` in `stream` appended since `since_ms` (ms
+    /// since the Unix epoch), up to its end now; `None` if there are none.
+    fn read_since(
+        &self,
+        stream: StreamSpec,
+        subjects: Vec<String>,
+        since_ms: u64,
+    ) -> impl Future<Output = Result<Option<Self::Reading>, BrokerError>> + Send;
+    /// The next message of a read.
+    fn next(
+        reading: &mut Self::Reading,
+    ) -> impl Future<Output = Result<Message, BrokerError>> + Send;
+    /// The shared queue `durable` over `stream`: a message taken and not settled within
+    /// `ack_wait` is given to a taker again.
+    fn queue(
+        &self,
+        stream: StreamSpec,
+        durable: &'static str,
+        ack_wait: Duration,
+    ) -> impl Future<Output = Result<Self::Queue, BrokerError>> + Send;
+    /// Takes up to `max` messages, waiting at most `wait` for them.
+    fn take(
+        queue: &Self::Queue,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<(Message, Self::Taken)>, BrokerError>> + Send;
+    /// Settles a taken message: done (`retry` None: the stream confirms it is settled), or
+    /// back to the queue, to be taken again after `retry`.
+    fn settle(
+        &self,
+        taken: &Self::Taken,
+        retry: Option<Duration>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+/// [`Streams`] on NATS JetStream.
+#[derive(Clone)]
+pub struct NatsStreams {
+    js: jetstream::Context,
+    replicas: usize,
+    timeout: Duration,
+}
+
+impl NatsStreams {
+    pub fn new(client: async_nats::Client, replicas: usize, timeout: Duration) -> NatsStreams {
+        NatsStreams {
+            js: jetstream::new(client),
+            replicas,
+            timeout,
+        }
+    }
+}
+
+/// A JetStream message as a [`Message`].
+fn message_of(m: &jetstream::Message) -> Message {
+    let info = m.info().ok();
+    Message {
+        subject: m.subject.to_string(),
+        body: m.payload.clone(),
+        sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
+        pending: info.as_ref().map_or(0, |i| i.pending),
+    }
+}
+
+impl Streams for NatsStreams {
+    type Appended = std::pin::Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+    type Reading = jetstream::consumer::pull::Ordered;
+    type Queue = jetstream::consumer::PullConsumer;
+    type Taken = jetstream::Message;
+
+    async fn ensure(&self, stream: StreamSpec) -> Result<(), BrokerError> {
+        let config = jetstream::stream::Config {
+            name: stream.name.into(),
+            subjects: vec![stream.subjects.into()],
+            num_replicas: self.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        within(self.timeout, async {
+            self.js
+                .get_or_create_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable(format_args!("stream {}: {e}", stream.name)))
+        })
+        .await
+    }
+
+    async fn length(&self, stream: &str) -> Result<Option<u64>, BrokerError> {
+        within(self.timeout, async {
+            match self.js.get_stream(stream).await {
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .map(|i| Some(i.state.messages))
+                    .map_err(unavailable),
+                Err(_) => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn last_on(
+        &self,
+        stream: StreamSpec,
+        subject: &str,
+    ) -> Result<Option<bytes::Bytes>, BrokerError> {
+        use jetstream::stream::LastRawMessageErrorKind;
+        within(self.timeout, async {
+            let s = self.js.get_stream(stream.name).await.map_err(unavailable)?;
+            match s.get_last_raw_message_by_subject(subject).await {
+                Ok(m) => Ok(Some(m.payload)),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(unavailable(format_args!(
+                    "reading where {subject} stopped: {e}"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        subject: String,
+        id: &str,
+        body: bytes::Bytes,
+    ) -> Result<Self::Appended, BrokerError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let sent = self
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(unavailable)?;
+        let timeout = self.timeout;
+        Ok(Box::pin(async move {
+            within(timeout, async {
+                sent.into_future().await.map(|_| ()).map_err(unavailable)
+            })
+            .await
+        }))
+    }
+
+    async fn read_since(
+        &self,
+        stream: StreamSpec,
+        subjects: Vec<String>,
+        since_ms: u64,
+    ) -> Result<Option<Self::Reading>, BrokerError> {
+        use jetstream::consumer;
+        within(self.timeout, async {
+            let s = match self.js.get_stream(stream.name).await {
+                Ok(s) => s,
+                // No stream: nothing was ever appended.
+                Err(e)
+                    if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(unavailable(format_args!("stream {}: {e}", stream.name))),
+            };
+            let start_time =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+                    .map_err(unavailable)?;
+            let config = consumer::pull::OrderedConfig {
+                filter_subjects: subjects,
+                deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                ..Default::default()
+            };
+            let consumer = s.create_consumer(config).await.map_err(unavailable)?;
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(None);
+            }
+            consumer.messages().await.map(Some).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn next(reading: &mut Self::Reading) -> Result<Message, BrokerError> {
+        match reading.next().await {
+            None => Err(unavailable("the read ended early")),
+            Some(Err(e)) => Err(unavailable(e)),
+            Some(Ok(m)) => Ok(message_of(&m)),
+        }
+    }
+
+    async fn queue(
+        &self,
+        stream: StreamSpec,
+        durable: &'static str,
+        ack_wait: Duration,
+    ) -> Result<Self::Queue, BrokerError> {
+        use jetstream::consumer;
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        within(self.timeout, async {
+            let s = self.js.get_stream(stream.name).await.map_err(unavailable)?;
+            s.get_or_create_consumer(durable, config)
+                .await
+                .map_err(|e| unavailable(format_args!("consumer {durable}: {e}")))
+        })
+        .await
+    }
+
+    async fn take(
+        queue: &Self::Queue,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Message, Self::Taken)>, BrokerError> {
+        let mut batch = queue
+            .batch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(unavailable)?;
+            out.push((message_of(&m), m));
+        }
+        Ok(out)
+    }
+
+    async fn settle(
+        &self,
+        taken: &Self::Taken,
+        retry: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        match retry {
+            Some(after) => taken
+                .ack_with(jetstream::AckKind::Nak(Some(after)))
+                .await
+                .map_err(unavailable),
+            None => {
+                within(self.timeout, async {
+                    taken.double_ack().await.map_err(unavailable)
+                })
+                .await
+            }
+        }
     }
 }

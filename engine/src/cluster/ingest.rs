@@ -30,13 +30,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
-use futures_util::StreamExt;
 use log::info;
 use verdict_net::routing::partition_of;
 use verdict_net::{Client, ClientError, Decision, Kind};
 
-use super::broker::NatsOptions;
+use super::broker::{Message, NatsOptions, StreamSpec, Streams};
 
 /// The input stream's name.
 pub const INPUT: &str = "VERDICT_INPUT";
@@ -44,6 +42,17 @@ pub const INPUT: &str = "VERDICT_INPUT";
 pub const OUTPUT: &str = "VERDICT_OUTPUT";
 /// The durable consumer every node pulls from.
 pub const CONSUMER: &str = "verdict-ingest";
+
+/// The input stream and the subjects it takes.
+const INPUT_SPEC: StreamSpec = StreamSpec {
+    name: INPUT,
+    subjects: "verdict.input.>",
+};
+/// The output stream and the subjects it takes.
+const OUTPUT_SPEC: StreamSpec = StreamSpec {
+    name: OUTPUT,
+    subjects: "verdict.output.>",
+};
 
 /// How long a pull waits for messages before trying again (and checking for the stop).
 const PULL_WAIT: Duration = Duration::from_millis(500);
@@ -85,47 +94,23 @@ async fn run(config: IngestConfig, stop: Arc<AtomicBool>) {
 /// Connects, makes the streams and the consumer, and pulls until `stop` or a failure.
 async fn ingest(config: &IngestConfig, stop: &AtomicBool) -> Result<(), String> {
     let nats = &config.nats;
-    let client = super::broker::Nats::connect(nats)
+    let streams = super::broker::Nats::connect(nats)
         .await
         .map_err(|e| format!("ingest: {e}"))?
-        .client();
-    let js = jetstream::new(client);
+        .streams();
     let timeout = nats.request_timeout;
-    let within = |what: &'static str| move |_| format!("ingest: {what} timed out");
-    let input = stream::Config {
-        name: INPUT.into(),
-        subjects: vec!["verdict.input.>".into()],
-        num_replicas: nats.replicas,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    let input = tokio::time::timeout(timeout, js.get_or_create_stream(input))
+    streams
+        .ensure(INPUT_SPEC)
         .await
-        .map_err(within("creating the input stream"))?
         .map_err(|e| format!("ingest: the input stream: {e}"))?;
-    let output = stream::Config {
-        name: OUTPUT.into(),
-        subjects: vec!["verdict.output.>".into()],
-        num_replicas: nats.replicas,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    tokio::time::timeout(timeout, js.get_or_create_stream(output))
+    streams
+        .ensure(OUTPUT_SPEC)
         .await
-        .map_err(within("creating the output stream"))?
         .map_err(|e| format!("ingest: the output stream: {e}"))?;
-    let durable = consumer::pull::Config {
-        durable_name: Some(CONSUMER.into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: config.ack_wait,
-        num_replicas: nats.replicas,
-        ..Default::default()
-    };
-    let consumer: consumer::PullConsumer =
-        tokio::time::timeout(timeout, input.get_or_create_consumer(CONSUMER, durable))
-            .await
-            .map_err(within("creating the consumer"))?
-            .map_err(|e| format!("ingest: the consumer: {e}"))?;
+    let queue = streams
+        .queue(INPUT_SPEC, CONSUMER, config.ack_wait)
+        .await
+        .map_err(|e| format!("ingest: the consumer: {e}"))?;
     let mut engine = Client::connect(&config.addr).map_err(|e| {
         format!(
             "ingest: connecting to this node's port {}: {e}",
@@ -139,26 +124,16 @@ async fn ingest(config: &IngestConfig, stop: &AtomicBool) -> Result<(), String> 
             tokio::time::sleep(PULL_WAIT).await;
             continue;
         }
-        let mut batch = consumer
-            .batch()
-            .max_messages(config.batch_max)
-            .expires(PULL_WAIT)
-            .messages()
+        let taken = super::broker::NatsStreams::take(&queue, config.batch_max, PULL_WAIT)
             .await
             .map_err(|e| format!("ingest: pulling: {e}"))?;
-        let mut messages = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => messages.push(m),
-                Err(e) => return Err(format!("ingest: pulling: {e}")),
-            }
-        }
-        if messages.is_empty() {
+        if taken.is_empty() {
             continue;
         }
+        let messages: Vec<&Message> = taken.iter().map(|(m, _)| m).collect();
         let answers = decide(&mut engine, &messages, config.partitions)?;
-        for (message, answer) in messages.iter().zip(answers) {
-            settle(&js, message, answer, timeout).await?;
+        for ((_, taken), answer) in taken.iter().zip(answers) {
+            settle(&streams, taken, answer).await?;
         }
     }
     Ok(())
@@ -181,12 +156,12 @@ enum Answer {
 /// Decides every event of `messages` through this node's port, pipelined.
 fn decide(
     engine: &mut Client,
-    messages: &[jetstream::Message],
+    messages: &[&Message],
     partitions: u32,
 ) -> Result<Vec<Answer>, String> {
     let mut sent: Vec<Result<(u64, String, u32), Answer>> = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let text = String::from_utf8_lossy(&m.payload);
+        let text = String::from_utf8_lossy(&m.body);
         match verdict_net::json::event_from_json(&text) {
             Ok(event) => {
                 let id = engine
@@ -237,30 +212,21 @@ fn decide(
 
 /// The id an unparsable message is published under: its `event_id` if that much can be
 /// read, else its place in the input stream.
-fn unparsed_id(text: &str, m: &jetstream::Message, i: usize) -> String {
+fn unparsed_id(text: &str, m: &Message, i: usize) -> String {
     serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| v["event_id"].as_str().map(str::to_string))
-        .or_else(|| {
-            m.info()
-                .ok()
-                .map(|info| format!("input-{}", info.stream_sequence))
-        })
+        .or_else(|| (m.sequence > 0).then(|| format!("input-{}", m.sequence)))
         .unwrap_or_else(|| format!("input-unknown-{i}"))
 }
 
 /// Publishes a message's outcome (decided or failed) and acknowledges it, or sends it
 /// back for later.
-async fn settle(
-    js: &jetstream::Context,
-    message: &jetstream::Message,
-    answer: Answer,
-    timeout: Duration,
-) -> Result<(), String> {
+async fn settle<S: Streams>(streams: &S, taken: &S::Taken, answer: Answer) -> Result<(), String> {
     let (event_id, body, subject) = match answer {
         Answer::Retry => {
-            message
-                .ack_with(AckKind::Nak(Some(RETRY_DELAY)))
+            streams
+                .settle(taken, Some(RETRY_DELAY))
                 .await
                 .map_err(|e| format!("ingest: sending a message back: {e}"))?;
             return Ok(());
@@ -281,20 +247,16 @@ async fn settle(
             (event_id, body, "verdict.output.errors".to_string())
         }
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event_id.as_str());
     let body = serde_json::to_vec(&body).expect("JSON serializes");
-    let ack = js
-        .publish_with_headers(subject, headers, body.into())
+    streams
+        .append(subject, &event_id, body.into())
         .await
-        .map_err(|e| format!("ingest: publishing a decision: {e}"))?;
-    tokio::time::timeout(timeout, ack.into_future())
+        .map_err(|e| format!("ingest: publishing a decision: {e}"))?
         .await
-        .map_err(|_| "ingest: the output stream did not acknowledge in time".to_string())?
         .map_err(|e| format!("ingest: the output stream did not take a decision: {e}"))?;
-    tokio::time::timeout(timeout, message.double_ack())
+    streams
+        .settle(taken, None)
         .await
-        .map_err(|_| "ingest: acknowledging the input timed out".to_string())?
         .map_err(|e| format!("ingest: acknowledging the input: {e}"))?;
     Ok(())
 }

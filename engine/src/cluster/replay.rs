@@ -20,8 +20,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use serde_json::{Map, Value};
@@ -30,6 +28,7 @@ use verdict_net::ArchivedEvent;
 use verdict_net::routing::partition_of;
 use verdict_rules::{VelocityKey, key_value};
 
+use super::broker::Streams;
 use super::view::ClusterView;
 use crate::mesh::{KeyMask, key_bit};
 use crate::request::peer::{Scratch, record_keys};
@@ -171,8 +170,9 @@ fn keys_in(event: &ArchivedEvent, p: u32, partitions: u32) -> KeyMask {
 }
 
 /// What one catch-up replays, and where.
-pub struct Plan {
-    pub js: jetstream::Context,
+pub struct Plan<S> {
+    /// Where the history is.
+    pub streams: S,
     /// Each shard's queue.
     pub feeds: Vec<flume::Sender<Job>>,
     /// The view that gave this node the partitions.
@@ -188,7 +188,7 @@ pub struct Plan {
 /// Replays `plan.cold` from [`super::ship::EVENTS`] into the shards: first every shard
 /// forgets what it kept of them, then every message from `window + REPLAY_MARGIN` ago to
 /// the stream's end at the start; then waits until every shard has applied its share.
-pub async fn catch_up(plan: Plan) -> Result<CaughtUp, String> {
+pub async fn catch_up<S: Streams>(plan: Plan<S>) -> Result<CaughtUp, String> {
     let Plan {
         feeds, view, cold, ..
     } = &plan;
@@ -220,65 +220,38 @@ pub async fn catch_up(plan: Plan) -> Result<CaughtUp, String> {
     Ok(done)
 }
 
-async fn replay_stream(plan: &Plan, done: &mut CaughtUp) -> Result<(), String> {
+async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Result<(), String> {
     let Plan {
-        js,
+        streams,
         feeds,
         view,
         cold,
         window,
         timeout,
     } = plan;
-    let (window, timeout) = (*window, *timeout);
-    let bounded = |what: &'static str| move |_| format!("{what} took over {timeout:?}");
-    let stream = match tokio::time::timeout(timeout, js.get_stream(super::ship::EVENTS))
-        .await
-        .map_err(bounded("reading the event stream"))?
-    {
-        Ok(s) => s,
-        // No stream: nothing was ever shipped, so there is nothing to replay.
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Ok(());
-        }
-        Err(e) => return Err(format!("the event stream: {e}")),
-    };
     let partitions = view.partitions;
-    let filter_subjects = if cold.len() == partitions as usize {
+    let subjects = if cold.len() == partitions as usize {
         vec!["verdict.events.>".to_string()]
     } else {
         cold.iter().map(|p| format!("verdict.events.{p}")).collect()
     };
-    let since = super::now_ms().saturating_sub((window + REPLAY_MARGIN).as_millis() as u64);
-    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since) * 1_000_000)
-        .map_err(|e| format!("a replay start time: {e}"))?;
-    let config = consumer::pull::OrderedConfig {
-        filter_subjects,
-        deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
-        ..Default::default()
-    };
-    let consumer = tokio::time::timeout(timeout, stream.create_consumer(config))
+    let since = super::now_ms().saturating_sub((*window + REPLAY_MARGIN).as_millis() as u64);
+    // No stream or nothing since: nothing to replay.
+    let Some(mut reading) = streams
+        .read_since(super::ship::EVENTS_SPEC, subjects, since)
         .await
-        .map_err(bounded("creating a replay consumer"))?
-        .map_err(|e| format!("a replay consumer: {e}"))?;
-    if consumer.cached_info().num_pending == 0 {
+        .map_err(|e| format!("the event stream: {e}"))?
+    else {
         return Ok(());
-    }
-    let mut messages = tokio::time::timeout(timeout, consumer.messages())
-        .await
-        .map_err(bounded("starting the replay"))?
-        .map_err(|e| format!("the replay: {e}"))?;
+    };
     loop {
-        let message = match tokio::time::timeout(timeout, messages.next()).await {
+        let message = match tokio::time::timeout(*timeout, S::next(&mut reading)).await {
             Err(_) => return Err(format!("no replayed message within {timeout:?}")),
-            Ok(None) => return Err("the replay ended early".into()),
-            Ok(Some(Err(e))) => return Err(format!("the replay: {e}")),
-            Ok(Some(Ok(m))) => m,
+            Ok(Err(e)) => return Err(format!("the replay: {e}")),
+            Ok(Ok(m)) => m,
         };
         done.messages += 1;
-        let pending = message.info().map_or(0, |i| i.pending);
+        let pending = message.pending;
         let p = message
             .subject
             .as_str()
@@ -287,7 +260,7 @@ async fn replay_stream(plan: &Plan, done: &mut CaughtUp) -> Result<(), String> {
             .and_then(|p| p.parse::<u32>().ok())
             .filter(|&p| p < partitions && view.owns(p));
         let record = p.and_then(|p| {
-            let event = event_of(&message.payload)?;
+            let event = event_of(&message.body)?;
             let archived = rkyv::access::<ArchivedEvent, rancor::Failure>(&event).ok()?;
             let keys = keys_in(archived, p, partitions);
             Some((p, event, keys))

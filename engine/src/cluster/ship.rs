@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use super::broker::{StreamSpec, Streams};
 use log::warn;
 
 use crate::log::format::{self, At, Segment};
@@ -33,9 +33,21 @@ use crate::log::read::Rows;
 /// The decision stream's name.
 pub const STREAM: &str = "VERDICT_DECISIONS";
 
-/// The event stream's name: the same rows, one subject per partition of their account
+/// The event stream's name: the same rows, one subject per partition of their keys
 /// (`verdict.events.<partition>`), for rebuilding a partition's state where it moves.
 pub const EVENTS: &str = "VERDICT_EVENTS";
+
+/// The decision stream and the subjects it takes.
+pub const DECISIONS_SPEC: StreamSpec = StreamSpec {
+    name: STREAM,
+    subjects: "verdict.decisions.>",
+};
+
+/// The event stream and the subjects it takes.
+pub const EVENTS_SPEC: StreamSpec = StreamSpec {
+    name: EVENTS,
+    subjects: "verdict.events.>",
+};
 
 /// Messages (up to five per record: its event under each key's partition, its decision)
 /// published before their acknowledgements are awaited.
@@ -65,18 +77,17 @@ struct Place {
 }
 
 /// Follows every shard's log in `dir` and publishes to [`STREAM`].
-pub struct Shipper {
+pub struct Shipper<S: Streams> {
     node: String,
     dir: PathBuf,
     shards: u32,
     /// The cluster's partition count (`routing.partitions`), for the event subjects.
     partitions: u32,
-    js: jetstream::Context,
+    /// Where it ships to.
+    streams: S,
     places: BTreeMap<u32, Place>,
     /// Whether the stream exists and each shard's resume point has been read.
     ready: bool,
-    replicas: usize,
-    timeout: Duration,
     /// Per shard, the last record both streams hold, for answers that wait for it
     /// (`cluster.wait_for_append`).
     appended: Option<super::Appended>,
@@ -84,29 +95,25 @@ pub struct Shipper {
     logged: Option<super::Appended>,
 }
 
-impl Shipper {
+impl<S: Streams> Shipper<S> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        client: async_nats::Client,
+        streams: S,
         node: &str,
         dir: &Path,
         shards: u32,
         partitions: u32,
-        replicas: usize,
-        timeout: Duration,
         appended: Option<super::Appended>,
         logged: Option<super::Appended>,
-    ) -> Shipper {
+    ) -> Shipper<S> {
         Shipper {
             node: node.to_string(),
             dir: dir.to_path_buf(),
             shards,
             partitions,
-            js: jetstream::new(client),
+            streams,
             places: BTreeMap::new(),
             ready: false,
-            replicas,
-            timeout,
             appended,
             logged,
         }
@@ -146,47 +153,31 @@ impl Shipper {
 
     /// Creates the stream if needed and reads where each shard's shipping stopped.
     async fn prepare(&mut self) -> Result<(), String> {
-        let events = stream::Config {
-            name: EVENTS.into(),
-            subjects: vec!["verdict.events.>".into()],
-            num_replicas: self.replicas,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        };
-        tokio::time::timeout(self.timeout, self.js.get_or_create_stream(events))
+        self.streams
+            .ensure(EVENTS_SPEC)
             .await
-            .map_err(|_| "creating the event stream timed out".to_string())?
             .map_err(|e| format!("the event stream: {e}"))?;
-        let config = stream::Config {
-            name: STREAM.into(),
-            subjects: vec!["verdict.decisions.>".into()],
-            num_replicas: self.replicas,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        };
-        let stream = tokio::time::timeout(self.timeout, self.js.get_or_create_stream(config))
+        self.streams
+            .ensure(DECISIONS_SPEC)
             .await
-            .map_err(|_| "creating the decision stream timed out".to_string())?
             .map_err(|e| format!("the decision stream: {e}"))?;
         for shard in 0..self.shards {
             let subject = self.subject(shard);
-            let last = tokio::time::timeout(
-                self.timeout,
-                stream.get_last_raw_message_by_subject(&subject),
-            )
-            .await
-            .map_err(|_| "reading the decision stream timed out".to_string())?;
             // Only "no message" means nothing was shipped: any other failure (a leader
             // election, a timeout) must not send the whole log again.
+            let last = self
+                .streams
+                .last_on(DECISIONS_SPEC, &subject)
+                .await
+                .map_err(|e| format!("reading where {subject} stopped: {e}"))?;
             let shipped = match last {
-                Ok(message) => Some(
-                    serde_json::from_slice::<serde_json::Value>(&message.payload)
+                Some(body) => Some(
+                    serde_json::from_slice::<serde_json::Value>(&body)
                         .ok()
                         .and_then(|v| v["seq"].as_u64())
                         .ok_or_else(|| format!("the last message on {subject} has no seq"))?,
                 ),
-                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
-                Err(e) => return Err(format!("reading where {subject} stopped: {e}")),
+                None => None,
             };
             // After a failure, resume from the last record acknowledged in order here if
             // that is lower: a leader change can lose record k while k+1.. are stored, and
@@ -323,9 +314,7 @@ impl Shipper {
                             if place.shipped.is_some_and(|s| r.seq <= s) {
                                 continue;
                             }
-                            let mut headers = async_nats::HeaderMap::new();
                             let id = format!("{node}.{shard}.{}", r.seq);
-                            headers.insert("Nats-Msg-Id", id.as_str());
                             let body = bytes::Bytes::from(
                                 serde_json::to_vec(&row).expect("a row serializes"),
                             );
@@ -335,14 +324,11 @@ impl Shipper {
                                 .rows
                                 .key_partitions(&r, partitions, &mut key_partitions);
                             for &partition in &key_partitions {
-                                let mut headers = async_nats::HeaderMap::new();
-                                let id = format!("{id}.{partition}");
-                                headers.insert("Nats-Msg-Id", id.as_str());
                                 let event_ack = self
-                                    .js
-                                    .publish_with_headers(
+                                    .streams
+                                    .append(
                                         format!("verdict.events.{partition}"),
-                                        headers,
+                                        &format!("{id}.{partition}"),
                                         body.clone(),
                                     )
                                     .await
@@ -350,8 +336,8 @@ impl Shipper {
                                 pending.push((r.seq, false, event_ack));
                             }
                             let ack = self
-                                .js
-                                .publish_with_headers(subject.clone(), headers, body)
+                                .streams
+                                .append(subject.clone(), &id, body)
                                 .await
                                 .map_err(|e| format!("publishing a decision: {e}"))?;
                             pending.push((r.seq, true, ack));
@@ -381,25 +367,18 @@ impl Shipper {
                 };
                 // Acknowledged in order: the place moves only past what the stream holds.
                 for (seq, decision, ack) in pending {
-                    match tokio::time::timeout(self.timeout, ack.into_future()).await {
+                    match ack.await {
                         // Shipped once its decision (published after its event) is in.
-                        Ok(Ok(_)) if decision => {
+                        Ok(()) if decision => {
                             place.shipped = Some(seq);
                             if let Some(a) = appended.as_ref().and_then(|a| a.get(shard as usize)) {
                                 a.fetch_max(seq, std::sync::atomic::Ordering::Release);
                             }
                         }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
+                        Ok(()) => {}
+                        Err(e) => {
                             place.segment = None;
                             return Err(format!("the stream did not take record {seq}: {e}"));
-                        }
-                        Err(_) => {
-                            place.segment = None;
-                            return Err(format!(
-                                "no acknowledgement for record {seq} within {:?}",
-                                self.timeout
-                            ));
                         }
                     }
                 }
