@@ -381,24 +381,18 @@ pub fn serve(
     // until a view arrives.
     let member = if config.cluster.enabled() {
         let c = &config.cluster;
-        let me = crate::cluster::table::NodeInfo {
-            node: c.node.clone(),
-            address: if c.advertise_address.is_empty() {
-                address.clone()
-            } else {
-                c.advertise_address.clone()
-            },
-            port: shared_port,
-            shard_ports: shard_ports.clone(),
-            http_port: config.listen.http_port,
-            started_ms: crate::cluster::now_ms(),
-            heartbeat_ms: 0,
-            decisions_unshipped: 0,
-            shipped_epoch: 0,
-            cold_partitions: 0,
-            routes_epoch: 0,
-            windows: String::new(),
+        let advertised = if c.advertise_address.is_empty() {
+            &address
+        } else {
+            &c.advertise_address
         };
+        let mut me = crate::cluster::table::NodeInfo::starting(
+            &c.node,
+            advertised,
+            shared_port,
+            shard_ports.clone(),
+        );
+        me.http_port = config.listen.http_port;
         let log_dir = (c.decision_stream && config.log.enabled())
             .then(|| std::path::PathBuf::from(&config.log.dir));
         if c.decision_stream && log_dir.is_none() {

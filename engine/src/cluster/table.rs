@@ -64,6 +64,24 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// The record of a node starting now: where it listens; nothing shipped or routed yet.
+    pub fn starting(node: &str, address: &str, port: u16, shard_ports: Vec<u16>) -> NodeInfo {
+        NodeInfo {
+            node: node.into(),
+            address: address.into(),
+            port,
+            shard_ports,
+            http_port: 0,
+            started_ms: super::now_ms(),
+            heartbeat_ms: 0,
+            decisions_unshipped: 0,
+            windows: String::new(),
+            shipped_epoch: 0,
+            cold_partitions: 0,
+            routes_epoch: 0,
+        }
+    }
+
     pub fn shards(&self) -> u32 {
         self.shard_ports.len() as u32
     }

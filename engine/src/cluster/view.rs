@@ -246,20 +246,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn info(name: &str, ports: &[u16]) -> NodeInfo {
-        NodeInfo {
-            node: name.into(),
-            address: "127.0.0.1".into(),
-            port: 1,
-            shard_ports: ports.to_vec(),
-            http_port: 0,
-            started_ms: 0,
-            heartbeat_ms: 0,
-            decisions_unshipped: 0,
-            shipped_epoch: 0,
-            cold_partitions: 0,
-            routes_epoch: 0,
-            windows: String::new(),
-        }
+        NodeInfo::starting(name, "127.0.0.1", 1, ports.to_vec())
     }
 
     #[test]
