@@ -271,7 +271,15 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
                     event: Arc::new(event),
                     keys,
                 };
-                let feed = &feeds[view.shard_of(p) as usize];
+                // A map written when this node had more shards names a shard it lacks.
+                let shard = view.shard_of(p);
+                let feed = feeds.get(shard as usize).ok_or_else(|| {
+                    format!(
+                        "the map gives partition {p} to shard {shard} of this node, which has {} \
+                         shards (restarted with fewer?): rebalance",
+                        feeds.len()
+                    )
+                })?;
                 feed.send_async(job)
                     .await
                     .map_err(|_| "a shard stopped while catching up".to_string())?;
