@@ -84,6 +84,10 @@ pub struct ClusterConfig {
     /// The longest an answer waits for its append; past it the event is error 9 (it was
     /// decided and logged, and is appended later).
     pub append_timeout_ms: u64,
+    /// The longest a node keeps deciding partitions a new map gave another live node
+    /// while that node replays their history (a handoff); past it the node lets them go
+    /// and their events wait (error 9) until the new owner has caught up.
+    pub handoff_max_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +108,7 @@ impl Default for ClusterConfig {
             ingest_ack_wait_ms: 30_000,
             wait_for_append: false,
             append_timeout_ms: 250,
+            handoff_max_ms: 120_000,
         }
     }
 }
@@ -168,6 +173,7 @@ impl ClusterConfig {
                 100,
                 600_000,
             ),
+            ("cluster.handoff_max_ms", self.handoff_max_ms, 0, 3_600_000),
             (
                 "cluster.append_timeout_ms",
                 self.append_timeout_ms,
@@ -1211,6 +1217,10 @@ ingest_ack_wait_ms = {cluster_ingest_wait}
 wait_for_append = {cluster_wait_append}
 # The longest (ms) an answer waits for its append; past it the event is error 9.
 append_timeout_ms = {cluster_append_timeout}
+# The longest (ms) a node keeps deciding partitions a rebalance or drain gave another live
+# node while that node replays their history (a handoff); 0: no handoffs (their events wait,
+# error 9, for the whole replay).
+handoff_max_ms = {cluster_handoff_max}
 "#,
         tls_cert = toml::Value::String(config.tls.cert_file.clone()),
         tls_key = toml::Value::String(config.tls.key_file.clone()),
@@ -1249,6 +1259,7 @@ append_timeout_ms = {cluster_append_timeout}
         cluster_ingest_wait = config.cluster.ingest_ack_wait_ms,
         cluster_wait_append = config.cluster.wait_for_append,
         cluster_append_timeout = config.cluster.append_timeout_ms,
+        cluster_handoff_max = config.cluster.handoff_max_ms,
         log_on_error = match config.log.on_write_error {
             crate::log::OnWriteError::Answer => "answer",
             crate::log::OnWriteError::Refuse => "refuse",

@@ -1149,6 +1149,67 @@ enum Outcome {
     NoAnswer,
 }
 
+/// One client sending events in order, each through a random port of some nodes (shared
+/// and shard ports), until stopped; a port whose node died is dropped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Outcome, Instant)>>,
+}
+
+impl Load {
+    fn start(nodes: &[&Server], pool: &[verdict_net::Event], seed: u64) -> Load {
+        let addrs: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| {
+                std::iter::once(n.addr())
+                    .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pool, stopped) = (pool.to_vec(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut ports: Vec<Option<Client>> =
+                addrs.iter().map(|a| Some(common::client(a))).collect();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut outcomes = Vec::new();
+            for e in &pool {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let open: Vec<usize> = (0..ports.len()).filter(|&i| ports[i].is_some()).collect();
+                let at = open[rng.usize(..open.len())];
+                let outcome = match ports[at].as_mut().unwrap().evaluate(e) {
+                    Ok(d) => {
+                        assert_eq!(d.event_id, e.event_id);
+                        Outcome::Decided
+                    }
+                    Err(ClientError::Server { code, message, .. }) => {
+                        assert!(code == 8 || code == 9, "event {}: {message}", e.event_id);
+                        Outcome::Refused {
+                            code,
+                            catching_up: message.contains("replaying"),
+                        }
+                    }
+                    Err(_) => {
+                        ports[at] = None;
+                        Outcome::NoAnswer
+                    }
+                };
+                outcomes.push((outcome, Instant::now()));
+            }
+            outcomes
+        });
+        Load { stop, thread }
+    }
+
+    /// Stops the load; each event's outcome and when it came, in the pool's order.
+    fn finish(self) -> Vec<(Outcome, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Every event id of a decision log directory, through `verdict log export`.
 fn logged_ids(dir: &std::path::Path) -> std::collections::HashSet<String> {
     let file = dir.with_extension("jsonl");
@@ -1202,49 +1263,7 @@ fn a_node_killed_under_load_loses_at_most_its_unshipped_tail() {
     // One client streams events in order, each through a random port of the three nodes
     // (about two thirds forwarded to another node), until told to stop.
     let pool = common::velocity_stream(100_000);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let addrs: Vec<String> = [&v1, &v2, &v3]
-            .iter()
-            .flat_map(|n| {
-                std::iter::once(n.addr())
-                    .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let (pool, stop) = (pool.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut ports: Vec<Option<Client>> =
-                addrs.iter().map(|a| Some(common::client(a))).collect();
-            let mut rng = fastrand::Rng::with_seed(41);
-            let mut outcomes = Vec::new();
-            for e in &pool {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let open: Vec<usize> = (0..ports.len()).filter(|&i| ports[i].is_some()).collect();
-                let at = open[rng.usize(..open.len())];
-                outcomes.push(match ports[at].as_mut().unwrap().evaluate(e) {
-                    Ok(d) => {
-                        assert_eq!(d.event_id, e.event_id);
-                        Outcome::Decided
-                    }
-                    Err(ClientError::Server { code, message, .. }) => {
-                        assert!(code == 8 || code == 9, "event {}: {message}", e.event_id);
-                        Outcome::Refused {
-                            code,
-                            catching_up: message.contains("replaying"),
-                        }
-                    }
-                    Err(_) => {
-                        ports[at] = None;
-                        Outcome::NoAnswer
-                    }
-                });
-            }
-            outcomes
-        })
-    };
+    let load = Load::start(&[&v1, &v2, &v3], &pool, 41);
     std::thread::sleep(Duration::from_millis(1_500));
     v3.signal(libc::SIGKILL);
     v3.wait_exit(Duration::from_secs(10));
@@ -1258,8 +1277,7 @@ fn a_node_killed_under_load_loses_at_most_its_unshipped_tail() {
     let caught_up = killed.elapsed();
     // The moved accounts decide again under the same load, on the replayed windows.
     std::thread::sleep(Duration::from_millis(1_000));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let outcomes = load.join().unwrap();
+    let outcomes: Vec<Outcome> = load.finish().into_iter().map(|(o, _)| o).collect();
     let sent = outcomes.len();
     assert!(sent < pool.len(), "the load ran out of events");
     wait_all_shipped(&nats, 2);
@@ -1354,4 +1372,133 @@ fn a_node_killed_under_load_loses_at_most_its_unshipped_tail() {
         "v3's accounts fire rules on their history"
     );
     decide_like(&[&v1, &v2], next, &want, 42);
+}
+
+/// The partitions `server` has said it caught up on, all catch-ups together.
+fn caught_up_partitions(server: &Server) -> u64 {
+    server
+        .stderr
+        .lock()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("caught up on ").nth(1)?;
+            rest.split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
+    let _serial = serial();
+    let nats = NatsCluster::start();
+    let logs: Vec<tempdir::Dir> = (0..3).map(|_| tempdir::Dir::new("handoff-log")).collect();
+    let node = |name: &str, cpus: &[u32], log: &tempdir::Dir| {
+        rules_node_logged(&nats, name, cpus, "", Some(&log.0), ACCOUNT_RULES)
+    };
+    let v1 = node("v1", &[0, 1], &logs[0]);
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    wait_log(&v1, "caught up on");
+    let v2 = node("v2", &[1], &logs[1]);
+    wait_for(&nats, "two live nodes", |_, live| live.len() == 2);
+    cluster_cli(&nats, &["rebalance"]);
+    wait_log(&v2, "caught up on");
+    wait_log(&v1, "routes by map epoch 2");
+    let v3 = node("v3", &[0], &logs[2]);
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+
+    // Under load, a rebalance moves a third of the partitions to v3 while v1 and v2 live.
+    let pool = common::velocity_stream(100_000);
+    let load = Load::start(&[&v1, &v2, &v3], &pool, 51);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let out = cluster_cli(&nats, &["rebalance"]);
+    assert!(out.starts_with("epoch 3:"), "{out}");
+    let moved_at = Instant::now();
+    let map = wait_for(&nats, "epoch 3", |m, _| m.epoch == 3);
+    for n in [&v1, &v2] {
+        wait_log(n, "routes by map epoch 3");
+    }
+    let routed_at = Instant::now();
+    wait_log(&v3, "prepared");
+    let prepared_at = Instant::now();
+    // Served once every partition the map gives v3 is caught up (in one catch-up or more).
+    let granted = (0..map.partitions)
+        .filter(|&p| map.owner_of(p).0 == "v3")
+        .count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while caught_up_partitions(&v3) < granted {
+        assert!(Instant::now() < deadline, "v3 never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let served_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let outcomes = load.finish();
+    let sent = outcomes.len();
+    assert!(sent < pool.len(), "the load ran out of events");
+    wait_all_shipped(&nats, 3);
+    let said = |n: &Server, line: &str| n.stderr.lock().unwrap().contains(line);
+    assert!(said(&v1, "lets go of") || said(&v2, "lets go of"));
+
+    // The old owners decided the moving accounts while v3 replayed their history: events
+    // decided after both routed by the new map and before v3 had prepared could only be
+    // theirs (without the handoff, each was refused as catching up).
+    let to_v3 = |e: &verdict_net::Event| {
+        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), map.partitions);
+        map.owner_of(p).0 == "v3"
+    };
+    let moving = || {
+        pool[..sent]
+            .iter()
+            .zip(&outcomes)
+            .filter(|(e, (_, at))| to_v3(e) && *at > moved_at && *at <= served_at)
+    };
+    let handed = moving()
+        .filter(|(_, (o, at))| *o == Outcome::Decided && *at > routed_at && *at < prepared_at)
+        .count();
+    let refused = moving()
+        .filter(|(_, (o, _))| matches!(o, Outcome::Refused { .. }))
+        .count();
+    eprintln!(
+        "rebalance under load: {sent} events; during the move ({:?}) {} for accounts moving \
+         to v3, {handed} of them decided by their old owners after both routed by the new map \
+         and before v3 had prepared, {refused} refused (error 9)",
+        served_at - moved_at,
+        moving().count()
+    );
+    assert!(
+        handed > 0,
+        "the old owners decided the moving accounts meanwhile"
+    );
+
+    // Nothing decided is missing from the stream, nothing refused is in it, and afterwards
+    // every account decides as one engine fed every decided event.
+    let kept: std::collections::HashSet<String> = stream_messages(&nats, ship::EVENTS)
+        .into_iter()
+        .map(|(_, v)| v["event_id"].as_str().unwrap().to_string())
+        .collect();
+    for (e, (o, _)) in pool[..sent].iter().zip(&outcomes) {
+        assert_eq!(
+            kept.contains(&e.event_id),
+            *o == Outcome::Decided,
+            "{} {o:?}",
+            e.event_id
+        );
+    }
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
+    let mut c = single.client();
+    let fed: Vec<verdict_net::Event> = pool[..sent]
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, (o, _))| *o == Outcome::Decided)
+        .map(|(e, _)| e.clone())
+        .collect();
+    for chunk in fed.chunks(200) {
+        common::pipelined(&mut c, chunk);
+    }
+    let next = &pool[sent..sent + 400];
+    let want: Vec<Decision> = next.iter().map(|e| c.evaluate(e).unwrap()).collect();
+    drop(single);
+    decide_like(&[&v1, &v2, &v3], next, &want, 52);
 }

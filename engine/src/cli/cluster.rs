@@ -68,7 +68,8 @@ async fn stream_counts(broker: &Nats) -> Vec<(&'static str, Option<u64>)> {
         cluster::ingest::INPUT,
         cluster::ingest::OUTPUT,
     ] {
-        out.push((name, streams.length(name).await.ok().flatten()));
+        let state = streams.state(name).await.ok().flatten();
+        out.push((name, state.map(|s| s.messages)));
     }
     out
 }
@@ -146,17 +147,21 @@ async fn status(broker: &Nats, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("streams (messages): {}", held.join(", "));
     }
     let moving: u32 = live.values().map(|n| n.cold_partitions).sum();
+    let handed: usize = live.values().map(|n| n.handing_off.len()).sum();
+    let releasing: usize = live.values().map(|n| n.releasing.len()).sum();
     let epoch = map.as_ref().map_or(0, |(m, _)| m.epoch);
     let behind: Vec<&str> = live
         .values()
         .filter(|n| n.routes_epoch < epoch)
         .map(|n| n.node.as_str())
         .collect();
-    if moving > 0 || !behind.is_empty() {
+    if moving > 0 || handed > 0 || releasing > 0 || !behind.is_empty() {
         println!(
-            "moves in progress: {moving} partitions cold (their new owners replay their history \
-             before serving them; their events are refused with error 9 meanwhile); not yet \
-             routing by epoch {epoch}: {}",
+            "moves in progress: {handed} partitions handed off (their old owners decide them \
+             while their new owners replay their history), {releasing} released (their old \
+             owners ship what they decided), {moving} cold (their new owners replay their last \
+             events or whole history before serving them; their events are refused with error \
+             9 meanwhile); not yet routing by epoch {epoch}: {}",
             if behind.is_empty() {
                 "none".to_string()
             } else {

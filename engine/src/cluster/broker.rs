@@ -314,6 +314,23 @@ pub struct Message {
     pub pending: u64,
 }
 
+/// Where a read ([`Streams::read`]) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The messages appended since this time (ms since the Unix epoch).
+    Time(u64),
+    /// The messages after this stream sequence.
+    After(u64),
+}
+
+/// How much a stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    pub messages: u64,
+    /// The sequence of its last message (0: none ever).
+    pub last_sequence: u64,
+}
+
 /// The replicated streams the cluster appends to and reads: the decision and event streams
 /// ([`super::ship`], [`super::replay`]) and ingestion's input and output
 /// ([`super::ingest`]). A Kafka-protocol adapter implements these as it would [`Broker`]:
@@ -322,7 +339,7 @@ pub struct Message {
 pub trait Streams: Clone + Send + Sync + 'static {
     /// An append in flight: resolves once the stream holds the message.
     type Appended: Future<Output = Result<(), BrokerError>> + Send;
-    /// A read in progress ([`read_since`](Self::read_since)).
+    /// A read in progress ([`read`](Self::read)).
     type Reading: Send;
     /// A work queue ([`queue`](Self::queue)).
     type Queue: Send + Sync;
@@ -332,9 +349,11 @@ pub trait Streams: Clone + Send + Sync + 'static {
     /// Makes `stream` if it does not exist: replicated, and dropping a message whose id it
     /// has seen within two minutes.
     fn ensure(&self, stream: StreamSpec) -> impl Future<Output = Result<(), BrokerError>> + Send;
-    /// How many messages `stream` holds; `None` if it does not exist.
-    fn length(&self, stream: &str)
-    -> impl Future<Output = Result<Option<u64>, BrokerError>> + Send;
+    /// How many messages `stream` holds and where it ends; `None` if it does not exist.
+    fn state(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Option<StreamState>, BrokerError>> + Send;
     /// The body of the last message on `subject` of `stream`, if there is one.
     fn last_on(
         &self,
@@ -349,13 +368,13 @@ pub trait Streams: Clone + Send + Sync + 'static {
         id: &str,
         body: bytes::Bytes,
     ) -> impl Future<Output = Result<Self::Appended, BrokerError>> + Send;
-    /// Starts reading the messages of `subjects` in `stream` appended since `since_ms` (ms
-    /// since the Unix epoch), up to its end now; `None` if there are none.
-    fn read_since(
+    /// Starts reading the messages of `subjects` in `stream` from `from`, in order, up to
+    /// its end now; `None` if there are none.
+    fn read(
         &self,
         stream: StreamSpec,
         subjects: Vec<String>,
-        since_ms: u64,
+        from: ReadFrom,
     ) -> impl Future<Output = Result<Option<Self::Reading>, BrokerError>> + Send;
     /// The next message of a read.
     fn next(
@@ -437,13 +456,18 @@ impl Streams for NatsStreams {
         .await
     }
 
-    async fn length(&self, stream: &str) -> Result<Option<u64>, BrokerError> {
+    async fn state(&self, stream: &str) -> Result<Option<StreamState>, BrokerError> {
         within(self.timeout, async {
             match self.js.get_stream(stream).await {
                 Ok(mut s) => s
                     .info()
                     .await
-                    .map(|i| Some(i.state.messages))
+                    .map(|i| {
+                        Some(StreamState {
+                            messages: i.state.messages,
+                            last_sequence: i.state.last_sequence,
+                        })
+                    })
                     .map_err(unavailable),
                 Err(_) => Ok(None),
             }
@@ -492,11 +516,11 @@ impl Streams for NatsStreams {
         }))
     }
 
-    async fn read_since(
+    async fn read(
         &self,
         stream: StreamSpec,
         subjects: Vec<String>,
-        since_ms: u64,
+        from: ReadFrom,
     ) -> Result<Option<Self::Reading>, BrokerError> {
         use jetstream::consumer;
         within(self.timeout, async {
@@ -511,12 +535,20 @@ impl Streams for NatsStreams {
                 }
                 Err(e) => return Err(unavailable(format_args!("stream {}: {e}", stream.name))),
             };
-            let start_time =
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
-                    .map_err(unavailable)?;
+            let deliver_policy = match from {
+                ReadFrom::Time(ms) => consumer::DeliverPolicy::ByStartTime {
+                    start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(ms) * 1_000_000,
+                    )
+                    .map_err(unavailable)?,
+                },
+                ReadFrom::After(seq) => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seq + 1,
+                },
+            };
             let config = consumer::pull::OrderedConfig {
                 filter_subjects: subjects,
-                deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                deliver_policy,
                 ..Default::default()
             };
             let consumer = s.create_consumer(config).await.map_err(unavailable)?;

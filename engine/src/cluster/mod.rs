@@ -27,9 +27,12 @@
 //!
 //! State moves with partitions ([`replay`]): a partition this node comes to own is cold
 //! (its events refused, error 9) until the node has replayed its history from the event
-//! stream; the node marks it warm and routes it then.
+//! stream; the node marks it warm and routes it then. When its old owner is alive (a
+//! rebalance, a drain) that owner decides it meanwhile ([`handoff`]): the new owner
+//! replays the history first, then the old one lets go, and only the tail is waited for.
 
 pub mod broker;
+pub mod handoff;
 pub mod ingest;
 pub mod peer;
 pub mod replay;
@@ -355,12 +358,25 @@ impl Routed {
     }
 }
 
+/// What a catch-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Partitions their old owner still decides (a handoff): their history up to now, not
+    /// served yet.
+    Prepare,
+    /// Partitions this node decides: served once replayed.
+    Serve,
+}
+
 /// Where this node stands with each partition's history (state that moves, [`replay`]).
 struct Warmth {
     /// Per partition: this node owns it and its windows here are complete.
     warm: Vec<bool>,
-    /// The catch-up running, and the partitions it replays.
-    task: Option<(CatchUpTask, Vec<u32>)>,
+    /// Per partition: the map gives it to this node, its old owner hands it off, and its
+    /// history is replayed here through this stream sequence.
+    prepared: Vec<Option<u64>>,
+    /// The catch-up running, the partitions it replays, and what for.
+    task: Option<(CatchUpTask, Vec<u32>, Phase)>,
     /// Since when the node has waited for others to ship, and for which map epoch.
     waiting: Option<(u64, Instant)>,
     /// Whether there is history to replay (this node ships the event stream); without it a
@@ -372,6 +388,7 @@ impl Warmth {
     fn new(partitions: u32, replays: bool) -> Warmth {
         Warmth {
             warm: vec![false; partitions as usize],
+            prepared: vec![None; partitions as usize],
             task: None,
             waiting: None,
             replays,
@@ -384,25 +401,45 @@ impl Warmth {
             if !view.owns(p as u32) {
                 self.warm[p] = false;
             }
+            if !view.granted(p as u32) {
+                self.prepared[p] = None;
+            }
         }
     }
 
-    /// Takes a finished catch-up's result: what it did, if partitions turned warm (say so
-    /// once the view that serves them is published).
-    fn finished(&mut self, view: Option<&view::ClusterView>) -> Option<replay::CaughtUp> {
-        if !self.task.as_ref().is_some_and(|(t, _)| t.is_finished()) {
+    /// The partitions prepared and not yet served (this node's record's `prepared`).
+    fn prepared(&self) -> Vec<u32> {
+        (0..self.warm.len() as u32)
+            .filter(|&p| self.prepared[p as usize].is_some() && !self.warm[p as usize])
+            .collect()
+    }
+
+    /// Takes a finished catch-up's result: what it did, if partitions turned warm or were
+    /// prepared (say so once the view that serves them is published).
+    fn finished(&mut self, view: Option<&view::ClusterView>) -> Option<(replay::CaughtUp, Phase)> {
+        if !self.task.as_ref().is_some_and(|(t, ..)| t.is_finished()) {
             return None;
         }
-        let (task, partitions) = self.task.take().expect("checked");
+        let (task, partitions, phase) = self.task.take().expect("checked");
         match futures_util::FutureExt::now_or_never(task) {
             Some(Ok(Ok(done))) => {
                 for &p in &partitions {
-                    // Given away meanwhile: it stays cold.
-                    if view.is_some_and(|v| v.owns(p)) {
-                        self.warm[p as usize] = true;
+                    let p = p as usize;
+                    match phase {
+                        // Given away meanwhile: it stays cold.
+                        Phase::Serve if view.is_some_and(|v| v.owns(p as u32)) => {
+                            self.warm[p] = true;
+                            self.prepared[p] = None;
+                        }
+                        Phase::Prepare
+                            if view.is_some_and(|v| v.granted(p as u32)) && !self.warm[p] =>
+                        {
+                            self.prepared[p] = Some(done.through);
+                        }
+                        _ => {}
                     }
                 }
-                Some(done)
+                Some((done, phase))
             }
             Some(Ok(Err(e))) => {
                 warn!("cluster: catching up: {e}; retrying");
@@ -415,9 +452,11 @@ impl Warmth {
         }
     }
 
-    /// Starts catching up on the partitions `view` gives this node that are not warm, once
-    /// every other live node of the map has shipped what it decided under older maps (or
-    /// `wait_max` has passed: then what it has not shipped is not replayed).
+    /// Starts catching up on the partitions `view` routes to this node that are not warm,
+    /// once every other live node of the map has shipped what it decided under older maps
+    /// (or `wait_max` has passed: then what it has not shipped is not replayed) and no node
+    /// is still releasing them: from where their preparation stopped, if prepared. Else
+    /// prepares the partitions the map gives this node that their old owner hands off.
     #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
@@ -432,16 +471,48 @@ impl Warmth {
         if self.task.is_some() || view.closed.is_some() {
             return;
         }
-        let cold: Vec<u32> = (0..self.warm.len() as u32)
-            .filter(|&p| view.owns(p) && !self.warm[p as usize])
+        let releasing: std::collections::HashSet<u32> = live
+            .iter()
+            .filter(|n| n.node != me)
+            .flat_map(|n| n.releasing.iter().copied())
             .collect();
-        if cold.is_empty() {
-            self.waiting = None;
-            return;
-        }
+        let cold: Vec<u32> = (0..self.warm.len() as u32)
+            .filter(|&p| view.owns(p) && !self.warm[p as usize] && !releasing.contains(&p))
+            .collect();
+        let handed: Vec<u32> = (0..self.warm.len() as u32)
+            .filter(|&p| {
+                view.granted(p)
+                    && !view.owns(p)
+                    && !self.warm[p as usize]
+                    && self.prepared[p as usize].is_none()
+            })
+            .collect();
         if !self.replays {
             for &p in &cold {
                 self.warm[p as usize] = true;
+            }
+            for &p in &handed {
+                self.prepared[p as usize] = Some(0);
+            }
+            return;
+        }
+        let window = Duration::from_millis(shipping.rules.load().rules.longest_window_ms());
+        let plan = |cold: Vec<u32>, start: replay::Start| replay::Plan {
+            streams: broker.streams(),
+            feeds: shipping.feeds.clone(),
+            view: view.clone(),
+            cold,
+            start,
+            timeout,
+        };
+        if cold.is_empty() {
+            self.waiting = None;
+            if !handed.is_empty() {
+                self.launch(
+                    me,
+                    plan(handed, replay::Start::Window(window)),
+                    Phase::Prepare,
+                );
             }
             return;
         }
@@ -461,6 +532,14 @@ impl Warmth {
         };
         if !behind.is_empty() {
             if since.elapsed() < wait_max {
+                // Meanwhile, what the old owners still decide can be prepared.
+                if !handed.is_empty() {
+                    self.launch(
+                        me,
+                        plan(handed, replay::Start::Window(window)),
+                        Phase::Prepare,
+                    );
+                }
                 return;
             }
             warn!(
@@ -471,21 +550,33 @@ impl Warmth {
             );
         }
         self.waiting = None;
-        let plan = replay::Plan {
-            streams: broker.streams(),
-            feeds: shipping.feeds.clone(),
-            view: view.clone(),
-            cold: cold.clone(),
-            window: Duration::from_millis(shipping.rules.load().rules.longest_window_ms()),
-            timeout,
-        };
-        let task = tokio::spawn(replay::catch_up(plan));
+        // The prepared ones first, those prepared through the same place together: each
+        // replays its tail from there.
+        let prepared = |p: &u32| self.prepared[*p as usize];
+        match cold.iter().filter_map(prepared).min() {
+            Some(through) => {
+                let group = cold
+                    .into_iter()
+                    .filter(|p| prepared(p) == Some(through))
+                    .collect();
+                self.launch(me, plan(group, replay::Start::After(through)), Phase::Serve);
+            }
+            None => self.launch(me, plan(cold, replay::Start::Window(window)), Phase::Serve),
+        }
+    }
+
+    fn launch(&mut self, me: &str, plan: replay::Plan<broker::NatsStreams>, phase: Phase) {
         info!(
-            "cluster: node {me} catching up on {} partitions of map epoch {}",
-            cold.len(),
-            view.map_epoch
+            "cluster: node {me} {} {} partitions of map epoch {}",
+            match phase {
+                Phase::Serve => "catching up on",
+                Phase::Prepare => "preparing (their old owners decide them meanwhile)",
+            },
+            plan.cold.len(),
+            plan.view.map_epoch
         );
-        self.task = Some((task, cold));
+        let cold = plan.cold.clone();
+        self.task = Some((tokio::spawn(replay::catch_up(plan)), cold, phase));
     }
 }
 
@@ -518,6 +609,13 @@ async fn run(
     // Whether the shipper has reached the end of the log once: what an earlier run of this
     // node logged and did not ship is in the streams before this node replays anything.
     let drained = Arc::new(AtomicBool::new(false));
+    // When the latest shipper pass that reached the end of every log began (ms since the
+    // Unix epoch): what was logged before it is shipped.
+    let shipped_from = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handoffs = handoff::Handoffs::new(
+        Duration::from_millis(config.handoff_max_ms),
+        shipping_of.settle,
+    );
     let mut routed = Routed::default();
     let mut warmth = Warmth::new(partitions, shipping_of.log_dir.is_some());
     // The last map and live records read, for publishing a view between beats.
@@ -551,6 +649,7 @@ async fn run(
                             stop.clone(),
                             unshipped.clone(),
                             (settled.clone(), shipped.clone(), drained.clone()),
+                            shipped_from.clone(),
                             options.request_timeout,
                             tick,
                         )));
@@ -573,6 +672,8 @@ async fn run(
             let routing = cell.load();
             me.cold_partitions = routing.cold_partitions().len() as u32;
             me.routes_epoch = routing.map_epoch;
+            handoffs.write(&mut me);
+            me.prepared = warmth.prepared();
             me.shipped_epoch = if shipping.is_some() {
                 shipped.load(Ordering::Relaxed)
             } else {
@@ -584,6 +685,26 @@ async fn run(
             match tokio::time::timeout(bound, beaten).await {
                 Ok(Ok(read)) => {
                     if let Some((map, records)) = read {
+                        let old = last.as_ref().map(|(m, _)| m);
+                        let ships = shipping.is_some();
+                        handoffs.follow(&me.node, old, &map, &records, &warmth.warm, ships);
+                        let from = shipped_from.load(Ordering::Relaxed);
+                        handoffs.advance(&me.node, &map, &records, now_ms(), from);
+                        let before = (me.handing_off.clone(), me.releasing.clone());
+                        handoffs.write(&mut me);
+                        if before != (me.handing_off.clone(), me.releasing.clone()) {
+                            // The others route by it: said now rather than a beat later.
+                            let record = serde_json::to_vec(&me).expect("a record serializes");
+                            let put = b.put(Bucket::Nodes, &me.node, record);
+                            if let Ok(Ok(_)) = tokio::time::timeout(bound, put).await {
+                                last_put = Some(Instant::now());
+                            }
+                        }
+                        // This node's record as it is now (the one read back is a beat old).
+                        let records: Vec<NodeInfo> = records
+                            .into_iter()
+                            .map(|r| if r.node == me.node { me.clone() } else { r })
+                            .collect();
                         let next = view::ClusterView::of(&me.node, &map, &records);
                         warmth.follow(&next);
                         caught = warmth.finished(Some(&next));
@@ -601,8 +722,8 @@ async fn run(
                         last = Some((map, records));
                     }
                     publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
-                    if let Some(done) = caught.take() {
-                        caught_up(&me.node, &done);
+                    if let Some((done, phase)) = caught.take() {
+                        caught_up(&me.node, &done, phase);
                     }
                 }
                 Ok(Err(e)) => {
@@ -632,9 +753,9 @@ async fn run(
             && warmth.task.is_some()
         {
             let current = view::ClusterView::of(&me.node, map, records);
-            if let Some(done) = warmth.finished(Some(&current)) {
+            if let Some((done, phase)) = warmth.finished(Some(&current)) {
                 publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
-                caught_up(&me.node, &done);
+                caught_up(&me.node, &done, phase);
             }
         }
         settled.store(routed.settled(shipping_of.settle), Ordering::Relaxed);
@@ -664,12 +785,14 @@ async fn ship_loop<S: broker::Streams>(
         Arc<std::sync::atomic::AtomicU64>,
         Arc<AtomicBool>,
     ),
+    shipped_from: Arc<std::sync::atomic::AtomicU64>,
     timeout: Duration,
     tick: Duration,
 ) {
     let mut warned = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        let began = now_ms();
         // A pass that starts after the shards settled on an epoch and reaches the end of
         // every log has shipped all they decided before it.
         let epoch = settled.load(Ordering::Relaxed);
@@ -683,6 +806,7 @@ async fn ship_loop<S: broker::Streams>(
         match shipped {
             Ok(true) => {
                 shipped_epoch.fetch_max(epoch, Ordering::Relaxed);
+                shipped_from.fetch_max(began, Ordering::Relaxed);
                 drained.store(true, Ordering::Relaxed);
             }
             Ok(false) => {}
@@ -790,10 +914,14 @@ async fn beat_once(
 }
 
 /// Says a catch-up is done (once the view serving its partitions is published).
-fn caught_up(me: &str, done: &replay::CaughtUp) {
+fn caught_up(me: &str, done: &replay::CaughtUp, phase: Phase) {
     info!(
-        "cluster: node {me} caught up on {} partitions: {} events replayed ({} messages, {} \
-         skipped) in {} ms",
+        "cluster: node {me} {} {} partitions: {} events replayed ({} messages, {} skipped) in \
+         {} ms",
+        match phase {
+            Phase::Serve => "caught up on",
+            Phase::Prepare => "prepared",
+        },
         done.partitions,
         done.recorded,
         done.messages,

@@ -13,6 +13,11 @@
 //! owner is missed; a node that is gone cannot say so, and what it decided and had not
 //! shipped is lost (the tail `verdict cluster status` counts as unshipped).
 //!
+//! When the old owner is alive it hands the partition off ([`super::handoff`]): it goes on
+//! deciding while this node replays the history ([`Start::Window`], *preparing*), then lets
+//! go, and this node replays only what was appended after its first read
+//! ([`Start::After`]) before serving.
+//!
 //! The shards take their share through a bounded queue each ([`Job`]), served by a task of
 //! their own between requests ([`serve`]); nothing here runs on a shard core.
 
@@ -28,7 +33,7 @@ use verdict_net::ArchivedEvent;
 use verdict_net::routing::partition_of;
 use verdict_rules::{VelocityKey, key_value};
 
-use super::broker::Streams;
+use super::broker::{ReadFrom, Streams};
 use super::view::ClusterView;
 use crate::mesh::{KeyMask, key_bit};
 use crate::request::peer::{Scratch, record_keys};
@@ -112,6 +117,9 @@ pub async fn serve(shard: Rc<Shard>, jobs: flume::Receiver<Job>) {
 #[derive(Debug, Clone, Default)]
 pub struct CaughtUp {
     pub partitions: usize,
+    /// Every message of the partitions up to this stream sequence is applied: a later
+    /// catch-up from here ([`Start::After`]) applies the rest, none twice.
+    pub through: u64,
     /// Messages read from the stream.
     pub messages: u64,
     /// Events the shards recorded.
@@ -169,6 +177,18 @@ fn keys_in(event: &ArchivedEvent, p: u32, partitions: u32) -> KeyMask {
         .fold(0, |mask, &key| mask | key_bit(key))
 }
 
+/// Where a catch-up starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The shards forget the partitions' windows, then replay from the rules' longest
+    /// window (this) plus [`REPLAY_MARGIN`] ago.
+    Window(Duration),
+    /// The messages after this stream sequence, onto the windows an earlier catch-up built
+    /// (its [`CaughtUp::through`]): the tail of a handoff, appended while the old owner
+    /// still decided the partitions.
+    After(u64),
+}
+
 /// What one catch-up replays, and where.
 pub struct Plan<S> {
     /// Where the history is.
@@ -177,38 +197,54 @@ pub struct Plan<S> {
     pub feeds: Vec<flume::Sender<Job>>,
     /// The view that gave this node the partitions.
     pub view: ClusterView,
-    /// The partitions to replay (`view` gives them to this node).
+    /// The partitions to replay (the map gives them to this node).
     pub cold: Vec<u32>,
-    /// The rules' longest window.
-    pub window: Duration,
+    pub start: Start,
     /// The most any one NATS call may take.
     pub timeout: Duration,
 }
 
-/// Replays `plan.cold` from [`super::ship::EVENTS`] into the shards: first every shard
-/// forgets what it kept of them, then every message from `window + REPLAY_MARGIN` ago to
-/// the stream's end at the start; then waits until every shard has applied its share.
+/// Replays `plan.cold` from [`super::ship::EVENTS`] into the shards: from a window ago
+/// (after every shard forgets what it kept of them) or after a sequence, to the stream's
+/// end at the start; then waits until every shard has applied its share.
 pub async fn catch_up<S: Streams>(plan: Plan<S>) -> Result<CaughtUp, String> {
     let Plan {
-        feeds, view, cold, ..
+        streams,
+        feeds,
+        view,
+        cold,
+        start,
+        timeout,
     } = &plan;
     let started = Instant::now();
+    let closed = || "a shard stopped while catching up".to_string();
+    if let Start::Window(_) = start {
+        let mut forget = vec![false; view.partitions as usize];
+        for &p in cold {
+            forget[p as usize] = true;
+        }
+        let forget = Arc::new(forget);
+        for feed in feeds {
+            feed.send_async(Job::Forget(forget.clone()))
+                .await
+                .map_err(|_| closed())?;
+        }
+    }
+    // Where the stream ends before the read: every message after it is newer than the read.
+    let state = tokio::time::timeout(*timeout, streams.state(super::ship::EVENTS))
+        .await
+        .map_err(|_| format!("the event stream did not answer within {timeout:?}"))?
+        .map_err(|e| format!("the event stream: {e}"))?;
+    let end = state.map_or(0, |s| s.last_sequence);
     let mut done = CaughtUp {
         partitions: cold.len(),
+        through: match start {
+            Start::After(seq) => end.max(*seq),
+            Start::Window(_) => end,
+        },
         ..CaughtUp::default()
     };
-    let closed = || "a shard stopped while catching up".to_string();
-    let mut forget = vec![false; view.partitions as usize];
-    for &p in cold {
-        forget[p as usize] = true;
-    }
-    let forget = Arc::new(forget);
-    for feed in feeds {
-        feed.send_async(Job::Forget(forget.clone()))
-            .await
-            .map_err(|_| closed())?;
-    }
-    if !plan.window.is_zero() && !cold.is_empty() {
+    if *start != Start::Window(Duration::ZERO) && !cold.is_empty() {
         replay_stream(&plan, &mut done).await?;
     }
     for feed in feeds {
@@ -226,7 +262,7 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
         feeds,
         view,
         cold,
-        window,
+        start,
         timeout,
     } = plan;
     let partitions = view.partitions;
@@ -235,10 +271,15 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
     } else {
         cold.iter().map(|p| format!("verdict.events.{p}")).collect()
     };
-    let since = super::now_ms().saturating_sub((*window + REPLAY_MARGIN).as_millis() as u64);
+    let from = match *start {
+        Start::Window(window) => ReadFrom::Time(
+            super::now_ms().saturating_sub((window + REPLAY_MARGIN).as_millis() as u64),
+        ),
+        Start::After(seq) => ReadFrom::After(seq),
+    };
     // No stream or nothing since: nothing to replay.
     let Some(mut reading) = streams
-        .read_since(super::ship::EVENTS_SPEC, subjects, since)
+        .read(super::ship::EVENTS_SPEC, subjects, from)
         .await
         .map_err(|e| format!("the event stream: {e}"))?
     else {
@@ -251,6 +292,7 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
             Ok(Ok(m)) => m,
         };
         done.messages += 1;
+        done.through = done.through.max(message.sequence);
         let pending = message.pending;
         let p = message
             .subject
@@ -258,7 +300,7 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
             .rsplit('.')
             .next()
             .and_then(|p| p.parse::<u32>().ok())
-            .filter(|&p| p < partitions && view.owns(p));
+            .filter(|&p| p < partitions && view.granted(p));
         let record = p.and_then(|p| {
             let event = event_of(&message.body)?;
             let archived = rkyv::access::<ArchivedEvent, rancor::Failure>(&event).ok()?;
@@ -272,7 +314,7 @@ async fn replay_stream<S: Streams>(plan: &Plan<S>, done: &mut CaughtUp) -> Resul
                     keys,
                 };
                 // A map written when this node had more shards names a shard it lacks.
-                let shard = view.shard_of(p);
+                let shard = view.granted_shard(p).expect("filtered");
                 let feed = feeds.get(shard as usize).ok_or_else(|| {
                     format!(
                         "the map gives partition {p} to shard {shard} of this node, which has {} \

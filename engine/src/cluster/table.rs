@@ -61,6 +61,20 @@ pub struct NodeInfo {
     /// The map epoch its shards route by (0: none yet).
     #[serde(default)]
     pub routes_epoch: u64,
+    /// Partitions the map has given another node that this node still decides, with the
+    /// shard that keeps each, `[partition, shard]`: it served them warm, and serves them on
+    /// until their new owner has replayed their history (a handoff, [`super::replay`]).
+    /// Every node routes these here meanwhile.
+    #[serde(default)]
+    pub handing_off: Vec<(u32, u16)>,
+    /// Partitions it has stopped deciding at the end of a handoff and is still shipping
+    /// what it decided of: their new owner replays their last events once they leave this.
+    #[serde(default)]
+    pub releasing: Vec<u32>,
+    /// Partitions handed to this node whose history it has replayed while their old owner
+    /// still decides them: the old owner stops deciding them when it reads them here.
+    #[serde(default)]
+    pub prepared: Vec<u32>,
 }
 
 impl NodeInfo {
@@ -79,6 +93,9 @@ impl NodeInfo {
             shipped_epoch: 0,
             cold_partitions: 0,
             routes_epoch: 0,
+            handing_off: Vec::new(),
+            releasing: Vec::new(),
+            prepared: Vec::new(),
         }
     }
 

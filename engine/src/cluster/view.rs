@@ -57,9 +57,13 @@ pub struct ClusterView {
     pub me: String,
     /// This node's index in `nodes`, if the map gives it partitions.
     here: Option<u16>,
-    /// Per partition: index in `nodes`, and shard.
+    /// Per partition: index in `nodes`, and shard (where it is decided now: the map's
+    /// owner, or its old owner while that hands it off).
     owner: Vec<u16>,
     shard: Vec<u16>,
+    /// Per partition: the shard of this node the map gives it to (whether or not it is
+    /// decided here yet).
+    granted: Vec<Option<u16>>,
     /// Per partition: this node owns it and has not yet replayed its history (its windows
     /// here are incomplete): its events and keys are refused (error 9) until it has.
     cold: Vec<bool>,
@@ -89,49 +93,81 @@ impl ClusterView {
             here: None,
             owner: Vec::new(),
             shard: Vec::new(),
+            granted: Vec::new(),
             cold: Vec::new(),
             any_cold: false,
             nodes: Vec::new(),
         }
     }
 
-    /// The view of `map` with the live nodes' records (`live`), for node `me`.
+    /// The view of `map` with the live nodes' records (`live`), for node `me`: a partition
+    /// a live node's record says it hands off is routed to that node and shard.
     pub fn of(me: &str, map: &PartitionMap, live: &[NodeInfo]) -> ClusterView {
-        let nodes = map
-            .nodes
-            .iter()
-            .map(|name| PeerNode {
-                name: name.clone(),
-                windows: live
-                    .iter()
-                    .find(|n| &n.node == name)
-                    .map_or(String::new(), |n| n.windows.clone()),
-                // A record whose address is not an IP one can connect to is not reachable:
-                // its node counts as not live here.
-                shards: live.iter().find(|n| &n.node == name).and_then(|n| {
-                    let ip = n.address.parse::<std::net::IpAddr>().ok()?;
-                    (!ip.is_unspecified()).then(|| {
-                        n.shard_ports
-                            .iter()
-                            .map(|&port| SocketAddr::new(ip, port))
-                            .collect()
-                    })
-                }),
-            })
-            .collect();
+        let peer = |name: &String| PeerNode {
+            name: name.clone(),
+            windows: live
+                .iter()
+                .find(|n| &n.node == name)
+                .map_or(String::new(), |n| n.windows.clone()),
+            // A record whose address is not an IP one can connect to is not reachable:
+            // its node counts as not live here.
+            shards: live.iter().find(|n| &n.node == name).and_then(|n| {
+                let ip = n.address.parse::<std::net::IpAddr>().ok()?;
+                (!ip.is_unspecified()).then(|| {
+                    n.shard_ports
+                        .iter()
+                        .map(|&port| SocketAddr::new(ip, port))
+                        .collect()
+                })
+            }),
+        };
+        let mut nodes: Vec<PeerNode> = map.nodes.iter().map(peer).collect();
+        let mapped = map.nodes.iter().position(|n| n == me).map(|i| i as u16);
+        let (mut owner, mut shard) = (map.owner.clone(), map.shard.clone());
+        for record in live.iter().filter(|r| !r.handing_off.is_empty()) {
+            // A node the map no longer names (drained) still decides what it hands off.
+            let at = match nodes.iter().position(|n| n.name == record.node) {
+                Some(at) => at,
+                None if nodes.len() < usize::from(u16::MAX) => {
+                    nodes.push(peer(&record.node));
+                    nodes.len() - 1
+                }
+                None => continue,
+            } as u16;
+            for &(p, s) in &record.handing_off {
+                if let Some(o) = owner.get_mut(p as usize) {
+                    *o = at;
+                    shard[p as usize] = s;
+                }
+            }
+        }
         ClusterView {
             version: 0,
             closed: None,
             map_epoch: map.epoch,
             partitions: map.partitions,
             me: me.to_string(),
-            here: map.nodes.iter().position(|n| n == me).map(|i| i as u16),
-            owner: map.owner.clone(),
-            shard: map.shard.clone(),
+            here: nodes.iter().position(|n| n.name == me).map(|i| i as u16),
+            granted: (map.owner.iter().zip(&map.shard))
+                .map(|(&o, &s)| (Some(o) == mapped).then_some(s))
+                .collect(),
+            owner,
+            shard,
             cold: vec![false; map.partitions as usize],
             any_cold: false,
             nodes,
         }
+    }
+
+    /// Whether the map gives partition `p` to this node (decided here once its old owner,
+    /// if handing it off, lets it go).
+    pub fn granted(&self, p: u32) -> bool {
+        self.granted_shard(p).is_some()
+    }
+
+    /// The shard of this node the map gives partition `p` to, if it does.
+    pub fn granted_shard(&self, p: u32) -> Option<u16> {
+        self.granted.get(p as usize).copied().flatten()
     }
 
     /// This view with the partitions this node owns and has not replayed (`warm[p]` false)
@@ -148,11 +184,6 @@ impl ClusterView {
     /// Whether this node owns partition `p`.
     pub fn owns(&self, p: u32) -> bool {
         self.here.is_some() && self.owner.get(p as usize).copied() == self.here
-    }
-
-    /// The shard of this node (or of its owner) that keeps partition `p`.
-    pub fn shard_of(&self, p: u32) -> u16 {
-        self.shard[p as usize]
     }
 
     /// Whether the partition of key value `value` is this node's and still catching up.
