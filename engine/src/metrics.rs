@@ -49,6 +49,8 @@ pub struct Plane {
     since: Instant,
     ready: bool,
     draining: bool,
+    /// The cluster thread's view, on a cluster node.
+    cluster: Option<std::sync::Arc<std::sync::Mutex<crate::cluster::View>>>,
 }
 
 impl Plane {
@@ -82,6 +84,7 @@ impl Plane {
             since: Instant::now(),
             ready: false,
             draining: false,
+            cluster: None,
         }
     }
 
@@ -119,6 +122,11 @@ impl Plane {
 
     pub fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
+    }
+
+    /// Shows the cluster thread's `view` too (a cluster node).
+    pub fn set_cluster(&mut self, view: std::sync::Arc<std::sync::Mutex<crate::cluster::View>>) {
+        self.cluster = Some(view);
     }
 
     pub fn set_draining(&mut self) {
@@ -464,7 +472,49 @@ impl Plane {
             &fired,
         );
         self.kernel_metrics(&mut m, kernel);
+        self.cluster_metrics(&mut m);
         out
+    }
+
+    /// A cluster node's standing, from its own cluster thread (so NATS being away shows).
+    fn cluster_metrics(&self, m: &mut Exposition) {
+        let Some(view) = &self.cluster else { return };
+        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        m.gauge(
+            "verdict_cluster_decisions_unshipped",
+            "Decision log records this node has written and not yet appended to VERDICT_DECISIONS and VERDICT_EVENTS (what a crash now would keep from the partitions' new owners).",
+            &[("", v.decisions_unshipped as f64)],
+        );
+        m.gauge(
+            "verdict_cluster_heartbeat_age_seconds",
+            "Since this node's membership record was last written (-1: never); past cluster.node_ttl_ms the others take its partitions.",
+            &[("", v.last_put.map_or(-1.0, |t| t.elapsed().as_secs_f64()))],
+        );
+        m.counter(
+            "verdict_cluster_heartbeats_failed_total",
+            "Membership records that could not be written (NATS slow or away).",
+            &[(String::new(), v.heartbeats_failed as f64)],
+        );
+        m.gauge(
+            "verdict_cluster_map_epoch",
+            "The partition map epoch this node's shards route by (0: none yet).",
+            &[("", v.routes_epoch as f64)],
+        );
+        m.gauge(
+            "verdict_cluster_fenced",
+            "1 while this node refuses every event because its record went unrefreshed too long.",
+            &[("", f64::from(u8::from(v.fenced)))],
+        );
+        m.gauge(
+            "verdict_cluster_partitions_moving",
+            "Partitions in a move, by state: cold here (events refused while their history replays), handing_off (decided here while their new owner prepares), releasing (let go, shipping what was decided), prepared (history replayed here, their old owner still deciding).",
+            &[
+                ("state=\"cold\"", v.cold as f64),
+                ("state=\"handing_off\"", v.handing_off as f64),
+                ("state=\"releasing\"", v.releasing as f64),
+                ("state=\"prepared\"", v.prepared as f64),
+            ],
+        );
     }
 
     fn model_metrics(&self, m: &mut Exposition, shards: &[(&Snapshot, Instant)]) {

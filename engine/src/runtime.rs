@@ -414,6 +414,7 @@ pub fn serve(
         let member = crate::cluster::Member::start(c, me, partitions, view, shipping);
         match member {
             Ok(m) => {
+                lock(&plane).set_cluster(m.view.clone());
                 let bound = Duration::from_millis(c.request_timeout_ms + c.heartbeat_ms);
                 let deadline = Instant::now() + bound;
                 while cell.epoch() <= 1 && Instant::now() < deadline {

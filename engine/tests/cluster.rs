@@ -991,6 +991,10 @@ fn answers_wait_for_their_append_when_asked() {
             "answer {i} came before its append ({held} in the stream)"
         );
     }
+    // The node's own /metrics says where it stands: nothing left to append, map epoch 1.
+    wait_metric(&server, "verdict_cluster_decisions_unshipped", |v| v == 0.0);
+    assert_eq!(metric(&server, "verdict_cluster_map_epoch"), 1.0);
+    assert_eq!(metric(&server, "verdict_cluster_fenced"), 0.0);
     // Without NATS, answers are refused (error 9) once the append timeout passes (or, a
     // little later, because the node fenced itself); the engine goes on answering.
     for s in &mut nats.servers {
@@ -1009,12 +1013,42 @@ fn answers_wait_for_their_append_when_asked() {
         other => panic!("{other:?}"),
     }
     c.ping().unwrap();
+    // ... and, with NATS away, what it could not append and that its heartbeats fail, then
+    // that it fenced itself (its record would have expired).
+    wait_metric(&server, "verdict_cluster_decisions_unshipped", |v| v >= 1.0);
+    wait_metric(&server, "verdict_cluster_heartbeats_failed_total", |v| {
+        v >= 1.0
+    });
+    wait_metric(&server, "verdict_cluster_fenced", |v| v == 1.0);
+    assert!(metric(&server, "verdict_cluster_heartbeat_age_seconds") > 1.0);
     // A config that cannot keep the promise is refused at start.
     let bad = toml.replace("sync = \"always\"", "sync = \"interval\"");
     let err = Server::try_launch_with(&[], &bad, &[], &args)
         .err()
         .unwrap();
     assert!(err.contains("cluster.wait_for_append"), "{err}");
+}
+
+/// The value of the unlabelled sample `name` on `server`'s admin `/metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let (status, body) = common::http_get(server.admin_port, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Polls `server`'s `/metrics` (at most 20 s) until `name`'s value passes `ok`.
+fn wait_metric(server: &Server, name: &str, ok: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = metric(server, name);
+        if ok(v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The events the log line "caught up on N partitions: M events replayed" counts, summed

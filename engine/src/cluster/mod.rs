@@ -233,7 +233,8 @@ pub async fn apply(
     Err(last.unwrap_or(BrokerError::Conflict).into())
 }
 
-/// What the cluster thread last saw (for logs and, later, the shards).
+/// What the cluster thread last saw and where this node stands: what the admin port's
+/// `/metrics` shows of the cluster, from this node alone (NATS up or not).
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub map: Option<PartitionMap>,
@@ -241,6 +242,18 @@ pub struct View {
     /// Heartbeats that could not be written (NATS slow or absent).
     pub heartbeats_failed: u64,
     pub last_error: Option<String>,
+    /// When this node's record was last written.
+    pub last_put: Option<Instant>,
+    /// Decision records logged and not yet in the streams (counted while NATS is away too).
+    pub decisions_unshipped: u64,
+    /// The map epoch the shards route by; whether they are fenced.
+    pub routes_epoch: u64,
+    pub fenced: bool,
+    /// Partitions cold here, handed off, released (shipping), prepared.
+    pub cold: usize,
+    pub handing_off: usize,
+    pub releasing: usize,
+    pub prepared: usize,
 }
 
 /// The running cluster thread.
@@ -759,6 +772,18 @@ async fn run(
             }
         }
         settled.store(routed.settled(shipping_of.settle), Ordering::Relaxed);
+        {
+            let routing = cell.load();
+            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+            v.last_put = last_put;
+            v.decisions_unshipped = unshipped.load(Ordering::Relaxed);
+            v.routes_epoch = routing.map_epoch;
+            v.fenced = routing.closed == Some(view::Closed::Fenced);
+            v.cold = routing.cold_partitions().len();
+            v.handing_off = me.handing_off.len();
+            v.releasing = me.releasing.len();
+            v.prepared = warmth.prepared().len();
+        }
         tokio::time::sleep(beat.min(Duration::from_millis(50))).await;
     }
     // The shipper sends what was logged before the stop (bounded), then ends.
