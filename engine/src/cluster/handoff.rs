@@ -15,6 +15,14 @@
 //! A handoff ends unprepared after `cluster.handoff_max_ms` (0: no handoffs: the partition
 //! waits cold for its whole replay, as after a failover). A node that ships nothing (no
 //! decision log) hands nothing off: there is no history to prepare from.
+//!
+//! Only a node that certainly decided the partition until the new map may hand it off, or
+//! two nodes could decide it: so a handoff starts only from a map this node read as the
+//! direct successor of the one it routed by, never after it fenced itself in between (its
+//! record may have expired and a failover given its partitions to nodes that have served
+//! them since), and only if its record saying so is written at once (the new owner waits
+//! for that record, at most `node_ttl_ms`, before serving without it). A node that fences
+//! itself drops every handoff: its record may expire, and the new owners then serve.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -51,8 +59,11 @@ impl Handoffs {
 
     /// Takes a map read now (`map`, after `old`): the partitions this node decided with
     /// complete windows (`warm`) under `old` that `map` gives another live node are handed
-    /// off; those `map` gives back to this node are its own again. `ships`: whether this
-    /// node ships its decisions (without, it hands nothing off).
+    /// off, if `map` directly follows `old` and this node has not fenced itself since it
+    /// read `old` (`unbroken`); those `map` gives back to this node are its own again.
+    /// `ships`: whether this node ships its decisions (without, it hands nothing off).
+    /// Returns whether it started any.
+    #[allow(clippy::too_many_arguments)]
     pub fn follow(
         &mut self,
         me: &str,
@@ -61,17 +72,20 @@ impl Handoffs {
         live: &[NodeInfo],
         warm: &[bool],
         ships: bool,
-    ) {
+        unbroken: bool,
+    ) -> bool {
         if self.max.is_zero() || !ships || map.partitions as usize != warm.len() {
             self.entries.clear();
-            return;
+            return false;
         }
         self.entries.retain(|&p, _| map.owner_of(p).0 != me);
-        let Some(old) = old.filter(|o| o.epoch < map.epoch && o.partitions == map.partitions)
+        let Some(old) =
+            old.filter(|o| unbroken && o.epoch + 1 == map.epoch && o.partitions == map.partitions)
         else {
-            return;
+            return false;
         };
         let now = Instant::now();
+        let before = self.entries.len();
         for p in 0..map.partitions {
             let (was, shard) = old.owner_of(p);
             let (owner, _) = map.owner_of(p);
@@ -84,6 +98,15 @@ impl Handoffs {
                 });
             }
         }
+        self.entries.len() > before
+    }
+
+    /// Drops the handoffs not let go yet that began at or after `since` (their record could
+    /// not be written at once), or all of them (`None`: this node fenced itself). Those let
+    /// go stay until shipped: they only make the new owner wait.
+    pub fn drop_since(&mut self, since: Option<Instant>) {
+        self.entries
+            .retain(|_, e| e.released_ms.is_some() || since.is_some_and(|at| e.since < at));
     }
 
     /// Lets go of the partitions whose new owner (by `map`) has prepared them, or that have
@@ -170,7 +193,7 @@ mod tests {
         let mut h = Handoffs::new(Duration::from_secs(60), Duration::from_millis(100));
         let mut warm = vec![true; 16];
         warm[moved[0] as usize] = false;
-        h.follow("a", Some(&old), &map, &live, &warm, true);
+        h.follow("a", Some(&old), &map, &live, &warm, true, true);
         let mut me = record("a", 2);
         h.write(&mut me);
         // Only what a served warm, each with the shard that keeps it.
@@ -199,9 +222,17 @@ mod tests {
         // A map that gives the last one back ends its handoff; one without logs hands
         // nothing off.
         let back = assign(Some(&map), 16, &one, &[]).unwrap();
-        h.follow("a", Some(&map), &back, &live, &warm, true);
+        h.follow("a", Some(&map), &back, &live, &warm, true, true);
         assert!(!h.any());
-        h.follow("a", Some(&old), &map, &live, &warm, false);
+        h.follow("a", Some(&old), &map, &live, &warm, false, true);
+        assert!(!h.any());
+        // Not from a map that skipped an epoch, nor after a fence; a fence drops them all.
+        let mut later = map.clone();
+        later.epoch += 1;
+        assert!(!h.follow("a", Some(&old), &later, &live, &warm, true, true));
+        assert!(!h.follow("a", Some(&old), &map, &live, &warm, true, false));
+        assert!(h.follow("a", Some(&old), &map, &live, &warm, true, true));
+        h.drop_since(None);
         assert!(!h.any());
     }
 }

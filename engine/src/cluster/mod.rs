@@ -629,6 +629,8 @@ async fn run(
         Duration::from_millis(config.handoff_max_ms),
         shipping_of.settle,
     );
+    // Whether this node fenced itself since it last read a map.
+    let mut fenced_since_map = false;
     let mut routed = Routed::default();
     let mut warmth = Warmth::new(partitions, shipping_of.log_dir.is_some());
     // The last map and live records read, for publishing a view between beats.
@@ -700,7 +702,10 @@ async fn run(
                     if let Some((map, records)) = read {
                         let old = last.as_ref().map(|(m, _)| m);
                         let ships = shipping.is_some();
-                        handoffs.follow(&me.node, old, &map, &records, &warmth.warm, ships);
+                        let began = Instant::now();
+                        let unbroken = !std::mem::take(&mut fenced_since_map);
+                        let warm = &warmth.warm;
+                        handoffs.follow(&me.node, old, &map, &records, warm, ships, unbroken);
                         let from = shipped_from.load(Ordering::Relaxed);
                         handoffs.advance(&me.node, &map, &records, now_ms(), from);
                         let before = (me.handing_off.clone(), me.releasing.clone());
@@ -711,6 +716,10 @@ async fn run(
                             let put = b.put(Bucket::Nodes, &me.node, record);
                             if let Ok(Ok(_)) = tokio::time::timeout(bound, put).await {
                                 last_put = Some(Instant::now());
+                            } else {
+                                // Said late, a handoff could follow its new owner's serving.
+                                handoffs.drop_since(Some(began));
+                                handoffs.write(&mut me);
                             }
                         }
                         // This node's record as it is now (the one read back is a beat old).
@@ -758,6 +767,11 @@ async fn run(
                     fence_after.as_millis()
                 );
                 cell.publish(view::ClusterView::closed(&me.node, view::Closed::Fenced));
+                // Its record may expire and its partitions be served elsewhere: no handoff
+                // may outlive the fence, nor start from a map read before it.
+                handoffs.drop_since(None);
+                handoffs.write(&mut me);
+                fenced_since_map = true;
             }
             next_beat = Instant::now() + beat;
         }
