@@ -8,9 +8,11 @@ set -euo pipefail
 # latency plots, Debian's Python Prometheus client (the tests parse /metrics with it), openssl (the
 # TLS tests make their certificates with it), python3-venv for the PyPI tools below, libgomp1
 # (LightGBM's wheel links the system OpenMP runtime), curl (the HTTP port's tests speak to it
-# with curl as well as raw sockets).
+# with curl as well as raw sockets), iproute2 and nftables (the cluster tests cut nodes apart
+# in network namespaces of their own).
 VERDICT_APT_PACKAGES=(build-essential pkg-config git libhwloc-dev libudev-dev clang libbpf-dev
-    fonts-dejavu-core python3-prometheus-client openssl python3-venv libgomp1 curl)
+    fonts-dejavu-core python3-prometheus-client openssl python3-venv libgomp1 curl iproute2
+    nftables)
 # Tools from PyPI that tests check verdict against (pinned), in a venv of their own:
 # pyarrow reads the decision log's Parquet export; xgboost-cpu and lightgbm (with numpy, scipy
 # and narwhals, pinned too) train the models `verdict model import` is checked against;

@@ -3,7 +3,8 @@
 //! scripts/setup.sh installs) and `verdict serve --cluster` nodes on loopback. Membership,
 //! the first map, `verdict cluster status | rebalance | drain`, a `kill -9` whose partitions
 //! move to the live nodes (and nothing else moves), a graceful leave, and racing writers of
-//! the map of which exactly one wins each revision.
+//! the map of which exactly one wins each revision; nodes in network namespaces of the
+//! test's own, cut apart with nftables.
 
 mod common;
 
@@ -21,12 +22,19 @@ use verdict_net::{Client, ClientError, Decision, Kind, ShardedClient};
 /// Three nats-server processes clustered with JetStream on loopback; killed on drop.
 struct NatsCluster {
     servers: Vec<Child>,
+    /// The address clients reach them on.
+    address: String,
     client_ports: Vec<u16>,
     _dir: tempdir::Dir,
 }
 
 impl NatsCluster {
     fn start() -> NatsCluster {
+        NatsCluster::start_on("127.0.0.1")
+    }
+
+    /// The cluster with its clients' ports on `address` (its routes stay on loopback).
+    fn start_on(address: &str) -> NatsCluster {
         let bin = std::path::PathBuf::from(common::venv_python()).with_file_name("nats-server");
         let dir = tempdir::Dir::new("nats");
         let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
@@ -39,7 +47,7 @@ impl NatsCluster {
                     .collect();
                 let store = dir.0.join(format!("n{i}"));
                 Command::new(&bin)
-                    .args(["-js", "-a", "127.0.0.1", "--cluster_name", "verdict-test"])
+                    .args(["-js", "-a", address, "--cluster_name", "verdict-test"])
                     .args(["-n", &format!("n{i}"), "-p", &client_ports[i].to_string()])
                     .arg("-sd")
                     .arg(&store)
@@ -58,6 +66,7 @@ impl NatsCluster {
             .collect();
         NatsCluster {
             servers,
+            address: address.to_string(),
             client_ports,
             _dir: dir,
         }
@@ -66,7 +75,7 @@ impl NatsCluster {
     fn urls(&self) -> String {
         self.client_ports
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|p| format!("nats://{}:{p}", self.address))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -543,23 +552,38 @@ fn rules_node_logged(
     server
 }
 
-/// A client on every port of `nodes` (shared ports and shard ports).
-fn every_port(nodes: &[&Server]) -> Vec<Client> {
+/// Every port of `nodes` (shared and shard ports), node i on `ips[i]` (loopback if none).
+fn addresses(nodes: &[&Server], ips: &[&str]) -> Vec<String> {
     nodes
         .iter()
-        .flat_map(|n| {
-            std::iter::once(n.addr())
-                .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
-                .collect::<Vec<_>>()
+        .enumerate()
+        .flat_map(|(i, n)| {
+            let ip = ips.get(i).copied().unwrap_or("127.0.0.1");
+            std::iter::once(n.port)
+                .chain(n.shard_ports.iter().copied())
+                .map(move |port| format!("{ip}:{port}"))
         })
-        .map(|addr| common::client(&addr))
         .collect()
 }
 
 /// Sends each event through a random port of `nodes` (shared and shard ports) and checks
 /// its decision is the reference's (`want`, in order).
 fn decide_like(nodes: &[&Server], events: &[verdict_net::Event], want: &[Decision], seed: u64) {
-    let mut ports = every_port(nodes);
+    decide_like_on(nodes, &[], events, want, seed);
+}
+
+/// [`decide_like`] with node i on `ips[i]`.
+fn decide_like_on(
+    nodes: &[&Server],
+    ips: &[&str],
+    events: &[verdict_net::Event],
+    want: &[Decision],
+    seed: u64,
+) {
+    let mut ports: Vec<Client> = addresses(nodes, ips)
+        .iter()
+        .map(|a| common::client(a))
+        .collect();
     let mut rng = fastrand::Rng::with_seed(seed);
     for (e, want) in events.iter().zip(want) {
         let port = rng.usize(..ports.len());
@@ -1072,9 +1096,23 @@ fn replayed(server: &Server) -> u64 {
 }
 
 /// Waits (at most 30 s) until `cluster status` lists `live` nodes, each with nothing left
-/// to ship.
+/// to ship, and the decision stream has stopped growing. (A node counts what its log has
+/// written: a decision answered just now may wait in the writer for `log.sync_interval_ms`.)
 fn wait_all_shipped(nats: &NatsCluster, live: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = u64::MAX;
+    loop {
+        unshipped_none(nats, live, deadline);
+        let now = stream_len(nats, ship::STREAM);
+        if now == last {
+            return;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
+
+fn unshipped_none(nats: &NatsCluster, live: usize, deadline: Instant) {
     loop {
         let status: serde_json::Value =
             serde_json::from_str(&cluster_cli(nats, &["status", "--json"])).unwrap();
@@ -1192,14 +1230,11 @@ struct Load {
 
 impl Load {
     fn start(nodes: &[&Server], pool: &[verdict_net::Event], seed: u64) -> Load {
-        let addrs: Vec<String> = nodes
-            .iter()
-            .flat_map(|n| {
-                std::iter::once(n.addr())
-                    .chain((0..n.shard_ports.len()).map(|s| n.shard_addr(s)))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        Load::on(addresses(nodes, &[]), pool, seed)
+    }
+
+    /// The load on the ports at `addrs`.
+    fn on(addrs: Vec<String>, pool: &[verdict_net::Event], seed: u64) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (pool, stopped) = (pool.to_vec(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -1535,4 +1570,330 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     let want: Vec<Decision> = next.iter().map(|e| c.evaluate(e).unwrap()).collect();
     drop(single);
     decide_like(&[&v1, &v2, &v3], next, &want, 52);
+}
+
+/// Runs a command that must succeed (network setup).
+fn run(args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?} (scripts/setup.sh installs iproute2, nftables): {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Network namespaces of this test's own: a bridge here (address `host`) and one
+/// namespace per node with a veth into it (address `ips[i]`); all removed on drop. Nothing
+/// outside them is touched.
+struct Netns {
+    bridge: String,
+    names: Vec<String>,
+    host: String,
+    ips: Vec<String>,
+}
+
+impl Netns {
+    fn create(n: usize) -> Netns {
+        let pid = std::process::id();
+        let tag = format!("{:05}", pid % 100_000);
+        let net = format!("10.213.{}", pid % 200 + 20);
+        let bridge = format!("vdb{tag}");
+        let mut made = Netns {
+            bridge: bridge.clone(),
+            names: Vec::new(),
+            host: format!("{net}.1"),
+            ips: Vec::new(),
+        };
+        run(&["ip", "link", "add", &bridge, "type", "bridge"], None);
+        run(
+            &["ip", "addr", "add", &format!("{net}.1/24"), "dev", &bridge],
+            None,
+        );
+        run(&["ip", "link", "set", &bridge, "up"], None);
+        for k in 0..n {
+            let (ns, outer, inner) = (
+                format!("vdn{tag}-{k}"),
+                format!("vdh{tag}-{k}"),
+                format!("vdp{tag}-{k}"),
+            );
+            let ip = format!("{net}.{}", 11 + k);
+            run(&["ip", "netns", "add", &ns], None);
+            made.names.push(ns.clone());
+            run(
+                &[
+                    "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                ],
+                None,
+            );
+            run(&["ip", "link", "set", &inner, "netns", &ns], None);
+            run(
+                &["ip", "link", "set", &outer, "master", &bridge, "up"],
+                None,
+            );
+            let inside = |args: &[&str]| {
+                let mut all = vec!["ip", "netns", "exec", ns.as_str()];
+                all.extend(args);
+                run(&all, None);
+            };
+            inside(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &inner]);
+            inside(&["ip", "link", "set", &inner, "up"]);
+            inside(&["ip", "link", "set", "lo", "up"]);
+            made.ips.push(ip);
+        }
+        made
+    }
+
+    /// The `ip netns exec` prefix that runs a command in node `k`'s namespace.
+    fn exec(&self, k: usize) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.names[k]]
+    }
+
+    /// Drops, in node `k`'s namespace, every packet to or from `peers` (addresses), and to
+    /// or from `host` on `ports` (TCP): silently, both ways, connections already open too.
+    fn cut(&self, k: usize, peers: &[&str], ports: &[u16]) {
+        let set = |v: Vec<String>| format!("{{ {} }}", v.join(", "));
+        let mut rules = String::new();
+        if !peers.is_empty() {
+            let peers = set(peers.iter().map(|p| p.to_string()).collect());
+            rules += &format!("add rule inet verdict_cut in ip saddr {peers} drop\n");
+            rules += &format!("add rule inet verdict_cut out ip daddr {peers} drop\n");
+        }
+        if !ports.is_empty() {
+            let ports = set(ports.iter().map(|p| p.to_string()).collect());
+            let host = &self.host;
+            rules +=
+                &format!("add rule inet verdict_cut in ip saddr {host} tcp sport {ports} drop\n");
+            rules +=
+                &format!("add rule inet verdict_cut out ip daddr {host} tcp dport {ports} drop\n");
+        }
+        let script = format!(
+            "add table inet verdict_cut\n\
+             add chain inet verdict_cut in {{ type filter hook input priority 0; policy accept; }}\n\
+             add chain inet verdict_cut out {{ type filter hook output priority 0; policy accept; }}\n\
+             {rules}"
+        );
+        let mut args = self.exec(k).to_vec();
+        args.extend(["nft", "-f", "-"]);
+        run(&args, Some(&script));
+    }
+
+    /// Takes node `k`'s cut away.
+    fn heal(&self, k: usize) {
+        let mut args = self.exec(k).to_vec();
+        args.extend(["nft", "delete", "table", "inet", "verdict_cut"]);
+        run(&args, None);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// The node (by its decision stream subject) that decided each event in VERDICT_DECISIONS.
+fn deciders(nats: &NatsCluster) -> BTreeMap<String, String> {
+    stream_messages(nats, ship::STREAM)
+        .into_iter()
+        .map(|(subject, v)| {
+            let node = subject.split('.').nth(2).unwrap_or_default().to_string();
+            (v["event_id"].as_str().unwrap().to_string(), node)
+        })
+        .collect()
+}
+
+#[test]
+fn network_partitions_refuse_or_fence_and_never_decide_twice() {
+    let _serial = serial();
+    let net = Netns::create(3);
+    let nats = NatsCluster::start_on(&net.host);
+    let logs: Vec<tempdir::Dir> = (0..3).map(|_| tempdir::Dir::new("netns-log")).collect();
+    let models = tempdir::Dir::new("models");
+    let models = common::patient_models(&models.0);
+    let node = |k: usize, cpus: &[u32]| {
+        let toml = format!(
+            "{}\n[cluster]\nurls = {:?}\nnode = \"v{}\"\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\npeer_reply_timeout_ms = 100\n",
+            topology(cpus, "").replace("127.0.0.1", &net.ips[k]),
+            nats.config().urls,
+            k + 1
+        );
+        let args = [
+            "--no-probes",
+            "--models",
+            models.to_str().unwrap(),
+            "--log-dir",
+            logs[k].0.to_str().unwrap(),
+        ];
+        Server::launch_with(
+            &net.exec(k),
+            &toml,
+            &[("exact.rules", ACCOUNT_RULES)],
+            &args,
+        )
+    };
+    let v1 = node(0, &[0]);
+    wait_for(&nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    wait_log(&v1, "caught up on");
+    let v2 = node(1, &[1]);
+    let v3 = node(2, &[0]);
+    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
+    cluster_cli(&nats, &["rebalance"]);
+    for n in [&v2, &v3] {
+        wait_log(n, "caught up on");
+    }
+    wait_log(&v1, "routes by map epoch 2");
+    let before = wait_for(&nats, "epoch 2", |m, _| m.epoch == 2);
+    let on_v3 = |e: &verdict_net::Event| {
+        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), before.partitions);
+        before.owner_of(p).0 == "v3"
+    };
+    let ips: Vec<&str> = net.ips.iter().map(String::as_str).collect();
+    let nodes = [&v1, &v2, &v3];
+    let pool = common::velocity_stream(200_000);
+
+    // 1. v3 cut off from v1 and v2 (NATS still reachable by all), under load: nobody's
+    // membership changes; events needing the other side of the cut are refused (error 9,
+    // after peer_reply_timeout_ms, 100 ms here) and every other is decided; each gets one
+    // answer.
+    let load = Load::on(addresses(&nodes, &ips), &pool, 61);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let cut_at = Instant::now();
+    net.cut(2, &[&net.ips[0], &net.ips[1]], &[]);
+    std::thread::sleep(Duration::from_millis(3_000));
+    net.heal(2);
+    let healed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let outcomes = load.finish();
+    let sent = outcomes.len();
+    let during = |at: &Instant| *at > cut_at && *at < healed_at;
+    let refused = outcomes
+        .iter()
+        .filter(|(o, at)| during(at) && matches!(o, Outcome::Refused { code: 9, .. }))
+        .count();
+    let v3_own = pool[..sent]
+        .iter()
+        .zip(&outcomes)
+        .filter(|(e, (o, at))| during(at) && on_v3(e) && *o == Outcome::Decided)
+        .count();
+    let after = outcomes
+        .iter()
+        .filter(|(o, at)| *at > healed_at + Duration::from_millis(1_000) && *o == Outcome::Decided)
+        .count();
+    eprintln!(
+        "v3 cut from v1 and v2 for 3 s: {sent} events, {refused} refused during the cut, {v3_own} \
+         of v3's accounts decided on its side meanwhile, {after} decided in the last 0.5 s"
+    );
+    assert!(refused > 0 && v3_own > 0 && after > 0);
+    assert!(outcomes.iter().all(|(o, _)| *o != Outcome::NoAnswer));
+    let map = wait_for(&nats, "the map", |_, live| live.len() == 3);
+    assert_eq!(map.epoch, 2, "a cut between nodes moves nothing");
+    wait_all_shipped(&nats, 3);
+    // Every account decides as one engine fed what the cluster kept (the decisions; an
+    // event whose answer the cut lost may be among them).
+    let kept = deciders(&nats);
+    for (e, (o, _)) in pool[..sent].iter().zip(&outcomes) {
+        match o {
+            Outcome::Decided => assert!(kept.contains_key(&e.event_id), "{} lost", e.event_id),
+            Outcome::Refused {
+                catching_up: true, ..
+            } => assert!(!kept.contains_key(&e.event_id)),
+            _ => {}
+        }
+    }
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
+    let mut c = single.client();
+    let fed: Vec<verdict_net::Event> = pool[..sent]
+        .iter()
+        .filter(|e| kept.contains_key(&e.event_id))
+        .cloned()
+        .collect();
+    for chunk in fed.chunks(200) {
+        common::pipelined(&mut c, chunk);
+    }
+    let check = &pool[sent..sent + 300];
+    let want: Vec<Decision> = check.iter().map(|e| c.evaluate(e).unwrap()).collect();
+    decide_like_on(&nodes, &ips, check, &want, 62);
+    let rest = &pool[sent + 300..];
+
+    // 2. v3 cut off from NATS only (clients and peers still reach it): it fences itself
+    // before its record expires, then v1 and v2 take its partitions. No account is ever
+    // decided on both sides: in the stream order of each of v3's accounts, once v1 or v2
+    // decided one of its events, v3 decides none. Healed, v3 ships what it decided before
+    // the fence and rejoins owning nothing.
+    let load = Load::on(addresses(&nodes, &ips), rest, 63);
+    std::thread::sleep(Duration::from_millis(1_000));
+    net.cut(2, &[], &nats.client_ports);
+    wait_log(&v3, "fenced");
+    wait_for(&nats, "v3's partitions moving", |m, _| {
+        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
+    });
+    for n in [&v1, &v2] {
+        wait_log(n, "routes by map epoch 3");
+        // Its first catch-up (v1's at the start, v2's at epoch 2), and this one.
+        wait_log_times(n, "caught up on", 2);
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    net.heal(2);
+    wait_log_times(&v3, "routes by map epoch 3", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = load.finish();
+    let sent2 = outcomes.len();
+    assert!(outcomes.iter().all(|(o, _)| *o != Outcome::NoAnswer));
+    wait_all_shipped(&nats, 3);
+    let deciders = deciders(&nats);
+    let mut moved = BTreeMap::<&str, bool>::new();
+    let (mut by_v3, mut by_others) = (0, 0);
+    for (e, (o, _)) in rest[..sent2].iter().zip(&outcomes) {
+        if *o == Outcome::Decided {
+            assert!(
+                deciders.contains_key(&e.event_id),
+                "{} not shipped",
+                e.event_id
+            );
+        }
+        let (Some(who), true) = (deciders.get(&e.event_id), on_v3(e)) else {
+            continue;
+        };
+        let taken = moved.entry(e.account_id.as_str()).or_default();
+        if who == "v3" {
+            assert!(
+                !*taken,
+                "{} decided by v3 after v1 or v2 had taken {}",
+                e.event_id, e.account_id
+            );
+            by_v3 += 1;
+        } else {
+            *taken = true;
+            by_others += 1;
+        }
+    }
+    eprintln!(
+        "v3 cut from NATS: {sent2} events; of v3's accounts, {by_v3} decided by v3 before it \
+         fenced itself, {by_others} by v1 and v2 after they took its partitions; none after"
+    );
+    assert!(by_v3 > 0 && by_others > 0);
 }
