@@ -1491,7 +1491,10 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     }
     let routed_at = Instant::now();
     wait_log(&v3, "prepared");
-    let prepared_at = Instant::now();
+    // v1 let go once before (to v2, at epoch 2).
+    wait_log_times(&v1, "lets go of", 2);
+    wait_log_times(&v2, "lets go of", 1);
+    let released_at = Instant::now();
     // Served once every partition the map gives v3 is caught up (in one catch-up or more).
     let granted = (0..map.partitions)
         .filter(|&p| map.owner_of(p).0 == "v3")
@@ -1511,8 +1514,8 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     assert!(said(&v1, "lets go of") || said(&v2, "lets go of"));
 
     // The old owners decided the moving accounts while v3 replayed their history: events
-    // decided after both routed by the new map and before v3 had prepared could only be
-    // theirs (without the handoff, each was refused as catching up).
+    // decided after both routed by the new map and before both let go could only be theirs
+    // (without the handoff, each was refused as catching up).
     let to_v3 = |e: &verdict_net::Event| {
         let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), map.partitions);
         map.owner_of(p).0 == "v3"
@@ -1524,7 +1527,7 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
             .filter(|(e, (_, at))| to_v3(e) && *at > moved_at && *at <= served_at)
     };
     let handed = moving()
-        .filter(|(_, (o, at))| *o == Outcome::Decided && *at > routed_at && *at < prepared_at)
+        .filter(|(_, (o, at))| *o == Outcome::Decided && *at > routed_at && *at < released_at)
         .count();
     let refused = moving()
         .filter(|(_, (o, _))| matches!(o, Outcome::Refused { .. }))
@@ -1532,7 +1535,7 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     eprintln!(
         "rebalance under load: {sent} events; during the move ({:?}) {} for accounts moving \
          to v3, {handed} of them decided by their old owners after both routed by the new map \
-         and before v3 had prepared, {refused} refused (error 9)",
+         and before they let go, {refused} refused (error 9)",
         served_at - moved_at,
         moving().count()
     );

@@ -529,10 +529,11 @@ impl Warmth {
             }
             return;
         }
+        // Every live node, in the map or not: one a drain has just emptied decided until it
+        // read the new map (and hands its partitions off meanwhile).
         let behind: Vec<&str> = live
             .iter()
             .filter(|n| n.node != me && n.shipped_epoch < view.map_epoch)
-            .filter(|n| view.nodes.iter().any(|p| p.name == n.node))
             .map(|n| n.node.as_str())
             .collect();
         let since = match self.waiting {
