@@ -39,6 +39,7 @@ pub mod replay;
 pub mod ship;
 pub mod table;
 pub mod view;
+mod warmth;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,7 @@ use log::{info, warn};
 use crate::config::ClusterConfig;
 use broker::{Broker, BrokerError, Bucket, MAP_KEY, Nats, NatsOptions, Versioned};
 use table::{NodeInfo, PartitionMap, TableError};
+use warmth::{Warmth, caught_up};
 
 /// Per shard, the sequence number of the last decision record the replicated streams hold
 /// (written by the shipper, read by answers that wait for their append).
@@ -341,9 +343,6 @@ pub struct Shipping {
     pub settle: Duration,
 }
 
-/// A catch-up running on the cluster thread.
-type CatchUpTask = tokio::task::JoinHandle<Result<replay::CaughtUp, String>>;
-
 /// When this node's shards began routing by each recent map epoch: what the node may claim
 /// as shipped ([`NodeInfo::shipped_epoch`]) once `settle` has passed.
 #[derive(Default)]
@@ -368,229 +367,6 @@ impl Routed {
             .rev()
             .find(|(_, at)| at.elapsed() >= settle)
             .map_or(0, |&(e, _)| e)
-    }
-}
-
-/// What a catch-up is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Partitions their old owner still decides (a handoff): their history up to now, not
-    /// served yet.
-    Prepare,
-    /// Partitions this node decides: served once replayed.
-    Serve,
-}
-
-/// Where this node stands with each partition's history (state that moves, [`replay`]).
-struct Warmth {
-    /// Per partition: this node owns it and its windows here are complete.
-    warm: Vec<bool>,
-    /// Per partition: the map gives it to this node, its old owner hands it off, and its
-    /// history is replayed here through this stream sequence.
-    prepared: Vec<Option<u64>>,
-    /// The catch-up running, the partitions it replays, and what for.
-    task: Option<(CatchUpTask, Vec<u32>, Phase)>,
-    /// Since when the node has waited for others to ship, and for which map epoch.
-    waiting: Option<(u64, Instant)>,
-    /// Whether there is history to replay (this node ships the event stream); without it a
-    /// partition is served from empty windows at once.
-    replays: bool,
-}
-
-impl Warmth {
-    fn new(partitions: u32, replays: bool) -> Warmth {
-        Warmth {
-            warm: vec![false; partitions as usize],
-            prepared: vec![None; partitions as usize],
-            task: None,
-            waiting: None,
-            replays,
-        }
-    }
-
-    /// Forgets partitions `view` no longer gives this node.
-    fn follow(&mut self, view: &view::ClusterView) {
-        for p in 0..self.warm.len() {
-            if !view.owns(p as u32) {
-                self.warm[p] = false;
-            }
-            if !view.granted(p as u32) {
-                self.prepared[p] = None;
-            }
-        }
-    }
-
-    /// The partitions prepared and not yet served (this node's record's `prepared`).
-    fn prepared(&self) -> Vec<u32> {
-        (0..self.warm.len() as u32)
-            .filter(|&p| self.prepared[p as usize].is_some() && !self.warm[p as usize])
-            .collect()
-    }
-
-    /// Takes a finished catch-up's result: what it did, if partitions turned warm or were
-    /// prepared (say so once the view that serves them is published).
-    fn finished(&mut self, view: Option<&view::ClusterView>) -> Option<(replay::CaughtUp, Phase)> {
-        if !self.task.as_ref().is_some_and(|(t, ..)| t.is_finished()) {
-            return None;
-        }
-        let (task, partitions, phase) = self.task.take().expect("checked");
-        match futures_util::FutureExt::now_or_never(task) {
-            Some(Ok(Ok(done))) => {
-                for &p in &partitions {
-                    let p = p as usize;
-                    match phase {
-                        // Given away meanwhile: it stays cold.
-                        Phase::Serve if view.is_some_and(|v| v.owns(p as u32)) => {
-                            self.warm[p] = true;
-                            self.prepared[p] = None;
-                        }
-                        Phase::Prepare
-                            if view.is_some_and(|v| v.granted(p as u32)) && !self.warm[p] =>
-                        {
-                            self.prepared[p] = Some(done.through);
-                        }
-                        _ => {}
-                    }
-                }
-                Some((done, phase))
-            }
-            Some(Ok(Err(e))) => {
-                warn!("cluster: catching up: {e}; retrying");
-                None
-            }
-            _ => {
-                warn!("cluster: the catch-up task ended abnormally; retrying");
-                None
-            }
-        }
-    }
-
-    /// Starts catching up on the partitions `view` routes to this node that are not warm,
-    /// once every other live node of the map has shipped what it decided under older maps
-    /// (or `wait_max` has passed: then what it has not shipped is not replayed) and no node
-    /// is still releasing them: from where their preparation stopped, if prepared. Else
-    /// prepares the partitions the map gives this node that their old owner hands off.
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        &mut self,
-        me: &str,
-        view: &view::ClusterView,
-        live: &[NodeInfo],
-        broker: &Nats,
-        shipping: &Shipping,
-        timeout: Duration,
-        wait_max: Duration,
-    ) {
-        if self.task.is_some() || view.closed.is_some() {
-            return;
-        }
-        let releasing: std::collections::HashSet<u32> = live
-            .iter()
-            .filter(|n| n.node != me)
-            .flat_map(|n| n.releasing.iter().copied())
-            .collect();
-        let cold: Vec<u32> = (0..self.warm.len() as u32)
-            .filter(|&p| view.owns(p) && !self.warm[p as usize] && !releasing.contains(&p))
-            .collect();
-        let handed: Vec<u32> = (0..self.warm.len() as u32)
-            .filter(|&p| {
-                view.granted(p)
-                    && !view.owns(p)
-                    && !self.warm[p as usize]
-                    && self.prepared[p as usize].is_none()
-            })
-            .collect();
-        if !self.replays {
-            for &p in &cold {
-                self.warm[p as usize] = true;
-            }
-            for &p in &handed {
-                self.prepared[p as usize] = Some(0);
-            }
-            return;
-        }
-        let window = Duration::from_millis(shipping.rules.load().rules.longest_window_ms());
-        let plan = |cold: Vec<u32>, start: replay::Start| replay::Plan {
-            streams: broker.streams(),
-            feeds: shipping.feeds.clone(),
-            view: view.clone(),
-            cold,
-            start,
-            timeout,
-        };
-        if cold.is_empty() {
-            self.waiting = None;
-            if !handed.is_empty() {
-                self.launch(
-                    me,
-                    plan(handed, replay::Start::Window(window)),
-                    Phase::Prepare,
-                );
-            }
-            return;
-        }
-        // Every live node, in the map or not: one a drain has just emptied decided until it
-        // read the new map (and hands its partitions off meanwhile).
-        let behind: Vec<&str> = live
-            .iter()
-            .filter(|n| n.node != me && n.shipped_epoch < view.map_epoch)
-            .map(|n| n.node.as_str())
-            .collect();
-        let since = match self.waiting {
-            Some((epoch, at)) if epoch == view.map_epoch => at,
-            _ => {
-                let now = Instant::now();
-                self.waiting = Some((view.map_epoch, now));
-                now
-            }
-        };
-        if !behind.is_empty() {
-            if since.elapsed() < wait_max {
-                // Meanwhile, what the old owners still decide can be prepared.
-                if !handed.is_empty() {
-                    self.launch(
-                        me,
-                        plan(handed, replay::Start::Window(window)),
-                        Phase::Prepare,
-                    );
-                }
-                return;
-            }
-            warn!(
-                "cluster: nodes {behind:?} have not shipped what they decided before map \
-                 epoch {} within {} ms: replaying without it",
-                view.map_epoch,
-                wait_max.as_millis()
-            );
-        }
-        self.waiting = None;
-        // The prepared ones first, those prepared through the same place together: each
-        // replays its tail from there.
-        let prepared = |p: &u32| self.prepared[*p as usize];
-        match cold.iter().filter_map(prepared).min() {
-            Some(through) => {
-                let group = cold
-                    .into_iter()
-                    .filter(|p| prepared(p) == Some(through))
-                    .collect();
-                self.launch(me, plan(group, replay::Start::After(through)), Phase::Serve);
-            }
-            None => self.launch(me, plan(cold, replay::Start::Window(window)), Phase::Serve),
-        }
-    }
-
-    fn launch(&mut self, me: &str, plan: replay::Plan<broker::NatsStreams>, phase: Phase) {
-        info!(
-            "cluster: node {me} {} {} partitions of map epoch {}",
-            match phase {
-                Phase::Serve => "catching up on",
-                Phase::Prepare => "preparing (their old owners decide them meanwhile)",
-            },
-            plan.cold.len(),
-            plan.view.map_epoch
-        );
-        let cold = plan.cold.clone();
-        self.task = Some((tokio::spawn(replay::catch_up(plan)), cold, phase));
     }
 }
 
@@ -951,23 +727,6 @@ async fn beat_once(
     v.live = live.into_keys().collect();
     v.last_error = None;
     Ok(map.map(|m| (m, records)))
-}
-
-/// Says a catch-up is done (once the view serving its partitions is published).
-fn caught_up(me: &str, done: &replay::CaughtUp, phase: Phase) {
-    info!(
-        "cluster: node {me} {} {} partitions: {} events replayed ({} messages, {} skipped) in \
-         {} ms",
-        match phase {
-            Phase::Serve => "caught up on",
-            Phase::Prepare => "prepared",
-        },
-        done.partitions,
-        done.recorded,
-        done.messages,
-        done.skipped,
-        done.took.as_millis()
-    );
 }
 
 /// Publishes the view of `last` (map and live records) for this node's shards, its cold
