@@ -68,6 +68,11 @@ const MOVED: Refused = Refused {
     why: "this event's account is no longer this node's (the partition map moved); \
           retry on its owner",
 };
+const HANDING_OFF: Refused = Refused {
+    code: ErrorCode::Unavailable,
+    why: "a device, IP or merchant of this event is in a partition another node is handing \
+          off (a rebalance or drain in progress); retry shortly",
+};
 const CATCHING_UP: Refused = Refused {
     code: ErrorCode::Unavailable,
     why: "a partition of this event's keys has just come to this node, which is replaying its \
@@ -684,6 +689,10 @@ fn plan(
             batch.plans[owner as usize].decide.push(i);
             continue;
         }
+        if view.is_some_and(|v| v.any_handed() && keys_handed(v, event, &per_key, &mut ip)) {
+            batch.answers[i] = Answer::Refused(HANDING_OFF);
+            continue;
+        }
         batch.local.push(i);
         // The keys each other shard records for this event (at most one entry per peer),
         // and those other nodes record.
@@ -748,6 +757,21 @@ fn catching_up(
         || KEYS.iter().any(|&key| {
             per_key[key as usize] > 0 && key_value(event, key, ip).is_some_and(|v| view.cold(v))
         })
+}
+
+/// Whether a key of `event` the rules count by is in a partition another node is handing
+/// off: recorded there, it would reach the event stream only with this node's shipping,
+/// which the new owner's last replay does not wait for.
+fn keys_handed(
+    view: &ClusterView,
+    event: &ArchivedEvent,
+    per_key: &[usize; 4],
+    ip: &mut [u8; 16],
+) -> bool {
+    KEYS.iter().any(|&key| {
+        per_key[key as usize] > 0
+            && key_value(event, key, ip).is_some_and(|v| view.handed_elsewhere(v))
+    })
 }
 
 /// Takes each peer's budget for its events; where a peer's is spent, its events are

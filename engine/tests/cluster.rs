@@ -1183,13 +1183,14 @@ fn partitions_move_with_their_history() {
 
     decide_like(&[&v1, &v2], &events[300..600], &reference[300..600], 32);
 
-    // A rebalance onto a new node while the old owners live: v4 waits until they have
-    // shipped what they decided before the new map, replays, then serves.
+    // A rebalance onto a new node while the old owners live: they hand its partitions off
+    // (v4 prepares them while they decide), let go and ship; v4 replays the tail, serves.
     let v4 = shipping_node(&nats, "v4", &[0], &logs[3]);
     wait_for(&nats, "v4 live", |_, live| live.len() == 3);
     let out = cluster_cli(&nats, &["rebalance"]);
     assert!(out.starts_with("epoch 4:"), "{out}");
-    wait_log(&v4, "caught up on");
+    let map = wait_for(&nats, "epoch 4", |m, _| m.epoch == 4);
+    wait_caught_up(&v4, &map, "v4");
     for n in [&v1, &v2] {
         wait_log(n, "routes by map epoch 4");
     }
@@ -1457,6 +1458,20 @@ fn caught_up_partitions(server: &Server) -> u64 {
         .sum()
 }
 
+/// Waits (at most 30 s) until `server`, node `name`, has caught up on every partition `map`
+/// gives it (in one catch-up or several: handoffs from several old owners end apart).
+/// Counts every catch-up it logged: for a node that owned nothing before.
+fn wait_caught_up(server: &Server, map: &PartitionMap, name: &str) {
+    let granted = (0..map.partitions)
+        .filter(|&p| map.owner_of(p).0 == name)
+        .count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while caught_up_partitions(server) < granted {
+        assert!(Instant::now() < deadline, "{name} never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     let _serial = serial();
@@ -1495,15 +1510,7 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     wait_log_times(&v1, "lets go of", 2);
     wait_log_times(&v2, "lets go of", 1);
     let released_at = Instant::now();
-    // Served once every partition the map gives v3 is caught up (in one catch-up or more).
-    let granted = (0..map.partitions)
-        .filter(|&p| map.owner_of(p).0 == "v3")
-        .count() as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while caught_up_partitions(&v3) < granted {
-        assert!(Instant::now() < deadline, "v3 never caught up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_caught_up(&v3, &map, "v3");
     let served_at = Instant::now();
     std::thread::sleep(Duration::from_millis(1_000));
     let outcomes = load.finish();

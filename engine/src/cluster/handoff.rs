@@ -22,7 +22,15 @@
 //! record may have expired and a failover given its partitions to nodes that have served
 //! them since), and only if its record saying so is written at once (the new owner waits
 //! for that record, at most `node_ttl_ms`, before serving without it). A node that fences
-//! itself drops every handoff: its record may expire, and the new owners then serve.
+//! itself lets go of every handoff at once (its record may expire, and the new owners then
+//! serve), keeping them as released until what it decided is shipped. A release counts
+//! from when the view that routes the partition away is published, not when decided.
+//!
+//! While a partition is handed off, the other nodes' events with a device, IP or merchant
+//! in it (counted by the rules) are refused (error 9) rather than recorded at the old
+//! owner: their record would reach the stream only with their own node's shipping, which
+//! the new owner's last replay does not wait for. Events decided at the old owner record
+//! such keys there and are shipped by it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,12 +39,16 @@ use log::info;
 
 use super::table::{NodeInfo, PartitionMap};
 
+/// A release whose view is not published yet: the shards may still decide the partition.
+const UNPUBLISHED: u64 = u64::MAX;
+
 /// One partition being handed off.
 struct Entry {
     /// The shard of this node that keeps it.
     shard: u16,
     since: Instant,
-    /// When this node stopped deciding it (ms since the Unix epoch), if it has.
+    /// When this node stopped deciding it (ms since the Unix epoch; [`UNPUBLISHED`] until
+    /// the view that routes it away is published), if it has.
     released_ms: Option<u64>,
 }
 
@@ -78,7 +90,10 @@ impl Handoffs {
             self.entries.clear();
             return false;
         }
-        self.entries.retain(|&p, _| map.owner_of(p).0 != me);
+        // Given back: its own again, unless already let go (then it ships what it decided
+        // before it replays the partition like any other cold one).
+        self.entries
+            .retain(|&p, e| e.released_ms.is_some() || map.owner_of(p).0 != me);
         let Some(old) =
             old.filter(|o| unbroken && o.epoch + 1 == map.epoch && o.partitions == map.partitions)
         else {
@@ -101,12 +116,30 @@ impl Handoffs {
         self.entries.len() > before
     }
 
-    /// Drops the handoffs not let go yet that began at or after `since` (their record could
-    /// not be written at once), or all of them (`None`: this node fenced itself). Those let
-    /// go stay until shipped: they only make the new owner wait.
-    pub fn drop_since(&mut self, since: Option<Instant>) {
+    /// Drops the handoffs not let go yet that began at or after `since`: their record could
+    /// not be written at once (nothing was decided by them: their view is not published).
+    pub fn drop_since(&mut self, since: Instant) {
         self.entries
-            .retain(|_, e| e.released_ms.is_some() || since.is_some_and(|at| e.since < at));
+            .retain(|_, e| e.released_ms.is_some() || e.since < since);
+    }
+
+    /// Lets go of every handoff at once (this node fenced itself, `now_ms`: its shards
+    /// decide nothing from now): they stay, released, until what they decided is shipped.
+    pub fn release_all(&mut self, now_ms: u64) {
+        for e in self.entries.values_mut() {
+            if e.released_ms.is_none_or(|at| at == UNPUBLISHED) {
+                e.released_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Stamps the releases made since the last publish with `now_ms`: their view is out.
+    pub fn published(&mut self, now_ms: u64) {
+        for e in self.entries.values_mut() {
+            if e.released_ms == Some(UNPUBLISHED) {
+                e.released_ms = Some(now_ms);
+            }
+        }
     }
 
     /// Lets go of the partitions whose new owner (by `map`) has prepared them, or that have
@@ -118,7 +151,6 @@ impl Handoffs {
         me: &str,
         map: &PartitionMap,
         live: &[NodeInfo],
-        now_ms: u64,
         shipped_from_ms: u64,
     ) -> usize {
         let prepared: HashMap<&str, HashSet<u32>> = live
@@ -135,14 +167,16 @@ impl Handoffs {
             let (owner, _) = map.owner_of(p);
             let ready = prepared.get(owner).is_some_and(|s| s.contains(&p));
             if ready || entry.since.elapsed() >= self.max {
-                entry.released_ms = Some(now_ms);
+                entry.released_ms = Some(UNPUBLISHED);
                 *released.entry(owner).or_default() += 1;
                 late += usize::from(!ready);
             }
         }
         let settle = self.settle.as_millis() as u64;
-        self.entries
-            .retain(|_, e| e.released_ms.is_none_or(|at| at + settle > shipped_from_ms));
+        self.entries.retain(|_, e| {
+            e.released_ms
+                .is_none_or(|at| at.saturating_add(settle) > shipped_from_ms)
+        });
         let n = released.values().sum();
         if n > 0 {
             info!(
@@ -203,19 +237,24 @@ mod tests {
             assert_eq!(s, old.owner_of(p).1);
         }
         // Nothing prepared: nothing let go.
-        assert_eq!(h.advance("a", &map, &live, 1_000, 0), 0);
+        assert_eq!(h.advance("a", &map, &live, 0), 0);
         // b prepares all but one; those are released, kept until a pass that began
         // `settle` after shipped.
         b.prepared = moved[2..].to_vec();
         let live = vec![record("a", 2), b.clone()];
-        assert_eq!(h.advance("a", &map, &live, 1_000, 0), moved.len() - 2);
+        assert_eq!(h.advance("a", &map, &live, 0), moved.len() - 2);
         h.write(&mut me);
         assert_eq!(me.handing_off.len(), 1);
         assert_eq!(me.releasing, moved[2..]);
-        h.advance("a", &map, &live, 1_050, 1_050);
+        // Not shipped-after-settle until its view is published, however late the shipper.
+        h.advance("a", &map, &live, u64::MAX - 1);
+        h.write(&mut me);
+        assert_eq!(me.releasing, moved[2..]);
+        h.published(1_000);
+        h.advance("a", &map, &live, 1_050);
         h.write(&mut me);
         assert_eq!(me.releasing.len(), moved.len() - 2);
-        h.advance("a", &map, &live, 1_200, 1_100);
+        h.advance("a", &map, &live, 1_100);
         h.write(&mut me);
         assert!(me.releasing.is_empty());
         assert_eq!(me.handing_off.len(), 1);
@@ -232,7 +271,12 @@ mod tests {
         assert!(!h.follow("a", Some(&old), &later, &live, &warm, true, true));
         assert!(!h.follow("a", Some(&old), &map, &live, &warm, true, false));
         assert!(h.follow("a", Some(&old), &map, &live, &warm, true, true));
-        h.drop_since(None);
+        // A fence lets go of them all: released, kept until shipped.
+        h.release_all(2_000);
+        h.write(&mut me);
+        assert!(me.handing_off.is_empty());
+        assert_eq!(me.releasing.len(), moved.len() - 1);
+        h.advance("a", &map, &live, 2_100);
         assert!(!h.any());
     }
 }

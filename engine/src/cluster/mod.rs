@@ -473,7 +473,16 @@ async fn run(
                 settled.load(Ordering::Relaxed)
             };
             let bound = beat + options.request_timeout;
-            let beaten = beat_once(b, &me, partitions, &view, &mut last_put);
+            // Nodes handing partitions off or releasing them may be in no map (drained): a
+            // listing that misses one must not make its partitions look free.
+            let handing: Vec<String> = last.as_ref().map_or(Vec::new(), |(_, records)| {
+                records
+                    .iter()
+                    .filter(|r| !r.handing_off.is_empty() || !r.releasing.is_empty())
+                    .map(|r| r.node.clone())
+                    .collect()
+            });
+            let beaten = beat_once(b, &me, partitions, &view, &mut last_put, &handing);
             match tokio::time::timeout(bound, beaten).await {
                 Ok(Ok(read)) => {
                     if let Some((map, records)) = read {
@@ -484,7 +493,7 @@ async fn run(
                         let warm = &warmth.warm;
                         handoffs.follow(&me.node, old, &map, &records, warm, ships, unbroken);
                         let from = shipped_from.load(Ordering::Relaxed);
-                        handoffs.advance(&me.node, &map, &records, now_ms(), from);
+                        handoffs.advance(&me.node, &map, &records, from);
                         let before = (me.handing_off.clone(), me.releasing.clone());
                         handoffs.write(&mut me);
                         if before != (me.handing_off.clone(), me.releasing.clone()) {
@@ -495,7 +504,7 @@ async fn run(
                                 last_put = Some(Instant::now());
                             } else {
                                 // Said late, a handoff could follow its new owner's serving.
-                                handoffs.drop_since(Some(began));
+                                handoffs.drop_since(began);
                                 handoffs.write(&mut me);
                             }
                         }
@@ -521,6 +530,7 @@ async fn run(
                         last = Some((map, records));
                     }
                     publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
+                    handoffs.published(now_ms());
                     if let Some((done, phase)) = caught.take() {
                         caught_up(&me.node, &done, phase);
                     }
@@ -545,8 +555,9 @@ async fn run(
                 );
                 cell.publish(view::ClusterView::closed(&me.node, view::Closed::Fenced));
                 // Its record may expire and its partitions be served elsewhere: no handoff
-                // may outlive the fence, nor start from a map read before it.
-                handoffs.drop_since(None);
+                // may outlive the fence (each is let go, and kept until shipped), nor start
+                // from a map read before it.
+                handoffs.release_all(now_ms());
                 handoffs.write(&mut me);
                 fenced_since_map = true;
             }
@@ -558,7 +569,11 @@ async fn run(
         {
             let current = view::ClusterView::of(&me.node, map, records);
             if let Some((done, phase)) = warmth.finished(Some(&current)) {
-                publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
+                // Only a beat that lands lifts a fence: a view published from the records
+                // before it would.
+                if cell.load().closed != Some(view::Closed::Fenced) {
+                    publish(&cell, &me.node, last.as_ref(), &warmth, &mut routed);
+                }
                 caught_up(&me.node, &done, phase);
             }
         }
@@ -649,6 +664,7 @@ async fn beat_once(
     partitions: u32,
     view: &Mutex<View>,
     last_put: &mut Option<Instant>,
+    also_expected: &[String],
 ) -> Result<Option<(PartitionMap, Vec<NodeInfo>)>, ClusterError> {
     let record = serde_json::to_vec(me).expect("a record serializes");
     let putting = Instant::now();
@@ -660,9 +676,10 @@ async fn beat_once(
     }
     *last_put = Some(putting);
     let current = read_map(broker).await?;
-    let expected: Vec<String> = current
+    let mut expected: Vec<String> = current
         .as_ref()
         .map_or(Vec::new(), |(map, _)| map.nodes.clone());
+    expected.extend(also_expected.iter().cloned());
     let live = live_nodes_expecting(broker, &expected).await?;
     let shards: BTreeMap<String, u32> = live
         .iter()

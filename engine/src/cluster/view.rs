@@ -69,6 +69,9 @@ pub struct ClusterView {
     cold: Vec<bool>,
     /// Whether any partition is cold (the per-key check is skipped when none is).
     any_cold: bool,
+    /// Per partition: routed by a handoff (to the node handing it off), not by the map.
+    handed: Vec<bool>,
+    any_handed: bool,
     pub nodes: Vec<PeerNode>,
 }
 
@@ -96,6 +99,8 @@ impl ClusterView {
             granted: Vec::new(),
             cold: Vec::new(),
             any_cold: false,
+            handed: Vec::new(),
+            any_handed: false,
             nodes: Vec::new(),
         }
     }
@@ -124,6 +129,7 @@ impl ClusterView {
         let mut nodes: Vec<PeerNode> = map.nodes.iter().map(peer).collect();
         let mapped = map.nodes.iter().position(|n| n == me).map(|i| i as u16);
         let (mut owner, mut shard) = (map.owner.clone(), map.shard.clone());
+        let mut handed = vec![false; map.partitions as usize];
         for record in live.iter().filter(|r| !r.handing_off.is_empty()) {
             // A node the map no longer names (drained) still decides what it hands off.
             let at = match nodes.iter().position(|n| n.name == record.node) {
@@ -138,6 +144,7 @@ impl ClusterView {
                 if let Some(o) = owner.get_mut(p as usize) {
                     *o = at;
                     shard[p as usize] = s;
+                    handed[p as usize] = true;
                 }
             }
         }
@@ -155,6 +162,8 @@ impl ClusterView {
             shard,
             cold: vec![false; map.partitions as usize],
             any_cold: false,
+            any_handed: handed.iter().any(|&h| h),
+            handed,
             nodes,
         }
     }
@@ -190,6 +199,23 @@ impl ClusterView {
     #[inline]
     pub fn cold(&self, value: &[u8]) -> bool {
         self.any_cold && self.cold[partition_of(value, self.partitions) as usize]
+    }
+
+    /// Whether the partition of key value `value` is decided by another node that is handing
+    /// it off: an event decided here must not record that key there ([`super::handoff`]).
+    #[inline]
+    pub fn handed_elsewhere(&self, value: &[u8]) -> bool {
+        if !self.any_handed {
+            return false;
+        }
+        let p = partition_of(value, self.partitions) as usize;
+        self.handed[p] && Some(self.owner[p]) != self.here
+    }
+
+    /// Whether any partition is routed by a handoff.
+    #[inline]
+    pub fn any_handed(&self) -> bool {
+        self.any_handed
     }
 
     /// Whether any partition is cold.

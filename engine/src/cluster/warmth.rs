@@ -80,7 +80,15 @@ impl Warmth {
             return None;
         }
         let (task, partitions, phase) = self.task.take().expect("checked");
-        match futures_util::FutureExt::now_or_never(task) {
+        let result = futures_util::FutureExt::now_or_never(task);
+        if !matches!(result, Some(Ok(Ok(_)))) {
+            // Some of its events may be applied already: the retry starts over, forgetting
+            // first, rather than from where the preparation stopped.
+            for &p in &partitions {
+                self.prepared[p as usize] = None;
+            }
+        }
+        match result {
             Some(Ok(Ok(done))) => {
                 for &p in &partitions {
                     let p = p as usize;
@@ -112,9 +120,9 @@ impl Warmth {
     }
 
     /// Starts catching up on the partitions `view` routes to this node that are not warm,
-    /// once every other live node of the map has shipped what it decided under older maps
-    /// (or `wait_max` has passed: then what it has not shipped is not replayed) and no node
-    /// is still releasing them: from where their preparation stopped, if prepared. Else
+    /// once every other live node has shipped what it decided under older maps and no node
+    /// is still releasing any of them (or `wait_max` has passed: then what they have not
+    /// shipped is not replayed): from where their preparation stopped, if prepared. Else
     /// prepares the partitions the map gives this node that their old owner hands off.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
@@ -130,13 +138,14 @@ impl Warmth {
         if self.task.is_some() || view.closed.is_some() {
             return;
         }
-        let releasing: std::collections::HashSet<u32> = live
-            .iter()
-            .filter(|n| n.node != me)
-            .flat_map(|n| n.releasing.iter().copied())
-            .collect();
+        // A node routing by a newer map may decide what this view gives here (a map that gave
+        // a handed-off partition back to its old owner): nothing starts before this node
+        // reads that map too.
+        if live.iter().any(|n| n.routes_epoch > view.map_epoch) {
+            return;
+        }
         let cold: Vec<u32> = (0..self.warm.len() as u32)
-            .filter(|&p| view.owns(p) && !self.warm[p as usize] && !releasing.contains(&p))
+            .filter(|&p| view.owns(p) && !self.warm[p as usize])
             .collect();
         let handed: Vec<u32> = (0..self.warm.len() as u32)
             .filter(|&p| {
@@ -175,11 +184,21 @@ impl Warmth {
             }
             return;
         }
+        let mut cold_mask = vec![false; self.warm.len()];
+        for &p in &cold {
+            cold_mask[p as usize] = true;
+        }
+        let is_cold = |p: u32| cold_mask.get(p as usize).copied().unwrap_or(false);
         // Every live node, in the map or not: one a drain has just emptied decided until it
-        // read the new map (and hands its partitions off meanwhile).
+        // read the new map (and hands its partitions off meanwhile); and every node (this one
+        // too, given back what it was handing off) still shipping what it decided of a cold
+        // partition it let go.
         let behind: Vec<&str> = live
             .iter()
-            .filter(|n| n.node != me && n.shipped_epoch < view.map_epoch)
+            .filter(|n| {
+                (n.node != me && n.shipped_epoch < view.map_epoch)
+                    || n.releasing.iter().any(|&p| is_cold(p))
+            })
             .map(|n| n.node.as_str())
             .collect();
         let since = match self.waiting {
