@@ -1162,15 +1162,7 @@ fn partitions_move_with_their_history() {
 
     // kill -9 of v3: its partitions go to v1 and v2, which replay their history from
     // VERDICT_EVENTS; the next events decide exactly as on one engine that saw them all.
-    v3.signal(libc::SIGKILL);
-    v3.wait_exit(Duration::from_secs(10));
-    let killed = Instant::now();
-    wait_for(&nats, "v3's partitions moving", |m, _| {
-        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
-    });
-    for n in [&v1, &v2] {
-        wait_log_times(n, "caught up on", 2);
-    }
+    let killed = kill_v3(&nats, &mut v3, [&v1, &v2]);
     eprintln!(
         "failover with state: v1 and v2 caught up {:?} after the kill, replaying {} events",
         killed.elapsed(),
@@ -1280,27 +1272,81 @@ impl Load {
     }
 }
 
+/// What one engine (one shard, [`ACCOUNT_RULES`]) fed the events of `history` that `kept`
+/// holds, in order, decides for `next`: the reference a cluster must match after a fault.
+fn reference_after(
+    history: &[verdict_net::Event],
+    kept: impl Fn(&verdict_net::Event) -> bool,
+    next: &[verdict_net::Event],
+) -> Vec<Decision> {
+    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
+    let mut c = single.client();
+    let fed: Vec<verdict_net::Event> = history.iter().filter(|e| kept(e)).cloned().collect();
+    for chunk in fed.chunks(200) {
+        common::pipelined(&mut c, chunk);
+    }
+    next.iter().map(|e| c.evaluate(e).unwrap()).collect()
+}
+
 /// Every event id of a decision log directory, through `verdict log export`.
 fn logged_ids(dir: &std::path::Path) -> std::collections::HashSet<String> {
-    let file = dir.with_extension("jsonl");
-    let out = verdict(&[
-        "log",
-        "export",
-        dir.to_str().unwrap(),
-        "--format",
-        "jsonl",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["event_id"].as_str().unwrap().to_string()
-        })
+    common::log_export(dir)
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A node serving [`ACCOUNT_RULES`] whose decision log (in `log`) ships to both streams.
+fn account_node(nats: &NatsCluster, name: &str, cpus: &[u32], log: &tempdir::Dir) -> Server {
+    rules_node_logged(nats, name, cpus, "", Some(&log.0), ACCOUNT_RULES)
+}
+
+/// v1, the first [`account_node`] (two shards): it writes the first map and catches up.
+fn first_account_node(nats: &NatsCluster, log: &tempdir::Dir) -> Server {
+    let v1 = account_node(nats, "v1", &[0, 1], log);
+    wait_first(nats, &v1);
+    v1
+}
+
+/// Waits until `v1`, the only node, has written the first map and caught up on it.
+fn wait_first(nats: &NatsCluster, v1: &Server) {
+    wait_for(nats, "the first map", |m, live| {
+        m.nodes == ["v1"] && live.len() == 1
+    });
+    wait_log(v1, "caught up on");
+}
+
+/// Rebalances v1's partitions over v1, v2 and v3 once all three are live (epoch 2; v2 and
+/// v3 new and empty); waits until v2 and v3 caught up and v1 routes by it. Returns the map.
+fn spread_over_three(nats: &NatsCluster, [v1, v2, v3]: [&Server; 3]) -> PartitionMap {
+    wait_for(nats, "three live nodes", |_, live| live.len() == 3);
+    cluster_cli(nats, &["rebalance"]);
+    for n in [v2, v3] {
+        wait_log(n, "caught up on");
+    }
+    wait_log(v1, "routes by map epoch 2");
+    wait_for(nats, "epoch 2", |m, _| m.epoch == 2)
+}
+
+/// `kill -9` of v3, then waits until its partitions have moved (epoch 3) and v1 and v2
+/// (each with one catch-up before) have caught up on them. Returns when it was killed.
+fn kill_v3(nats: &NatsCluster, v3: &mut Server, [v1, v2]: [&Server; 2]) -> Instant {
+    v3.signal(libc::SIGKILL);
+    v3.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    wait_for(nats, "v3's partitions moving", |m, _| {
+        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
+    });
+    for n in [v1, v2] {
+        wait_log_times(n, "caught up on", 2);
+    }
+    killed
+}
+
+/// Whether `map` gives the partition of `e`'s account to `node`.
+fn owned_by(map: &PartitionMap, node: &str, e: &verdict_net::Event) -> bool {
+    let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), map.partitions);
+    map.owner_of(p).0 == node
 }
 
 #[test]
@@ -1308,42 +1354,18 @@ fn a_node_killed_under_load_loses_at_most_its_unshipped_tail() {
     let _serial = serial();
     let nats = NatsCluster::start();
     let logs: Vec<tempdir::Dir> = (0..3).map(|_| tempdir::Dir::new("killed-log")).collect();
-    let node = |name: &str, cpus: &[u32], log: &tempdir::Dir| {
-        rules_node_logged(&nats, name, cpus, "", Some(&log.0), ACCOUNT_RULES)
-    };
-    let v1 = node("v1", &[0, 1], &logs[0]);
-    wait_for(&nats, "the first map", |m, live| {
-        m.nodes == ["v1"] && live.len() == 1
-    });
-    wait_log(&v1, "caught up on");
-    let v2 = node("v2", &[1], &logs[1]);
-    let mut v3 = node("v3", &[0], &logs[2]);
-    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
-    cluster_cli(&nats, &["rebalance"]);
-    for n in [&v2, &v3] {
-        wait_log(n, "caught up on");
-    }
-    wait_log(&v1, "routes by map epoch 2");
-    let before = wait_for(&nats, "epoch 2", |m, _| m.epoch == 2);
-    let on_v3 = |e: &verdict_net::Event| {
-        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), before.partitions);
-        before.owner_of(p).0 == "v3"
-    };
+    let v1 = first_account_node(&nats, &logs[0]);
+    let v2 = account_node(&nats, "v2", &[1], &logs[1]);
+    let mut v3 = account_node(&nats, "v3", &[0], &logs[2]);
+    let before = spread_over_three(&nats, [&v1, &v2, &v3]);
+    let on_v3 = |e: &verdict_net::Event| owned_by(&before, "v3", e);
 
     // One client streams events in order, each through a random port of the three nodes
     // (about two thirds forwarded to another node), until told to stop.
     let pool = common::velocity_stream(100_000);
     let load = Load::start(&[&v1, &v2, &v3], &pool, 41);
     std::thread::sleep(Duration::from_millis(1_500));
-    v3.signal(libc::SIGKILL);
-    v3.wait_exit(Duration::from_secs(10));
-    let killed = Instant::now();
-    wait_for(&nats, "v3's partitions moving", |m, _| {
-        m.epoch == 3 && !m.nodes.iter().any(|n| n == "v3")
-    });
-    for n in [&v1, &v2] {
-        wait_log_times(n, "caught up on", 2);
-    }
+    let killed = kill_v3(&nats, &mut v3, [&v1, &v2]);
     let caught_up = killed.elapsed();
     // The moved accounts decide again under the same load, on the replayed windows.
     std::thread::sleep(Duration::from_millis(1_000));
@@ -1420,19 +1442,8 @@ fn a_node_killed_under_load_loses_at_most_its_unshipped_tail() {
 
     // After the catch-up, every account (v3's too) decides exactly as one engine fed what
     // the cluster kept.
-    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
-    let mut c = single.client();
-    let fed: Vec<verdict_net::Event> = pool[..sent]
-        .iter()
-        .filter(|e| kept.contains(&e.event_id))
-        .cloned()
-        .collect();
-    for chunk in fed.chunks(200) {
-        common::pipelined(&mut c, chunk);
-    }
     let next = &pool[sent..sent + 400];
-    let want: Vec<Decision> = next.iter().map(|e| c.evaluate(e).unwrap()).collect();
-    drop(single);
+    let want = reference_after(&pool[..sent], |e| kept.contains(&e.event_id), next);
     let moved = next
         .iter()
         .zip(&want)
@@ -1477,20 +1488,13 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     let _serial = serial();
     let nats = NatsCluster::start();
     let logs: Vec<tempdir::Dir> = (0..3).map(|_| tempdir::Dir::new("handoff-log")).collect();
-    let node = |name: &str, cpus: &[u32], log: &tempdir::Dir| {
-        rules_node_logged(&nats, name, cpus, "", Some(&log.0), ACCOUNT_RULES)
-    };
-    let v1 = node("v1", &[0, 1], &logs[0]);
-    wait_for(&nats, "the first map", |m, live| {
-        m.nodes == ["v1"] && live.len() == 1
-    });
-    wait_log(&v1, "caught up on");
-    let v2 = node("v2", &[1], &logs[1]);
+    let v1 = first_account_node(&nats, &logs[0]);
+    let v2 = account_node(&nats, "v2", &[1], &logs[1]);
     wait_for(&nats, "two live nodes", |_, live| live.len() == 2);
     cluster_cli(&nats, &["rebalance"]);
     wait_log(&v2, "caught up on");
     wait_log(&v1, "routes by map epoch 2");
-    let v3 = node("v3", &[0], &logs[2]);
+    let v3 = account_node(&nats, "v3", &[0], &logs[2]);
     wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
 
     // Under load, a rebalance moves a third of the partitions to v3 while v1 and v2 live.
@@ -1523,10 +1527,7 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
     // The old owners decided the moving accounts while v3 replayed their history: events
     // decided after both routed by the new map and before both let go could only be theirs
     // (without the handoff, each was refused as catching up).
-    let to_v3 = |e: &verdict_net::Event| {
-        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), map.partitions);
-        map.owner_of(p).0 == "v3"
-    };
+    let to_v3 = |e: &verdict_net::Event| owned_by(&map, "v3", e);
     let moving = || {
         pool[..sent]
             .iter()
@@ -1565,20 +1566,8 @@ fn a_rebalance_hands_partitions_off_while_their_old_owners_decide() {
             e.event_id
         );
     }
-    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
-    let mut c = single.client();
-    let fed: Vec<verdict_net::Event> = pool[..sent]
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, (o, _))| *o == Outcome::Decided)
-        .map(|(e, _)| e.clone())
-        .collect();
-    for chunk in fed.chunks(200) {
-        common::pipelined(&mut c, chunk);
-    }
     let next = &pool[sent..sent + 400];
-    let want: Vec<Decision> = next.iter().map(|e| c.evaluate(e).unwrap()).collect();
-    drop(single);
+    let want = reference_after(&pool[..sent], |e| kept.contains(&e.event_id), next);
     decide_like(&[&v1, &v2, &v3], next, &want, 52);
 }
 
@@ -1764,23 +1753,11 @@ fn network_partitions_refuse_or_fence_and_never_decide_twice() {
         )
     };
     let v1 = node(0, &[0]);
-    wait_for(&nats, "the first map", |m, live| {
-        m.nodes == ["v1"] && live.len() == 1
-    });
-    wait_log(&v1, "caught up on");
+    wait_first(&nats, &v1);
     let v2 = node(1, &[1]);
     let v3 = node(2, &[0]);
-    wait_for(&nats, "three live nodes", |_, live| live.len() == 3);
-    cluster_cli(&nats, &["rebalance"]);
-    for n in [&v2, &v3] {
-        wait_log(n, "caught up on");
-    }
-    wait_log(&v1, "routes by map epoch 2");
-    let before = wait_for(&nats, "epoch 2", |m, _| m.epoch == 2);
-    let on_v3 = |e: &verdict_net::Event| {
-        let p = verdict_net::routing::partition_of(e.account_id.as_bytes(), before.partitions);
-        before.owner_of(p).0 == "v3"
-    };
+    let before = spread_over_three(&nats, [&v1, &v2, &v3]);
+    let on_v3 = |e: &verdict_net::Event| owned_by(&before, "v3", e);
     let ips: Vec<&str> = net.ips.iter().map(String::as_str).collect();
     let nodes = [&v1, &v2, &v3];
     let pool = common::velocity_stream(200_000);
@@ -1834,18 +1811,8 @@ fn network_partitions_refuse_or_fence_and_never_decide_twice() {
             _ => {}
         }
     }
-    let single = Server::with_patient_rules(&topology(&[0], ""), &[("exact.rules", ACCOUNT_RULES)]);
-    let mut c = single.client();
-    let fed: Vec<verdict_net::Event> = pool[..sent]
-        .iter()
-        .filter(|e| kept.contains_key(&e.event_id))
-        .cloned()
-        .collect();
-    for chunk in fed.chunks(200) {
-        common::pipelined(&mut c, chunk);
-    }
     let check = &pool[sent..sent + 300];
-    let want: Vec<Decision> = check.iter().map(|e| c.evaluate(e).unwrap()).collect();
+    let want = reference_after(&pool[..sent], |e| kept.contains_key(&e.event_id), check);
     decide_like_on(&nodes, &ips, check, &want, 62);
     let rest = &pool[sent + 300..];
 

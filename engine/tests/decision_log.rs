@@ -25,22 +25,7 @@ fn verify(dir: &std::path::Path) -> (bool, String) {
 }
 
 fn export(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let file = dir.with_extension("jsonl");
-    let out = common::verdict(&[
-        "log",
-        "export",
-        dir.to_str().unwrap(),
-        "--format",
-        "jsonl",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::log_export(dir)
 }
 
 fn stop(mut server: Server) {

@@ -208,14 +208,8 @@ pub struct Plan<S> {
 /// (after every shard forgets what it kept of them) or after a sequence, to the stream's
 /// end at the start; then waits until every shard has applied its share.
 pub async fn catch_up<S: Streams>(plan: Plan<S>) -> Result<CaughtUp, String> {
-    let Plan {
-        streams,
-        feeds,
-        view,
-        cold,
-        start,
-        timeout,
-    } = &plan;
+    let Plan { feeds, cold, .. } = &plan;
+    let (view, start, timeout) = (&plan.view, &plan.start, &plan.timeout);
     let started = Instant::now();
     let closed = || "a shard stopped while catching up".to_string();
     if let Start::Window(_) = start {
@@ -231,7 +225,7 @@ pub async fn catch_up<S: Streams>(plan: Plan<S>) -> Result<CaughtUp, String> {
         }
     }
     // Where the stream ends before the read: every message after it is newer than the read.
-    let state = tokio::time::timeout(*timeout, streams.state(super::ship::EVENTS))
+    let state = tokio::time::timeout(*timeout, plan.streams.state(super::ship::EVENTS))
         .await
         .map_err(|_| format!("the event stream did not answer within {timeout:?}"))?
         .map_err(|e| format!("the event stream: {e}"))?;

@@ -175,24 +175,48 @@ impl Warmth {
         };
         if cold.is_empty() {
             self.waiting = None;
+        }
+        if cold.is_empty() || self.still_waiting(me, view, live, &cold, wait_max) {
+            // Meanwhile, what the old owners still decide can be prepared.
             if !handed.is_empty() {
-                self.launch(
-                    me,
-                    plan(handed, replay::Start::Window(window)),
-                    Phase::Prepare,
-                );
+                let plan = plan(handed, replay::Start::Window(window));
+                self.launch(me, plan, Phase::Prepare);
             }
             return;
         }
+        // The prepared ones first, those prepared through the same place together: each
+        // replays its tail from there.
+        let prepared = |p: &u32| self.prepared[*p as usize];
+        match cold.iter().filter_map(prepared).min() {
+            Some(through) => {
+                let group = cold
+                    .into_iter()
+                    .filter(|p| prepared(p) == Some(through))
+                    .collect();
+                self.launch(me, plan(group, replay::Start::After(through)), Phase::Serve);
+            }
+            None => self.launch(me, plan(cold, replay::Start::Window(window)), Phase::Serve),
+        }
+    }
+
+    /// Whether serving `cold` must still wait: for a live node (in the map or not: one a
+    /// drain has just emptied decided until it read the new map, and hands its partitions
+    /// off meanwhile) that has not shipped what it decided under older maps, or for any node
+    /// (this one too, given back what it was handing off) still shipping what it decided of
+    /// a cold partition it let go. At most `wait_max`: then it logs and goes on.
+    fn still_waiting(
+        &mut self,
+        me: &str,
+        view: &view::ClusterView,
+        live: &[NodeInfo],
+        cold: &[u32],
+        wait_max: Duration,
+    ) -> bool {
         let mut cold_mask = vec![false; self.warm.len()];
-        for &p in &cold {
+        for &p in cold {
             cold_mask[p as usize] = true;
         }
         let is_cold = |p: u32| cold_mask.get(p as usize).copied().unwrap_or(false);
-        // Every live node, in the map or not: one a drain has just emptied decided until it
-        // read the new map (and hands its partitions off meanwhile); and every node (this one
-        // too, given back what it was handing off) still shipping what it decided of a cold
-        // partition it let go.
         let behind: Vec<&str> = live
             .iter()
             .filter(|n| {
@@ -211,15 +235,7 @@ impl Warmth {
         };
         if !behind.is_empty() {
             if since.elapsed() < wait_max {
-                // Meanwhile, what the old owners still decide can be prepared.
-                if !handed.is_empty() {
-                    self.launch(
-                        me,
-                        plan(handed, replay::Start::Window(window)),
-                        Phase::Prepare,
-                    );
-                }
-                return;
+                return true;
             }
             warn!(
                 "cluster: nodes {behind:?} have not shipped what they decided before map \
@@ -229,19 +245,7 @@ impl Warmth {
             );
         }
         self.waiting = None;
-        // The prepared ones first, those prepared through the same place together: each
-        // replays its tail from there.
-        let prepared = |p: &u32| self.prepared[*p as usize];
-        match cold.iter().filter_map(prepared).min() {
-            Some(through) => {
-                let group = cold
-                    .into_iter()
-                    .filter(|p| prepared(p) == Some(through))
-                    .collect();
-                self.launch(me, plan(group, replay::Start::After(through)), Phase::Serve);
-            }
-            None => self.launch(me, plan(cold, replay::Start::Window(window)), Phase::Serve),
-        }
+        false
     }
 
     fn launch(&mut self, me: &str, plan: replay::Plan<broker::NatsStreams>, phase: Phase) {

@@ -60,6 +60,26 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// A loopback port free a moment ago (bound, then let go).
+/// Every row of the decision log in `dir`, through `verdict log export --format jsonl`.
+pub fn log_export(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let file = dir.with_extension("jsonl");
+    let out = verdict(&[
+        "log",
+        "export",
+        dir.to_str().unwrap(),
+        "--format",
+        "jsonl",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
